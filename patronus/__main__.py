@@ -1,0 +1,3 @@
+from patronus.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""``patronus.info()``: versions, devices and the backend serving each op, with reasons."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import torch
+
+from patronus import _backend
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices() -> list[torch.device]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices
+
+
+def _op_backends(device: torch.device) -> dict[str, _backend.BackendChoice]:
+    from patronus.ops import noising, prototype_distance
+
+    choices = dict(prototype_distance.backend_choices(device))
+    choices["q_sample"] = noising.backend(device)
+    return choices
+
+
+def info() -> str:
+    """A report of versions, devices, the extension and Triton, and the backend of each op."""
+    _, extension = _backend.load_extension()
+    lines = [
+        f"patronus {_version('patronus')}",
+        f"python {platform.python_version()} on {platform.platform()}",
+        f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
+        f"numpy {_version('numpy')}, safetensors {_version('safetensors')}",
+        f"triton: {_backend.triton_status() or _version('triton')}",
+        f"extension patronus._C: {extension}",
+        f"{_backend.ENV_VAR}={_backend.requested_backend()}",
+    ]
+    for device in _devices():
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        lines.append(f"device {device.type}: {name or 'cpu'}")
+        try:
+            for op, choice in _op_backends(device).items():
+                lines.append(f"  {op:<24} {choice.name:<7} ({choice.reason})")
+        except _backend.BackendUnavailableError as error:
+            lines.append(f"  {error}")
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""CelebA aligned images with their 40 binary attributes and the official split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from patronus.data.errors import DataLayoutError
+from patronus.data.images import load_image
+
+LAYOUT = """
+DATA_DIR/img_align_celeba/000001.jpg ...   (178x218 aligned JPEGs)
+DATA_DIR/list_attr_celeba.txt              (count line, 40 attribute names, "000001.jpg -1 1 ...")
+DATA_DIR/list_eval_partition.txt           ("000001.jpg 0"; 0 train, 1 valid, 2 test)
+(DATA_DIR/celeba/... as torchvision lays it out works too)
+"""
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+
+
+def _celeba_dir(root: Path) -> Path:
+    for candidate in (root, root / "celeba"):
+        if (candidate / "list_attr_celeba.txt").is_file():
+            return candidate
+    raise DataLayoutError("CelebA", f"list_attr_celeba.txt not found in {root}", LAYOUT)
+
+
+def read_attributes(path: Path) -> tuple[list[str], dict[str, list[int]]]:
+    """list_attr_celeba.txt -> (attribute names, {filename: 40 values in {0, 1}})."""
+    lines = path.read_text().splitlines()
+    try:
+        count = int(lines[0].strip())
+        names = lines[1].split()
+        rows = {}
+        for line in lines[2 : 2 + count]:
+            fields = line.split()
+            values = [int(v) for v in fields[1:]]
+            if len(values) != len(names) or any(v not in (-1, 1) for v in values):
+                raise ValueError(f"bad row {line!r}")
+            rows[fields[0]] = [(v + 1) // 2 for v in values]
+    except (IndexError, ValueError) as error:
+        raise DataLayoutError("CelebA", f"{path} is malformed: {error}", LAYOUT) from error
+    if len(rows) != count:
+        raise DataLayoutError("CelebA", f"{path} announces {count} rows, has {len(rows)}", LAYOUT)
+    return names, rows
+
+
+def read_partition(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        raise DataLayoutError("CelebA", f"missing {path}", LAYOUT)
+    try:
+        return {
+            name: int(part)
+            for name, part in (
+                line.split() for line in path.read_text().splitlines() if line.strip()
+            )
+        }
+    except ValueError as error:
+        raise DataLayoutError("CelebA", f"{path} is malformed: {error}", LAYOUT) from error
+
+
+class CelebA(Dataset):
+    """Items ``(image (3, size, size) in [-1, 1], attributes (40,) int64 in {0, 1})``.
+
+    Images are resized from 178x218 to ``image_size`` squared (the paper's preprocessing).
+    ``split`` is "train", "valid", "test" or "all".
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", image_size: int = 64) -> None:
+        if split not in (*SPLITS, "all"):
+            raise ValueError(f"split must be one of {[*SPLITS, 'all']}, got {split!r}")
+        if not Path(root).is_dir():
+            raise DataLayoutError("CelebA", f"data folder {root} does not exist", LAYOUT)
+        folder = _celeba_dir(Path(root))
+        self.attribute_names, attributes = read_attributes(folder / "list_attr_celeba.txt")
+        partition = read_partition(folder / "list_eval_partition.txt")
+        self.image_dir = folder / "img_align_celeba"
+        if not self.image_dir.is_dir():
+            raise DataLayoutError("CelebA", f"missing folder {self.image_dir}", LAYOUT)
+        self.files = sorted(
+            name for name in attributes
+            if split == "all" or partition.get(name) == SPLITS[split]
+        )  # fmt: skip
+        self.attributes = torch.tensor([attributes[name] for name in self.files], dtype=torch.long)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.image_dir / self.files[index]
+        if not path.is_file():
+            raise DataLayoutError("CelebA", f"missing image {path}", LAYOUT)
+        return load_image(path, 3, self.image_size), self.attributes[index]

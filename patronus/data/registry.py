@@ -1,0 +1,61 @@
+"""Build a dataset by name from local files (nothing is ever downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset, Subset
+
+from patronus.data.celeba import CelebA
+from patronus.data.chexpert import CheXpert
+from patronus.data.cifar10 import CIFAR10
+from patronus.data.errors import DataLayoutError
+from patronus.data.fashion_mnist import FashionMNIST
+from patronus.data.image_folder import FFHQ, ImageFolder
+from patronus.data.synthetic import SyntheticShapes
+
+DATASETS = ("fashion-mnist", "cifar10", "celeba", "ffhq", "chexpert", "folder", "synthetic")
+
+
+def _require_dir(name: str, data_dir: str | Path | None) -> Path:
+    if data_dir is None:
+        raise DataLayoutError(name, "this dataset needs --data-dir", "DATA_DIR: see the loader")
+    return Path(data_dir)
+
+
+def build_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    channels: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """A dataset of ``(image in [-1, 1], label)`` items.
+
+    ``image_size`` and ``channels`` default to the paper's for each dataset; the synthetic set
+    uses ``seed`` and has ``limit`` images (default 10000); ``limit`` keeps the first images of the
+    others. Fashion-MNIST finds the Debian package by itself when ``data_dir`` is None.
+    """
+    if name == "synthetic":
+        return SyntheticShapes(
+            length=limit or 10000, image_size=image_size or 32, channels=channels or 3, seed=seed
+        )
+    if name == "fashion-mnist":
+        return FashionMNIST(data_dir, split, image_size or 32, limit)
+    if name == "cifar10":
+        dataset: Dataset = CIFAR10(_require_dir(name, data_dir), split)
+    elif name == "celeba":
+        dataset = CelebA(_require_dir(name, data_dir), split, image_size or 64)
+    elif name == "ffhq":
+        dataset = FFHQ(_require_dir(name, data_dir), image_size or 64)
+    elif name == "chexpert":
+        dataset = CheXpert(_require_dir(name, data_dir), split, image_size or 224)
+    elif name == "folder":
+        dataset = ImageFolder(_require_dir(name, data_dir), image_size or 64, channels or 3)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    return dataset

@@ -1,0 +1,15 @@
+"""Respaced timestep sequences for samplers that skip steps."""
+
+from __future__ import annotations
+
+
+def respaced_timesteps(timesteps: int, steps: int) -> list[int]:
+    """``steps`` integer timesteps in [0, T - 1], ascending, evenly spaced, always 0 and T - 1.
+
+    ``steps == T`` gives every step. Sampling walks the list backwards from T - 1.
+    """
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
+    if steps == 1:
+        return [timesteps - 1]
+    return [round(i * (timesteps - 1) / (steps - 1)) for i in range(steps)]

@@ -1,0 +1,116 @@
+"""Frozen configuration dataclasses of a Patronus model, with JSON-friendly (de)serialisation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Conv2d + ReLU stack of the prototype block; the last channel count is D."""
+
+    channels: tuple[int, ...] = (32, 64, 64, 128)
+    kernel_sizes: tuple[int, ...] = (3, 3, 3, 3)
+    strides: tuple[int, ...] = (2, 1, 1, 1)
+    paddings: tuple[int, ...] = (1, 0, 0, 0)
+
+    def __post_init__(self) -> None:
+        lengths = {
+            len(self.channels),
+            len(self.kernel_sizes),
+            len(self.strides),
+            len(self.paddings),
+        }
+        if len(lengths) != 1 or not self.channels:
+            raise ValueError("encoder channels, kernel_sizes, strides, paddings: one length, > 0")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The conditional UNet (PAPER.md section 3)."""
+
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention: tuple[bool, ...] = (False, False, False, False)
+    bottleneck_attention: bool = True
+    dropout: float = 0.1
+    time_emb_mult: int = 4
+    norm_groups: int = 8
+    attention_heads: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.attention) != len(self.channel_mults):
+            raise ValueError("unet.attention needs one flag per entry of unet.channel_mults")
+        for mult in self.channel_mults:
+            channels = self.base_channels * mult
+            if channels % self.norm_groups or channels % self.attention_heads:
+                raise ValueError(
+                    f"unet channels {channels} must divide by norm_groups={self.norm_groups} "
+                    f"and attention_heads={self.attention_heads}"
+                )
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.timesteps < 2:
+            raise ValueError(f"timesteps must be >= 2, got {self.timesteps}")
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class PatronusConfig:
+    """A whole Patronus model: prototype block, UNet and noise schedule."""
+
+    image_channels: int = 1
+    image_size: int = 32
+    num_prototypes: int = 30
+    activation: str = "log"
+    activation_eps: float = 1e-4
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    @property
+    def prototype_dim(self) -> int:
+        return self.encoder.channels[-1]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_channels, self.image_size, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PatronusConfig:
+        return _from_dict(cls, data)
+
+    def replace(self, **changes: Any) -> PatronusConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a (nested) frozen dataclass from plain data, turning lists into tuples."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} config must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    values = {}
+    for name, value in data.items():
+        nested = fields[name].default_factory
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            value = _from_dict(nested, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)

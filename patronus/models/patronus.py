@@ -1,0 +1,257 @@
+"""``Patronus``: the prototype block, the conditional UNet and the noise schedule, tied together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from patronus.diffusion.loss import noisy_sample
+from patronus.diffusion.samplers import (
+    DDPM_VARIANCES,
+    SAMPLERS,
+    EpsFn,
+    SamplerStep,
+    ddim_inversion,
+    ddim_sampling,
+    ddpm_sampling,
+    run_sampler,
+)
+from patronus.diffusion.schedules import NoiseSchedule
+from patronus.models.config import PatronusConfig
+from patronus.models.unet import PatronusUNet
+from patronus.nn.proto_encoder import ProtoEncoder
+from patronus.nn.prototype_layer import PrototypeLayer, PrototypeOutput
+
+Callback = Callable[[SamplerStep], None]
+
+
+class Patronus(nn.Module):
+    """A diffusion model conditioned on the prototype activations of the clean image.
+
+    ``encode(x0) -> s`` computes the activations; ``forward(x_t, t, s)`` predicts the noise;
+    ``sample``, ``invert``, ``reconstruct`` and ``edit`` run the samplers. Images are (B, C, H, W)
+    in [-1, 1]; s is (B, P). Sampling methods run without gradients and in eval mode (the module's
+    mode is restored afterwards); each has a ``*_steps`` twin yielding every
+    :class:`~patronus.diffusion.SamplerStep` for tracing.
+    """
+
+    def __init__(self, config: PatronusConfig) -> None:
+        super().__init__()
+        self.config = config
+        enc = config.encoder
+        self.encoder = ProtoEncoder(
+            config.image_channels, enc.channels, enc.kernel_sizes, enc.strides, enc.paddings
+        )
+        self.encoder.output_size((config.image_size, config.image_size))
+        self.prototype_layer = PrototypeLayer(
+            config.num_prototypes, config.prototype_dim, config.activation, config.activation_eps
+        )
+        self.unet = PatronusUNet(
+            config.unet, config.image_channels, config.num_prototypes, config.diffusion.timesteps
+        )
+        if config.image_size % self.unet.downsampling_factor:
+            raise ValueError(
+                f"image_size {config.image_size} must be divisible by "
+                f"{self.unet.downsampling_factor} (2 ** (len(channel_mults) - 1))"
+            )
+        self.schedule = NoiseSchedule.from_name(
+            config.diffusion.schedule, config.diffusion.timesteps
+        )
+        self._abar_by_device: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.config.num_prototypes
+
+    @property
+    def device(self) -> torch.device:
+        return self.prototype_layer.prototypes.device
+
+    # ----------------------------------------------------------------------------------- checks
+    def check_images(self, images: torch.Tensor, name: str = "images") -> None:
+        """Raise a clear error unless images are finite float (B, C, H, W) of this model's shape."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"{name} must be floating point in [-1, 1], got {images.dtype}")
+        expected = self.config.image_shape
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"{name} must be (B, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(images.shape)}"
+            )
+        if not torch.isfinite(images).all():
+            raise ValueError(f"{name} contain NaN or Inf")
+
+    def check_activations(self, s: torch.Tensor) -> None:
+        if not isinstance(s, torch.Tensor) or not s.is_floating_point():
+            raise TypeError("activations s must be a floating-point torch.Tensor")
+        if s.dim() != 2 or s.shape[1] != self.num_prototypes:
+            raise ValueError(
+                f"activations s must be (B, {self.num_prototypes}), got {tuple(s.shape)}"
+            )
+        if not torch.isfinite(s).all():
+            raise ValueError("activations s contain NaN or Inf")
+
+    # ------------------------------------------------------------------------------ the model
+    def prototype_output(self, x0: torch.Tensor) -> PrototypeOutput:
+        """Clean images (B, C, H, W) -> activations, min distances and winning patches (B, P)."""
+        return self.prototype_layer(self.encoder(x0))
+
+    def encode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clean images (B, C, H, W) -> prototype activations s (B, P) float32."""
+        return self.prototype_output(x0).activations
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Noisy images (B, C, H, W), t (B,) int64, s (B, P) -> predicted noise (B, C, H, W)."""
+        return self.unet(x_t, t, s)
+
+    def alphas_cumprod(self, device: torch.device) -> torch.Tensor:
+        """abar (T,) float64 on ``device`` (cached, so training steps copy nothing)."""
+        if device not in self._abar_by_device:
+            self._abar_by_device[device] = self.schedule.alphas_cumprod.to(device)
+        return self._abar_by_device[device]
+
+    def training_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """MSE between ``noise`` and the prediction at x_t = q(x0, t, noise), s from x0."""
+        x_t = noisy_sample(x0, t, noise, self.alphas_cumprod(x0.device))
+        eps = self(x_t, t, self.encode(x0))
+        return nn.functional.mse_loss(eps.float(), noise.float())
+
+    def eps_fn(self, s: torch.Tensor) -> EpsFn:
+        """The denoiser conditioned on s, as the samplers call it."""
+        return lambda x_t, t: self(x_t, t, s).to(x_t.dtype)
+
+    # ------------------------------------------------------------------------------ sampling
+    @contextmanager
+    def _inference(self):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_T ~ N(0, I) of shape (batch, C, H, W) on the model's device."""
+        return torch.randn(
+            (batch, *self.config.image_shape), generator=generator, device=self.device
+        )
+
+    def sample_steps(
+        self,
+        s: torch.Tensor,
+        steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        x_T: torch.Tensor | None = None,
+        clip_x0: bool = False,
+        variance: str = "posterior",
+    ) -> Iterator[SamplerStep]:
+        """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
+        self.check_activations(s)
+        if x_T is None:
+            x_T = self.initial_noise(s.shape[0], generator)
+        self.check_images(x_T, "x_T")
+        if x_T.shape[0] != s.shape[0]:
+            raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
+        if sampler == "ddim":
+            return ddim_sampling(self.eps_fn(s), x_T, self.schedule, steps, eta, clip_x0, generator)
+        if sampler == "ddpm":
+            if variance not in DDPM_VARIANCES:
+                raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+            return ddpm_sampling(self.eps_fn(s), x_T, self.schedule, clip_x0, generator, variance)
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+    def sample(
+        self,
+        s: torch.Tensor,
+        steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        x_T: torch.Tensor | None = None,
+        clip_x0: bool = False,
+        variance: str = "posterior",
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Generate images (B, C, H, W) conditioned on activations s (B, P).
+
+        ``sampler="ddim"`` uses ``steps`` respaced steps and ``eta``; ``"ddpm"`` runs all T
+        ancestral steps (``steps`` is ignored). ``x_T`` defaults to N(0, I) drawn from
+        ``generator``; ``clip_x0`` clips every predicted x0 to [-1, 1].
+        """
+        with self._inference():
+            trajectory = self.sample_steps(
+                s, steps, sampler, eta, generator, x_T, clip_x0, variance
+            )
+            total = self.schedule.timesteps if sampler == "ddpm" else steps
+            return run_sampler(trajectory, callback, progress, total, "sampling")
+
+    def _own_activations(self, x0: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        self.check_images(x0, "x0")
+        if s is None:
+            return self.encode(x0)
+        self.check_activations(s)
+        return s
+
+    def invert_steps(
+        self, x0: torch.Tensor, s: torch.Tensor | None = None, steps: int = 50
+    ) -> Iterator[SamplerStep]:
+        """Trajectory of :meth:`invert` (call within ``torch.no_grad()``)."""
+        s = self._own_activations(x0, s)
+        return ddim_inversion(self.eps_fn(s), x0, self.schedule, steps)
+
+    def invert(
+        self,
+        x0: torch.Tensor,
+        s: torch.Tensor | None = None,
+        steps: int = 50,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """DDIM-invert clean images (B, C, H, W) into x_T given s (default: encode(x0))."""
+        with self._inference():
+            return run_sampler(
+                self.invert_steps(x0, s, steps), callback, progress, steps, "inverting"
+            )
+
+    def reconstruct(
+        self, x0: torch.Tensor, steps: int = 50, progress: bool = False
+    ) -> torch.Tensor:
+        """Invert x0 with its own activations, then decode with DDIM (eta = 0): (B, C, H, W)."""
+        with self._inference():
+            s = self.encode(x0)
+            x_T = self.invert(x0, s, steps, progress=progress)
+            return self.sample(s, steps, x_T=x_T, progress=progress)
+
+    def edit(
+        self,
+        x0: torch.Tensor,
+        s_edit: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+        steps: int = 50,
+        x_T: torch.Tensor | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Invert x0 with its own activations, then decode from the same x_T with edited ones.
+
+        ``s_edit`` is the new (B, P) activations, or a function of the original ones returning
+        them (e.g. ``lambda s: s.index_fill(1, torch.tensor([j]), 9.0)``). Pass ``x_T`` to reuse
+        an inversion.
+        """
+        with self._inference():
+            s = self.encode(x0)
+            if x_T is None:
+                x_T = self.invert(x0, s, steps, progress=progress)
+            new_s = s_edit(s.clone()) if callable(s_edit) else s_edit
+            if new_s.shape != s.shape:
+                raise ValueError(
+                    f"edited activations must be {tuple(s.shape)}, got {tuple(new_s.shape)}"
+                )
+            return self.sample(new_s, steps, x_T=x_T, progress=progress)

@@ -1,0 +1,174 @@
+"""The conditional UNet of Patronus (PAPER.md section 3).
+
+Every residual block adds two per-channel biases: one from the time embedding and one from the
+prototype embedding. Module names follow the original implementation where that costs nothing
+(``encoder_blocks``, ``bottleneck_blocks``, ``decoder_blocks``), so importing its checkpoints is a
+renaming of a few leaf names (``patronus.reference_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from patronus.models.config import UNetConfig
+from patronus.nn.embeddings import PrototypeEmbedding, TimeEmbedding
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+class SelfAttention(nn.Module):
+    """GroupNorm + multi-head self-attention over the H*W positions, residual."""
+
+    def __init__(self, channels: int, groups: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.attention = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        h, _ = self.attention(h, h, h, need_weights=False)
+        return x + h.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, conv; + time bias + prototype bias; GroupNorm, SiLU, Dropout2d, conv;
+    + input (1x1 conv where channels change); optional self-attention."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_dim: int,
+        dropout: float,
+        groups: int,
+        attention_heads: int | None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = conv3x3(in_channels, out_channels)
+        self.time_bias = nn.Linear(emb_dim, out_channels)
+        self.prototype_bias = nn.Linear(emb_dim, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.skip = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Conv2d(in_channels, out_channels, 1)
+        )
+        self.attention = (
+            SelfAttention(out_channels, groups, attention_heads) if attention_heads else None
+        )
+        self.act = nn.SiLU()
+
+    def forward(
+        self, x: torch.Tensor, time_emb: torch.Tensor, prototype_emb: torch.Tensor
+    ) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        bias = self.time_bias(self.act(time_emb)) + self.prototype_bias(self.act(prototype_emb))
+        h = h + bias[:, :, None, None]
+        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        h = h + self.skip(x)
+        return self.attention(h) if self.attention is not None else h
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = conv3x3(channels, channels, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class PatronusUNet(nn.Module):
+    """eps_theta(x_t, t, s): noise prediction conditioned on the timestep and the activations s.
+
+    Args:
+        config: channels, multipliers, attention levels, dropout, ...
+        image_channels: C of the images.
+        num_prototypes: P, the length of s.
+        timesteps: T, rows of the fixed sinusoidal time table.
+    """
+
+    def __init__(
+        self, config: UNetConfig, image_channels: int, num_prototypes: int, timesteps: int
+    ) -> None:
+        super().__init__()
+        base = config.base_channels
+        emb_dim = base * config.time_emb_mult
+        groups, heads = config.norm_groups, config.attention_heads
+
+        def block(c_in: int, c_out: int, attend: bool) -> ResBlock:
+            return ResBlock(c_in, c_out, emb_dim, config.dropout, groups, heads if attend else None)
+
+        self.time_embedding = TimeEmbedding(timesteps, base, emb_dim)
+        self.prototype_embedding = PrototypeEmbedding(num_prototypes, emb_dim)
+        self.stem = conv3x3(image_channels, base)
+
+        self.encoder_blocks = nn.ModuleList()
+        skip_channels = [base]
+        channels = base
+        levels = len(config.channel_mults)
+        for level, mult in enumerate(config.channel_mults):
+            for _ in range(config.num_res_blocks):
+                self.encoder_blocks.append(block(channels, base * mult, config.attention[level]))
+                channels = base * mult
+                skip_channels.append(channels)
+            if level != levels - 1:
+                self.encoder_blocks.append(Downsample(channels))
+                skip_channels.append(channels)
+
+        self.bottleneck_blocks = nn.ModuleList(
+            [
+                block(channels, channels, config.bottleneck_attention),
+                block(channels, channels, False),
+            ]
+        )
+
+        self.decoder_blocks = nn.ModuleList()
+        for level in reversed(range(levels)):
+            out = base * config.channel_mults[level]
+            for _ in range(config.num_res_blocks + 1):
+                self.decoder_blocks.append(
+                    block(channels + skip_channels.pop(), out, config.attention[level])
+                )
+                channels = out
+            if level != 0:
+                self.decoder_blocks.append(Upsample(channels))
+
+        self.head = nn.Sequential(
+            nn.GroupNorm(groups, channels), nn.SiLU(), conv3x3(channels, image_channels)
+        )
+        self.downsampling_factor = 2 ** (levels - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), t (B,) int64 in [0, T), s (B, P) -> predicted noise (B, C, H, W)."""
+        time_emb = self.time_embedding(t)
+        prototype_emb = self.prototype_embedding(s.to(time_emb.dtype))
+        h = self.stem(x)
+        skips = [h]
+        for layer in self.encoder_blocks:
+            h = layer(h, time_emb, prototype_emb) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+        for layer in self.bottleneck_blocks:
+            h = layer(h, time_emb, prototype_emb)
+        for layer in self.decoder_blocks:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, skips.pop()], dim=1), time_emb, prototype_emb)
+            else:
+                h = layer(h)
+        return self.head(h)

@@ -1,0 +1,36 @@
+"""Builds the optional ``patronus._C`` extension; all metadata lives in pyproject.toml.
+
+CPU kernels are compiled wherever a C++ compiler exists; CUDA kernels (csrc/cuda/*.cu) only where
+the installed torch has CUDA and nvcc is found. ``PATRONUS_BUILD_EXT=0`` skips the extension: the
+package then runs on its pure-PyTorch backends and ``patronus.info()`` says so.
+Build with ``pip install --no-build-isolation -e .`` (build isolation would fetch another torch).
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+
+def extension_modules():
+    if os.environ.get("PATRONUS_BUILD_EXT", "1") == "0":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources)
+    compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    if use_cuda:
+        compile_args["nvcc"] = ["-O3", "--use_fast_math"]
+        module = CUDAExtension(
+            "patronus._C", sources + cuda_sources, extra_compile_args=compile_args
+        )
+    else:
+        module = CppExtension("patronus._C", sources, extra_compile_args=compile_args)
+    return [module], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extension_modules()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
