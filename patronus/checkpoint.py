@@ -1,0 +1,149 @@
+"""Checkpoints: safetensors tensors + a JSON config, written atomically, loaded with clear errors.
+
+A checkpoint is a folder::
+
+    config.json            {"format": "patronus", "model": {...PatronusConfig...}, "step": ..., ...}
+    model.safetensors      the model's state dict
+    ema.safetensors        (optional) EMA weights
+    train_state.safetensors + train_state.json   (optional) optimizer and scaler, for --resume
+
+A run folder keeps them under ``checkpoints/step_XXXXXXX`` with a ``checkpoints/latest`` file
+naming the newest. Folders are written under a temporary name and renamed, so a crash never leaves
+a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from patronus.models import Patronus, PatronusConfig
+
+FORMAT = "patronus"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+LATEST_FILE = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_atomically(path: Path, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer`` on a temporary sibling of ``path`` (file or folder), then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if temporary.is_dir():
+        shutil.rmtree(temporary)
+    writer(temporary)
+    for file in [temporary] if temporary.is_file() else sorted(temporary.iterdir()):
+        _fsync(file)
+    if path.is_dir():
+        shutil.rmtree(path)
+    os.replace(temporary, path)
+    return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    return write_atomically(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file: {error}") from error
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a patronus checkpoint: no {CONFIG_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is corrupt: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "model" not in data:
+        raise CheckpointError(f"{path} is not a patronus checkpoint config")
+    return data
+
+
+def save_model(
+    model: Patronus,
+    folder: str | Path,
+    metadata: dict[str, Any] | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write ``model`` (and optional EMA weights and extra files) as a checkpoint folder."""
+    config = {"format": FORMAT, "model": model.config.to_dict(), **(metadata or {})}
+
+    def write(temporary: Path) -> None:
+        temporary.mkdir()
+        save_tensors(model.state_dict(), temporary / MODEL_FILE)
+        if ema_state is not None:
+            save_tensors(ema_state, temporary / EMA_FILE)
+        for name, writer in (extra_files or {}).items():
+            writer(temporary / name)
+        (temporary / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    return write_atomically(Path(folder), write)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from itself, or from a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if (path / CONFIG_FILE).is_file():
+        return path
+    latest = path / "checkpoints" / LATEST_FILE
+    if latest.is_file():
+        return path / "checkpoints" / latest.read_text().strip()
+    raise CheckpointError(
+        f"{path} is neither a checkpoint folder (with {CONFIG_FILE}) nor a run folder "
+        f"(with checkpoints/{LATEST_FILE})"
+    )
+
+
+def load_model(
+    path: str | Path, ema: bool = True, map_location: str | torch.device = "cpu"
+) -> Patronus:
+    """Load a Patronus from a checkpoint or run folder; EMA weights when present and ``ema``."""
+    folder = resolve_checkpoint(path)
+    data = read_config(folder)
+    try:
+        config = PatronusConfig.from_dict(data["model"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE} has an invalid model config: {error}"
+        ) from error
+    model = Patronus(config)
+    weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
+    state = load_tensors(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{weights} does not fit its config: {error}") from error
+    return model.to(map_location)

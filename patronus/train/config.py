@@ -1,0 +1,58 @@
+"""Training configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``batch_size`` is the global batch (split across DDP processes).
+
+    ``amp="auto"`` means bf16 autocast on CUDA and none on CPU. ``ema_decay=None`` disables
+    EMA (the paper uses none). ``sample_every=0`` writes a sample grid only at checkpoints.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    amp: str = "auto"
+    ema_decay: float | None = None
+    grad_clip: float | None = 1.0
+    distinct_loss_weight: float = 0.0
+    distinct_margin: float = 0.2
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 0
+    sample_steps: int = 20
+    num_sample_images: int = 16
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise ValueError("max_steps and batch_size must be >= 1")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if min(self.log_every, self.checkpoint_every, self.keep_checkpoints) < 1:
+            raise ValueError("log_every, checkpoint_every and keep_checkpoints must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)

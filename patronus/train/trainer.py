@@ -1,0 +1,357 @@
+"""The training loop: AdamW, AMP, optional EMA, gradient clipping, DDP, checkpoints and resume.
+
+Randomness is derived from (seed, step, rank): the data order of every epoch, the timesteps and
+noise of every step and the dropout masks. A resumed run therefore draws exactly what the
+uninterrupted run would have, and continues bit-exactly from the optimizer, scaler and EMA state
+stored in the checkpoint. The global RNG state of the caller is restored when ``fit`` returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from patronus.checkpoint import (
+    EMA_FILE,
+    LATEST_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    load_tensors,
+    read_config,
+    resolve_checkpoint,
+    save_model,
+    save_tensors,
+    write_atomically,
+)
+from patronus.data.images import save_grid
+from patronus.diffusion.loss import sample_timesteps
+from patronus.models import Patronus
+from patronus.nn.prototype_layer import prototype_distinct_loss
+from patronus.train.config import TrainConfig
+from patronus.train.distributed import setup_distributed
+from patronus.train.ema import EMA
+from patronus.train.metrics import MetricsLog, plot_loss_curve
+from patronus.train.state import flatten_optimizer, unflatten_optimizer
+
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+class _Objective(nn.Module):
+    """What DDP wraps: (x0, t, noise) -> (total loss, noise MSE, distinct loss)."""
+
+    def __init__(self, model: Patronus, distinct_weight: float, margin: float) -> None:
+        super().__init__()
+        self.model = model
+        self.distinct_weight = distinct_weight
+        self.margin = margin
+
+    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+        mse = self.model.training_loss(x0, t, noise)
+        if self.distinct_weight == 0:
+            return mse, mse, torch.zeros_like(mse)
+        distinct = prototype_distinct_loss(self.model.prototype_layer.prototypes, self.margin)
+        return mse + self.distinct_weight * distinct, mse, distinct
+
+
+class _StepBatches(Sampler[list[int]]):
+    """Index batches for steps [start, stop) of this process: epoch-wise permutations of a
+    seeded generator, the global batch split evenly across processes, incomplete batches dropped."""
+
+    def __init__(
+        self, size: int, batch: int, rank: int, world: int, seed: int, start: int, stop: int
+    ):
+        self.size, self.batch, self.rank, self.world = size, batch, rank, world
+        self.seed, self.start, self.stop = seed, start, stop
+        self.steps_per_epoch = size // batch
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        local = self.batch // self.world
+        epoch, permutation = -1, None
+        for step in range(self.start, self.stop):
+            step_epoch, position = divmod(step, self.steps_per_epoch)
+            if step_epoch != epoch:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step_epoch)
+                permutation = torch.randperm(self.size, generator=generator)
+                epoch = step_epoch
+            first = position * self.batch + self.rank * local
+            yield permutation[first : first + local].tolist()
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
+
+
+class Trainer:
+    """Trains a :class:`~patronus.Patronus` on a dataset of ``(image, label)`` items.
+
+    Args:
+        model: the model (moved to the training device).
+        dataset: images in [-1, 1] of the model's shape.
+        config: :class:`TrainConfig`.
+        run_dir: where checkpoints, metrics, samples and the loss curve go.
+        device: default CUDA (``cuda:LOCAL_RANK`` under torchrun) when available, else CPU.
+        metadata: extra JSON data stored in every checkpoint's config (e.g. the dataset spec).
+
+    Under ``torchrun`` with more than one process it trains with DDP (gloo on CPU, nccl on CUDA);
+    process 0 writes all files.
+    """
+
+    def __init__(
+        self,
+        model: Patronus,
+        dataset: Dataset,
+        config: TrainConfig,
+        run_dir: str | Path,
+        device: str | torch.device | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.dist = setup_distributed(device)
+        self.device = self.dist.device
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} must divide by {self.dist.world_size} processes"
+            )
+        if len(dataset) < config.batch_size:
+            raise ValueError(
+                f"the dataset has {len(dataset)} images, less than a batch of {config.batch_size}"
+            )
+        self._check_dataset(model, dataset)
+        self.model = model.to(self.device)
+        self.dataset = dataset
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.metadata = metadata or {}
+        objective = _Objective(model, config.distinct_loss_weight, config.distinct_margin)
+        self.objective = DistributedDataParallel(objective) if self.dist.enabled else objective
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.ema = EMA(model, config.ema_decay) if config.ema_decay else None
+        self.noise_generator = torch.Generator(self.device)
+        self.metrics = MetricsLog(self.run_dir)
+        self.step = 0
+
+    @staticmethod
+    def _check_dataset(model: Patronus, dataset: Dataset) -> None:
+        image = dataset[0][0]
+        if tuple(image.shape) != model.config.image_shape:
+            raise ValueError(
+                f"dataset images are {tuple(image.shape)} but the model expects "
+                f"{model.config.image_shape}; set the preset's image size and channels to match"
+            )
+
+    # ------------------------------------------------------------------------------ one step
+    def _seed(self, stream: int) -> int:
+        """Seed of a random stream of this step and process (0: dropout, 1: timesteps and noise)."""
+        mixed = (self.config.seed * 1_000_003 + self.step) * 1024 + self.dist.rank * 2 + stream
+        return mixed % 2**62
+
+    def _lr(self) -> float:
+        warmup = self.config.warmup_steps
+        scale = min(1.0, (self.step + 1) / warmup) if warmup else 1.0
+        return self.config.learning_rate * scale
+
+    def _train_step(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
+        torch.manual_seed(self._seed(0))  # dropout masks
+        self.noise_generator.manual_seed(self._seed(1))
+        t = sample_timesteps(
+            x0.shape[0], self.model.config.diffusion.timesteps, self.device, self.noise_generator
+        )
+        noise = torch.randn(x0.shape, generator=self.noise_generator, device=self.device)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            loss, mse, distinct = self.objective(x0, t, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        parameters = list(self.model.parameters())
+        grad_norm = nn.utils.clip_grad_norm_(
+            parameters, self.config.grad_clip if self.config.grad_clip else float("inf")
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return {
+            "loss": loss.detach(),
+            "mse": mse.detach(),
+            "distinct": distinct.detach(),
+            "grad_norm": grad_norm,
+        }
+
+    # ------------------------------------------------------------------------------ the loop
+    def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Train until ``config.max_steps``; returns a summary. Ctrl-C saves a checkpoint first.
+
+        ``on_step(step, row)`` is called after every logged step with the metrics row.
+        """
+        config = self.config
+        sampler = _StepBatches(
+            len(self.dataset), config.batch_size, self.dist.rank, self.dist.world_size,
+            config.seed, self.step, config.max_steps,
+        )  # fmt: skip
+        loader = DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        bar = tqdm(
+            total=config.max_steps, initial=self.step, desc="training",
+            disable=not (config.progress and self.dist.is_main), dynamic_ncols=True,
+        )  # fmt: skip
+        started = time.perf_counter()
+        window_start, window_images = started, 0
+        sums: dict[str, torch.Tensor] = {}
+        saved_step = -1
+        try:
+            with torch.random.fork_rng(devices=rng_devices):
+                for batch in loader:
+                    x0 = batch[0].to(self.device, non_blocking=True)
+                    values = self._train_step(x0)
+                    self.step += 1
+                    window_images += x0.shape[0] * self.dist.world_size
+                    for key, value in values.items():
+                        sums[key] = sums.get(key, 0) + value.float()
+                    bar.update(1)
+                    if self.step % config.log_every == 0 or self.step == config.max_steps:
+                        now = time.perf_counter()
+                        steps = self.step % config.log_every or config.log_every
+                        row = {"step": self.step, "epoch": self.step / sampler.steps_per_epoch}
+                        row.update({key: float(total) / steps for key, total in sums.items()})
+                        row["lr"] = self._lr()
+                        row["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                        row["elapsed_s"] = now - started
+                        sums, window_start, window_images = {}, now, 0
+                        if self.dist.is_main:
+                            self.metrics.append(row)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}")
+                        if on_step is not None:
+                            on_step(self.step, row)
+                    if self.step % config.checkpoint_every == 0:
+                        self.save_checkpoint()
+                        saved_step = self.step
+                    if config.sample_every and self.step % config.sample_every == 0:
+                        self.write_samples()
+        except KeyboardInterrupt:
+            if self.dist.is_main and self.step > 0 and saved_step != self.step:
+                path = self.save_checkpoint()
+                print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}")
+            raise
+        finally:
+            bar.close()
+        if saved_step != self.step:
+            self.save_checkpoint()
+        self.write_samples()
+        self.dist.close()
+        rows = self.metrics.rows() if self.dist.is_main else []
+        return {
+            "step": self.step,
+            "final_loss": rows[-1]["loss"] if rows else None,
+            "wall_s": time.perf_counter() - started,
+            "run_dir": str(self.run_dir),
+        }
+
+    # ----------------------------------------------------------------------- files and state
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step_XXXXXXX`` (process 0), update ``latest``, prune old ones."""
+        folder = self.checkpoints_dir / f"step_{self.step:07d}"
+        if self.dist.is_main:
+            tensors, plain = flatten_optimizer(self.optimizer.state_dict())
+            plain["scaler"] = self.scaler.state_dict()
+            metadata = {"step": self.step, "train": self.config.to_dict(), **self.metadata}
+            save_model(
+                self.model,
+                folder,
+                metadata,
+                ema_state=self.ema.full_state(self.model) if self.ema else None,
+                extra_files={
+                    TRAIN_STATE_TENSORS: lambda path: save_tensors(tensors, path),
+                    TRAIN_STATE_JSON: lambda path: path.write_text(json.dumps(plain)),
+                },
+            )
+            write_atomically(
+                self.checkpoints_dir / LATEST_FILE, lambda path: path.write_text(folder.name)
+            )
+            self._prune_checkpoints()
+            plot_loss_curve(self.metrics.rows(), self.run_dir / LOSS_CURVE_FILE)
+        self.dist.barrier()
+        return folder if self.dist.is_main else None
+
+    def _prune_checkpoints(self) -> None:
+        folders = sorted(self.checkpoints_dir.glob("step_*"))
+        for old in folders[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    def resume(self, checkpoint: str | Path | None = None) -> int:
+        """Load model, optimizer, scaler, EMA and step from a checkpoint (default: the run's
+        latest); returns the step. Metrics logged after that step are dropped."""
+        folder = resolve_checkpoint(checkpoint or self.run_dir)
+        data = read_config(folder)
+        if data["model"] != self.model.config.to_dict():
+            raise CheckpointError(f"{folder} holds a different model configuration")
+        state = load_tensors(folder / MODEL_FILE)
+        self.model.load_state_dict(state)
+        plain_path = folder / TRAIN_STATE_JSON
+        if not plain_path.is_file():
+            raise CheckpointError(
+                f"{folder} has no training state ({TRAIN_STATE_JSON}); cannot resume"
+            )
+        plain = json.loads(plain_path.read_text())
+        tensors = load_tensors(folder / TRAIN_STATE_TENSORS)
+        self.optimizer.load_state_dict(unflatten_optimizer(tensors, plain))
+        self.scaler.load_state_dict(plain["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(load_tensors(folder / EMA_FILE))
+        self.step = int(data["step"])
+        if self.dist.is_main:
+            self.metrics.truncate_after(self.step)
+        self.dist.barrier()
+        return self.step
+
+    @torch.no_grad()
+    def write_samples(self) -> Path | None:
+        """Conditional samples for the first images of the dataset: originals above samples."""
+        if not self.dist.is_main:
+            return None
+        count = min(self.config.num_sample_images, len(self.dataset))
+        originals = torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
+        model = self.model
+        if self.ema is not None:
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(self.ema.full_state(self.model))
+        generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        s = model.encode(originals)
+        samples = model.sample(s, steps=self.config.sample_steps, generator=generator, clip_x0=True)
+        path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
+        return save_grid(torch.cat([originals, samples]), path, nrow=count)
