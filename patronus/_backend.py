@@ -62,9 +62,11 @@ def load_extension() -> tuple[ModuleType | None, str]:
 @cache
 def triton_status() -> str | None:
     """None when Triton is importable, otherwise why not (without importing it)."""
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed"
-    return None
+    try:
+        found = importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError) as error:
+        return f"Triton cannot be found ({error})"
+    return None if found else "Triton is not installed"
 
 
 def select(op: str, device: torch.device, probes: Mapping[str, Probe]) -> BackendChoice:

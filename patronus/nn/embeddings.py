@@ -9,15 +9,19 @@ from torch import nn
 
 
 def sinusoidal_table(num_steps: int, dim: int) -> torch.Tensor:
-    """Fixed table (num_steps, dim): half sin, half cos of t * exp(-k ln(10000) / (dim/2 - 1))."""
+    """Fixed table (num_steps, dim): half sin, half cos of t * exp(-k ln(10000) / (dim/2 - 1)).
+
+    Computed in float32 with the original implementation's operations, so that its checkpoints'
+    stored tables match bit for bit.
+    """
     if dim < 4 or dim % 2:
         raise ValueError(f"embedding dim must be even and >= 4, got {dim}")
     half = dim // 2
     frequencies = torch.exp(
-        torch.arange(half, dtype=torch.float64) * -(math.log(10000.0) / (half - 1))
+        torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1))
     )
-    angles = torch.arange(num_steps, dtype=torch.float64)[:, None] * frequencies[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+    angles = torch.arange(num_steps, dtype=torch.float32)[:, None] * frequencies[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class TimeEmbedding(nn.Module):
