@@ -1,0 +1,63 @@
+"""The conditional UNet: shapes for every preset, the paper's size, and its conditioning."""
+
+import pytest
+import torch
+
+from patronus import Patronus
+from patronus.models import PatronusUNet, UNetConfig
+from patronus.models.presets import PRESETS
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_predicts_noise_of_image_shape(name):
+    config = PRESETS[name].model
+    model = Patronus(config).eval()
+    x = torch.randn(1, *config.image_shape)
+    with torch.no_grad():
+        s = model.encode(x)
+        eps = model(x, torch.tensor([config.diffusion.timesteps - 1]), s)
+    assert s.shape == (1, config.num_prototypes)
+    assert eps.shape == x.shape and torch.isfinite(eps).all()
+
+
+def test_paper_model_has_about_25_1_million_parameters():
+    unet = Patronus(PRESETS["fmnist32"].model).unet
+    assert sum(p.numel() for p in unet.parameters()) == pytest.approx(25.1e6, rel=0.005)
+
+
+def test_conditioning_on_time_and_prototypes_changes_the_output():
+    torch.manual_seed(0)
+    config = UNetConfig(base_channels=16, channel_mults=(1, 2), attention=(False, True), dropout=0)
+    unet = PatronusUNet(config, image_channels=3, num_prototypes=5, timesteps=100).eval()
+    for module in unet.modules():  # non-zero biases so every path matters
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.bias)
+    x = torch.randn(2, 3, 8, 8)
+    s = torch.randn(2, 5)
+    t = torch.tensor([3, 3])
+    base = unet(x, t, s)
+    assert not torch.allclose(base, unet(x, torch.tensor([50, 50]), s))
+    assert not torch.allclose(base, unet(x, t, s + 1))
+    # samples do not interact (no batch-dependent layers)
+    torch.testing.assert_close(unet(x[:1], t[:1], s[:1]), base[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_levels_and_skips_are_wired_as_configured():
+    config = UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=2,
+                        attention=(False, True, False), dropout=0.0)  # fmt: skip
+    unet = PatronusUNet(config, image_channels=1, num_prototypes=3, timesteps=10)
+    res_blocks = [b for b in unet.encoder_blocks if hasattr(b, "attention")]
+    assert [b.attention is not None for b in res_blocks] == [False, False, True, True, False, False]
+    assert unet.bottleneck_blocks[0].attention is not None
+    assert unet.bottleneck_blocks[1].attention is None
+    decoder_res = [b for b in unet.decoder_blocks if hasattr(b, "attention")]
+    assert len(decoder_res) == 3 * 3
+    # the first decoder block takes [h, skip] of the bottleneck width plus the last encoder output
+    assert decoder_res[0].norm1.num_channels == 16 + 16
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="one flag per entry"):
+        UNetConfig(channel_mults=(1, 2), attention=(False,))
+    with pytest.raises(ValueError, match="divide by norm_groups"):
+        UNetConfig(base_channels=12, channel_mults=(1,), attention=(False,))
