@@ -30,6 +30,11 @@ def test_cosine_schedule_matches_its_definition():
     np.testing.assert_allclose(abar[:-1], [f[t + 1] / f[0] for t in range(steps - 1)], rtol=1e-9)
 
 
+def test_linear_schedule_needs_enough_steps():
+    with pytest.raises(ValueError, match="at least 21 steps"):
+        linear_betas(12)
+
+
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="schedule must be one of"):
         NoiseSchedule.from_name("sigmoid", 10)

@@ -12,6 +12,11 @@ import torch
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """Linear betas (T,) float64, from DDPM; the endpoints scale by 1000/T for T != 1000."""
     scale = 1000.0 / timesteps
+    if beta_end * scale >= 1.0:
+        raise ValueError(
+            f"a linear schedule scaled to {timesteps} steps has beta_T = {beta_end * scale:.3g} "
+            f">= 1; use at least {int(1000 * beta_end) + 1} steps or the cosine schedule"
+        )
     return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
 
 

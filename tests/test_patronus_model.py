@@ -1,0 +1,113 @@
+"""The Patronus API: encode, sample, invert, reconstruct, edit; input checks; determinism."""
+
+import pytest
+import torch
+
+from patronus import Patronus
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return Patronus(tiny_config)
+
+
+@pytest.fixture
+def images(tiny_config):
+    return torch.rand(3, *tiny_config.image_shape) * 2 - 1
+
+
+def test_encode_and_prototype_output(model, images):
+    out = model.prototype_output(images)
+    assert out.activations.shape == (3, model.num_prototypes)
+    torch.testing.assert_close(model.encode(images), out.activations)
+    height, width = model.encoder.output_size((24, 24))
+    assert out.patch_index.max() < height * width
+
+
+def test_sample_is_reproducible_and_respects_mode(model, images):
+    model.train()
+    s = model.encode(images).detach()
+    a = model.sample(s, steps=5, generator=torch.Generator().manual_seed(0))
+    b = model.sample(s, steps=5, generator=torch.Generator().manual_seed(0))
+    assert a.shape == images.shape and torch.equal(a, b)
+    assert model.training  # restored
+    assert not a.requires_grad
+    c = model.sample(
+        s, steps=5, sampler="ddim", eta=1.0, generator=torch.Generator().manual_seed(1)
+    )
+    assert not torch.equal(a, c)
+
+
+def test_ddpm_runs_all_steps(tiny_config):
+    config = tiny_config.replace(diffusion=tiny_config.diffusion.__class__(timesteps=25))
+    model = Patronus(config)
+    s = torch.rand(2, config.num_prototypes)
+    seen = []
+    model.sample(
+        s, sampler="ddpm", generator=torch.Generator().manual_seed(0), callback=seen.append
+    )
+    assert [step.t for step in seen] == list(range(24, -1, -1))
+
+
+def test_invert_reconstruct_and_edit(model, images):
+    x_T = model.invert(images, steps=6)
+    assert x_T.shape == images.shape
+    s = model.encode(images)
+    decoded = model.sample(s, steps=6, x_T=x_T)
+    torch.testing.assert_close(model.reconstruct(images, steps=6), decoded)
+    # an edit that changes nothing decodes to the reconstruction
+    torch.testing.assert_close(model.edit(images, lambda s: s, steps=6, x_T=x_T), decoded)
+    edited = model.edit(images, lambda s: s.index_fill(1, torch.tensor([2]), 9.0), steps=6, x_T=x_T)
+    assert not torch.allclose(edited, decoded)
+    with pytest.raises(ValueError, match="edited activations must be"):
+        model.edit(images, torch.zeros(3, 2), steps=2, x_T=x_T)
+
+
+def test_trajectory_generators(model, images):
+    s = model.encode(images).detach()
+    with torch.no_grad():
+        steps = list(model.sample_steps(s, steps=4))
+        inversion = list(model.invert_steps(images, steps=4))
+    assert len(steps) == len(inversion) == 4
+    assert [st.t for st in steps] == [999, 666, 333, 0]
+
+
+def test_training_loss_is_a_differentiable_scalar(model, images):
+    t = torch.tensor([0, 500, 999])
+    loss = model.training_loss(images, t, torch.randn_like(images))
+    loss.backward()
+    assert loss.dim() == 0
+    assert model.prototype_layer.prototypes.grad is not None
+    assert model.encoder.features[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (torch.rand(2, 1, 24, 24), ValueError, r"must be \(B, 3, 24, 24\)"),
+        (torch.rand(2, 3, 32, 32), ValueError, r"must be \(B, 3, 24, 24\)"),
+        (torch.rand(3, 24, 24), ValueError, r"must be \(B, 3, 24, 24\)"),
+        (torch.zeros(2, 3, 24, 24, dtype=torch.uint8), TypeError, "floating point"),
+        (torch.full((2, 3, 24, 24), float("nan")), ValueError, "NaN"),
+    ],
+)
+def test_bad_images_raise_clear_errors(model, bad, error, match):
+    with pytest.raises(error, match=match):
+        model.invert(bad, steps=2)
+
+
+def test_bad_activations_raise_clear_errors(model):
+    with pytest.raises(ValueError, match=r"must be \(B, 8\)"):
+        model.sample(torch.rand(2, 5), steps=2)
+    with pytest.raises(ValueError, match="NaN"):
+        model.sample(torch.full((2, 8), float("nan")), steps=2)
+    with pytest.raises(ValueError, match="sampler must be"):
+        model.sample(torch.rand(2, 8), sampler="euler")
+    with pytest.raises(ValueError, match="x_T has 1 samples"):
+        model.sample(torch.rand(2, 8), steps=2, x_T=torch.randn(1, 3, 24, 24))
+
+
+def test_image_size_must_fit_the_unet(tiny_config):
+    with pytest.raises(ValueError, match="divisible"):
+        Patronus(tiny_config.replace(image_size=25))

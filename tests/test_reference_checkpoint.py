@@ -1,0 +1,129 @@
+"""Importing the original implementation's checkpoints."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from original_patronus import OriginalPatronus
+
+from patronus import load_reference_checkpoint
+from patronus.checkpoint import CheckpointError
+from patronus.reference_checkpoint import translate_key
+
+KEYS_FILE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ckpt-keys-fmnist32.tsv"
+
+CONFIG = {
+    "BaseConfig": {"DATASET": "FashionMNIST"},
+    "ModelConfig": {"BASE_CH": 64, "BASE_CH_MULT": (1, 2, 4, 4), "APPLY_ATTENTION": (False,) * 4,
+                    "ATTENTION_TYPE": "ori_att", "DROPOUT_RATE": 0.1, "TIME_EMB_MULT": 4},
+    "TrainingConfig": {"TIMESTEPS": 1000, "IMG_SHAPE": (1, 32, 32), "NUM_PROTOS": 30,
+                       "P_VECTOR_SHAPE": (128, 1, 1), "plb_channel_inputs": [1, 32, 64, 64],
+                       "plb_layer_filter_sizes": [3, 3, 3, 3], "plb_layer_strides": [2, 1, 1, 1],
+                       "plb_layer_paddings": [1, 0, 0, 0]},
+}  # fmt: skip
+
+
+def write_original(folder: Path, model: torch.nn.Module, config=CONFIG) -> Path:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    scaler = torch.amp.GradScaler("cpu")
+    path = folder / "ckpt.tar"
+    torch.save({"model": model.state_dict(), "opt": optimizer.state_dict(),
+                "scaler": scaler.state_dict()}, path)  # fmt: skip
+    if config is not None:
+        (folder / "config.pickle").write_bytes(pickle.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def original():
+    torch.manual_seed(0)
+    model = OriginalPatronus().eval()
+    for layer in model.proactBlock.encoder.features:
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.weight, 0.0, 0.1)
+    return model
+
+
+def test_the_original_layout_matches_the_published_keys(original):
+    if not KEYS_FILE.is_file():
+        pytest.fail(f"{KEYS_FILE} is missing: the test compares against the published key list")
+    published = {}
+    for line in KEYS_FILE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split("\t")
+            published[key] = tuple(int(n) for n in shape.strip("()").split(",") if n.strip())
+    ours = {key: tuple(value.shape) for key, value in original.state_dict().items()}
+    assert ours == published
+
+
+def test_every_original_key_has_a_home(original, tiny_config):
+    from patronus import Patronus
+    from patronus.models.presets import get_preset
+
+    target = set(Patronus(get_preset("fmnist32").model).state_dict())
+    ignored = {"proactBlock.ones", "time_embeddings.time_blocks.0.weight"}
+    translated = {translate_key(k) for k in original.state_dict() if k not in ignored}
+    assert translated == target
+
+
+def test_imported_model_computes_the_same_activations_and_noise(original, tmp_path):
+    path = write_original(tmp_path, original)
+    model = load_reference_checkpoint(path)
+    assert model.config.image_size == 32 and model.num_prototypes == 30
+    x0 = torch.rand(3, 1, 32, 32) * 2 - 1
+    x_t = torch.randn(3, 1, 32, 32)
+    t = torch.tensor([0, 417, 999])
+    with torch.no_grad():
+        eps_original, s_original = original(x_t, t, x0)
+        s = model.encode(x0)
+        eps = model(x_t, t, s)
+    torch.testing.assert_close(s, s_original, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eps, eps_original, atol=1e-4, rtol=1e-4)
+
+
+def test_small_variant_without_config_file(tmp_path):
+    torch.manual_seed(1)
+    encoder = ((3, 8, 8, 8), (8, 8, 8, 16), (3,) * 4, (2, 1, 1, 1), (1, 0, 0, 0))
+    original = OriginalPatronus(input_channels=3, num_res_blocks=1, base_channels=16,
+                                base_channels_multiples=(1, 2), apply_attention=(False, True),
+                                num_protos=5, timesteps=50, plb=encoder)  # fmt: skip
+    path = write_original(tmp_path, original.eval(), config=None)
+    with pytest.raises(CheckpointError, match="image size unknown"):
+        load_reference_checkpoint(path)
+    model = load_reference_checkpoint(path, image_size=16)
+    assert model.config.unet.attention == (False, True)
+    assert model.config.unet.num_res_blocks == 1
+    x0, x_t, t = torch.rand(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.tensor([3, 40])
+    with torch.no_grad():
+        eps_original, s_original = original(x_t, t, x0)
+        s = model.encode(x0)
+        eps = model(x_t, t, s)
+    torch.testing.assert_close(s, s_original, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eps, eps_original, atol=1e-4, rtol=1e-4)
+
+
+def test_config_pickle_with_code_is_refused(original, tmp_path):
+    path = write_original(tmp_path, original)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "config.pickle").write_bytes(pickle.dumps({"TrainingConfig": Evil()}))
+    with pytest.raises(CheckpointError, match=r"refusing to load builtins\.print"):
+        load_reference_checkpoint(path)
+
+
+def test_inconsistent_config_and_bad_files(original, tmp_path):
+    bad = {**CONFIG, "TrainingConfig": {**CONFIG["TrainingConfig"], "NUM_PROTOS": 31}}
+    path = write_original(tmp_path, original, bad)
+    with pytest.raises(CheckpointError, match="NUM_PROTOS=31"):
+        load_reference_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        load_reference_checkpoint(tmp_path / "missing.tar")
+    (tmp_path / "junk.tar").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+        load_reference_checkpoint(tmp_path / "junk.tar")
+    with pytest.raises(CheckpointError, match="no original Patronus state dict"):
+        load_reference_checkpoint({"model": {"weight": torch.zeros(1)}})
