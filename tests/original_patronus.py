@@ -138,11 +138,14 @@ class ProactBlock(nn.Module):
         return torch.log((min_distances + 1) / (min_distances + self.eps))
 
 
+PAPER_ENCODER = ((1, 32, 64, 64), (32, 64, 64, 128), (3,) * 4, (2, 1, 1, 1), (1, 0, 0, 0))
+
+
 class OriginalPatronus(nn.Module):
     def __init__(self, input_channels=1, num_res_blocks=2, base_channels=64,
                  base_channels_multiples=(1, 2, 4, 4), apply_attention=(False,) * 4,
                  dropout_rate=0.1, time_multiple=4, num_protos=30, timesteps=1000,
-                 plb=((1, 32, 64, 64), (32, 64, 64, 128), (3,) * 4, (2, 1, 1, 1), (1, 0, 0, 0))):  # fmt: skip
+                 plb=PAPER_ENCODER):  # fmt: skip
         super().__init__()
         emb = base_channels * time_multiple
         self.proactBlock = ProactBlock(ProtoEncoder(*plb), num_protos, plb[1][-1])
