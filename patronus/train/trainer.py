@@ -36,7 +36,7 @@ from patronus.checkpoint import (
 )
 from patronus.data.images import save_grid
 from patronus.diffusion.loss import sample_timesteps
-from patronus.models import Patronus
+from patronus.models import Patronus, PatronusConfig
 from patronus.nn.prototype_layer import prototype_distinct_loss
 from patronus.train.config import TrainConfig
 from patronus.train.distributed import setup_distributed
@@ -163,9 +163,9 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------------------ one step
-    def _seed(self, stream: int) -> int:
-        """Seed of a random stream of this step and process (0: dropout, 1: timesteps and noise)."""
-        mixed = (self.config.seed * 1_000_003 + self.step) * 1024 + self.dist.rank * 2 + stream
+    def _seed(self, stream: int, rank: int = 0) -> int:
+        """Seed of a stream of this step: 0 dropout (per process), 1 timesteps and noise."""
+        mixed = (self.config.seed * 1_000_003 + self.step) * 1024 + rank * 2 + stream
         return mixed % 2**62
 
     def _lr(self) -> float:
@@ -174,12 +174,19 @@ class Trainer:
         return self.config.learning_rate * scale
 
     def _train_step(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
-        torch.manual_seed(self._seed(0))  # dropout masks
+        torch.manual_seed(self._seed(0, self.dist.rank))  # dropout masks
+        # timesteps and noise are drawn for the global batch and sliced, so that a DDP run
+        # computes what one process with the whole batch would
         self.noise_generator.manual_seed(self._seed(1))
+        local, world = x0.shape[0], self.dist.world_size
         t = sample_timesteps(
-            x0.shape[0], self.model.config.diffusion.timesteps, self.device, self.noise_generator
+            local * world, self.model.config.diffusion.timesteps, self.device, self.noise_generator
         )
-        noise = torch.randn(x0.shape, generator=self.noise_generator, device=self.device)
+        noise = torch.randn(
+            (local * world, *x0.shape[1:]), generator=self.noise_generator, device=self.device
+        )
+        mine = slice(self.dist.rank * local, (self.dist.rank + 1) * local)
+        t, noise = t[mine], noise[mine]
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
@@ -318,7 +325,7 @@ class Trainer:
         latest); returns the step. Metrics logged after that step are dropped."""
         folder = resolve_checkpoint(checkpoint or self.run_dir)
         data = read_config(folder)
-        if data["model"] != self.model.config.to_dict():
+        if PatronusConfig.from_dict(data["model"]) != self.model.config:
             raise CheckpointError(f"{folder} holds a different model configuration")
         state = load_tensors(folder / MODEL_FILE)
         self.model.load_state_dict(state)

@@ -1,0 +1,155 @@
+"""The Trainer: learning, exact resume, interruption, EMA, logs and DDP under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from patronus import Patronus, load_model
+from patronus.data import SyntheticShapes
+from patronus.models.presets import get_preset
+from patronus.train import TrainConfig, Trainer
+
+PRESET = get_preset("synthetic-tiny")
+
+
+def make_trainer(run_dir, dataset=None, model_seed=0, **overrides):
+    torch.manual_seed(model_seed)
+    model = Patronus(PRESET.model)
+    dataset = dataset or SyntheticShapes(96, 24, 3, seed=1)
+    settings = {"batch_size": 16, "learning_rate": 2e-3, "progress": False, "log_every": 2}
+    config = TrainConfig(**{**settings, **overrides})
+    return Trainer(model, dataset, config, run_dir, "cpu")
+
+
+@pytest.mark.slow
+def test_a_few_hundred_steps_lower_the_loss_clearly(tmp_path):
+    trainer = make_trainer(tmp_path, SyntheticShapes(512, 24, 3), max_steps=300, log_every=20,
+                           checkpoint_every=1000)  # fmt: skip
+    trainer.fit()
+    losses = [row["loss"] for row in trainer.metrics.rows()]
+    assert len(losses) == 15
+    first, last = sum(losses[:2]) / 2, sum(losses[-3:]) / 3
+    assert last < 0.2 * first, losses
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path):
+    straight = (
+        make_trainer(tmp_path / "a", max_steps=8, ema_decay=0.9, dropout_check=None)
+        if False
+        else None
+    )
+    straight = make_trainer(tmp_path / "a", max_steps=8, ema_decay=0.9)
+    straight.fit()
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, row):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    first = make_trainer(tmp_path / "b", max_steps=8, ema_decay=0.9)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_step=interrupt)
+    assert (tmp_path / "b" / "checkpoints" / "step_0000004").is_dir()
+    resumed = make_trainer(tmp_path / "b", max_steps=8, ema_decay=0.9, model_seed=123)
+    assert resumed.resume() == 4
+    resumed.fit()
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
+                                 resumed.model.state_dict().items(), strict=True):  # fmt: skip
+        assert torch.equal(a, b), name
+    for name, value in straight.ema.state_dict().items():
+        assert torch.equal(value, resumed.ema.state_dict()[name]), name
+    rows_a = [(r["step"], r["loss"]) for r in straight.metrics.rows()]
+    rows_b = [(r["step"], r["loss"]) for r in resumed.metrics.rows()]
+    assert rows_a == rows_b
+
+
+def test_dropout_and_distinct_loss_paths_train(tmp_path):
+    config = PRESET.model.replace(unet=PRESET.model.unet.__class__(
+        **{**PRESET.model.unet.__dict__, "dropout": 0.2}))  # fmt: skip
+    torch.manual_seed(0)
+    trainer = Trainer(Patronus(config), SyntheticShapes(64, 24, 3),
+                      TrainConfig(max_steps=4, batch_size=16, distinct_loss_weight=0.5,
+                                  progress=False, log_every=1), tmp_path, "cpu")  # fmt: skip
+    trainer.fit()
+    rows = trainer.metrics.rows()
+    assert all(row["distinct"] >= 0 for row in rows) and len(rows) == 4
+
+
+def test_run_folder_contents(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, checkpoint_every=3, keep_checkpoints=1,
+                           ema_decay=0.5, num_sample_images=4, sample_steps=3)  # fmt: skip
+    summary = trainer.fit()
+    assert summary["step"] == 6
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["latest", "step_0000006"]
+    folder = tmp_path / "checkpoints" / "step_0000006"
+    assert {p.name for p in folder.iterdir()} == {
+        "config.json", "model.safetensors", "ema.safetensors",
+        "train_state.safetensors", "train_state.json",
+    }  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    assert config["step"] == 6 and config["train"]["max_steps"] == 6
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    assert (tmp_path / "samples" / "step_0000006.png").is_file()
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("step,epoch,loss,mse,distinct,grad_norm,lr,images_per_s")
+    ema_model = load_model(tmp_path)
+    raw_model = load_model(tmp_path, ema=False)
+    torch.testing.assert_close(raw_model.state_dict(), trainer.model.state_dict())
+    assert not torch.equal(
+        ema_model.prototype_layer.prototypes, raw_model.prototype_layer.prototypes
+    )
+
+
+def test_dataset_and_batch_mismatches_are_reported(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset images are \(1, 24, 24\)"):
+        make_trainer(tmp_path, SyntheticShapes(64, 24, 1), max_steps=1)
+    with pytest.raises(ValueError, match="less than a batch"):
+        make_trainer(tmp_path, SyntheticShapes(8, 24, 3), max_steps=1)
+    with pytest.raises(ValueError, match="amp must be"):
+        TrainConfig(amp="fp8")
+
+
+def test_resume_refuses_another_model(tmp_path):
+    make_trainer(tmp_path, max_steps=2).fit()
+    other = Patronus(PRESET.model.replace(num_prototypes=9))
+    trainer = Trainer(other, SyntheticShapes(96, 24, 3), TrainConfig(max_steps=4, batch_size=16,
+                      progress=False), tmp_path, "cpu")  # fmt: skip
+    from patronus.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="different model configuration"):
+        trainer.resume()
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_and_checkpoint(tmp_path):
+    """DDP with gloo: 2 processes, the global batch split between them, one checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "patronus", "train", "--preset", "synthetic-tiny", "--dataset", "synthetic",
+        "--limit", "64", "--steps", "4", "--batch-size", "16", "--lr", "2e-3",
+        "--out", str(tmp_path), "--log-every", "1", "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]  # written once, by rank 0
+    model = load_model(tmp_path)
+    assert model.num_prototypes == PRESET.model.num_prototypes
+    # the two processes kept identical replicas: a single-process run on the same global
+    # batches reaches the same weights up to the order of floating-point reduction
+    single = tmp_path / "single"
+    command[command.index("--nproc-per-node") + 1] = "1"
+    command[command.index("--out") + 1] = str(single)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single_model = load_model(single)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, single_model.state_dict()[name], atol=2e-4, rtol=1e-3)
