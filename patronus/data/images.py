@@ -20,7 +20,7 @@ def load_image(path: str | Path, channels: int, size: int | None) -> torch.Tenso
         image = image.convert("L" if channels == 1 else "RGB")
         if size is not None and image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.BILINEAR)
-        return uint8_to_tensor(np.asarray(image))
+        return uint8_to_tensor(np.array(image))
 
 
 def uint8_to_tensor(array: np.ndarray) -> torch.Tensor:

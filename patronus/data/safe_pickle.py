@@ -14,6 +14,7 @@ PLAIN_GLOBALS = frozenset(
         ("builtins", "slice"),
         ("builtins", "range"),
         ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 )
 NUMPY_GLOBALS = frozenset(

@@ -1,0 +1,265 @@
+"""Dataset loaders on tiny fixtures written in each dataset's real layout, and the synthetic set."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from patronus.data import (
+    CIFAR10,
+    FFHQ,
+    CelebA,
+    CheXpert,
+    DataLayoutError,
+    FashionMNIST,
+    ImageFolder,
+    SyntheticShapes,
+    build_dataset,
+)
+from patronus.data.fashion_mnist import DEBIAN_DIR
+from patronus.data.synthetic import FACTOR_NAMES, FACTORS
+
+
+def check_images(dataset, shape):
+    image, label = dataset[0]
+    assert image.shape == shape and image.dtype == torch.float32
+    assert image.min() >= -1.0 and image.max() <= 1.0
+    return label
+
+
+# ------------------------------------------------------------------------------ Fashion-MNIST
+def write_idx(path, array, compress):
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fashion_mnist_from_idx(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28))
+    for prefix, count in (("train", 5), ("t10k", 3)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images[:count], compress)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10, compress)
+    train = FashionMNIST(tmp_path, "train")
+    assert len(train) == 5 and len(FashionMNIST(tmp_path, "test")) == 3
+    assert check_images(train, (1, 32, 32)) == 0
+    native = FashionMNIST(tmp_path, "train", image_size=28)
+    expected = torch.from_numpy(images[2]).float() / 127.5 - 1
+    torch.testing.assert_close(native[2][0][0], expected)
+    assert len(FashionMNIST(tmp_path, limit=2)) == 2
+
+
+def test_fashion_mnist_errors_name_the_layout(tmp_path):
+    with pytest.raises(DataLayoutError, match="train-images-idx3-ubyte") as error:
+        FashionMNIST(tmp_path)
+    assert "Expected layout" in str(error.value)
+    with pytest.raises(DataLayoutError, match="does not exist"):
+        FashionMNIST(tmp_path / "nowhere")
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"garbage")
+    with pytest.raises(DataLayoutError, match="not a valid IDX file"):
+        FashionMNIST(tmp_path)
+
+
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_from_the_debian_package():
+    test = FashionMNIST(split="test")
+    assert len(test) == 10000
+    labels = test.labels.bincount()
+    assert labels.tolist() == [1000] * 10
+    image = check_images(test, (1, 32, 32))
+    assert image.item() in range(10)
+
+
+# ----------------------------------------------------------------------------------- CIFAR-10
+def write_cifar(folder, count=4):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(), b"labels": list(rng.integers(0, 10, count)),
+                 b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                 b"filenames": [b"x.png"] * count}  # fmt: skip
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def test_cifar10_python_batches(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    train = CIFAR10(tmp_path, "train")
+    assert len(train) == 20 and len(CIFAR10(tmp_path / "cifar-10-batches-py", "test")) == 4
+    label = check_images(train, (3, 32, 32))
+    assert 0 <= label.item() < 10
+
+
+def test_cifar10_errors(tmp_path):
+    with pytest.raises(DataLayoutError, match="no CIFAR-10 batches"):
+        CIFAR10(tmp_path)
+    write_cifar(tmp_path / "c")
+    (tmp_path / "c" / "data_batch_3").unlink()
+    with pytest.raises(DataLayoutError, match=r"missing .*data_batch_3"):
+        CIFAR10(tmp_path / "c")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "c" / "test_batch").write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(DataLayoutError, match="malformed"):
+        CIFAR10(tmp_path / "c", "test")
+
+
+# -------------------------------------------------------------------------------------- CelebA
+def write_celeba(root, count=4):
+    images = root / "img_align_celeba"
+    images.mkdir(parents=True)
+    names = [f"{i:06d}.jpg" for i in range(1, count + 1)]
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(images / name)
+    attributes = [f"attr_{k}" for k in range(40)]
+    rows = [name + " " + " ".join(str(v) for v in rng.choice([-1, 1], 40)) for name in names]
+    (root / "list_attr_celeba.txt").write_text("\n".join([str(count), " ".join(attributes), *rows]))
+    parts = [f"{name} {0 if i < count - 1 else 2}" for i, name in enumerate(names)]
+    (root / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+
+
+def test_celeba(tmp_path):
+    write_celeba(tmp_path / "celeba")
+    train = CelebA(tmp_path, "train")  # finds the torchvision-style celeba/ subfolder
+    assert len(train) == 3 and len(CelebA(tmp_path / "celeba", "test")) == 1
+    assert len(CelebA(tmp_path, "all")) == 4
+    attributes = check_images(train, (3, 64, 64))
+    assert attributes.shape == (40,) and set(attributes.tolist()) <= {0, 1}
+    assert train.attribute_names[0] == "attr_0"
+
+
+def test_celeba_errors(tmp_path):
+    with pytest.raises(DataLayoutError, match=r"list_attr_celeba\.txt not found"):
+        CelebA(tmp_path)
+    write_celeba(tmp_path)
+    (tmp_path / "img_align_celeba" / "000002.jpg").unlink()
+    with pytest.raises(DataLayoutError, match="missing image"):
+        CelebA(tmp_path, "all")[1]
+    (tmp_path / "list_attr_celeba.txt").write_text("4\nname\n000001.jpg 3\n")
+    with pytest.raises(DataLayoutError, match="malformed"):
+        CelebA(tmp_path)
+
+
+# ------------------------------------------------------------------------ FFHQ and image folders
+def test_ffhq_and_image_folder(tmp_path):
+    for i in range(3):
+        folder = tmp_path / "ffhq" / "images1024x1024" / f"{i // 2:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (128, 128), (i * 80, 20, 200)).save(folder / f"{i:05d}.png")
+    ffhq = FFHQ(tmp_path / "ffhq")
+    assert len(ffhq) == 3 and check_images(ffhq, (3, 64, 64)) == 0
+    for cls in ("cats", "dogs"):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        Image.new("L", (40, 30), 128).save(tmp_path / "pets" / cls / "a.jpg")
+    pets = ImageFolder(tmp_path / "pets", image_size=16, channels=1, labels_from_folders=True)
+    assert pets.classes == ["cats", "dogs"] and pets[1][1].item() == 1
+    check_images(pets, (1, 16, 16))
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataLayoutError, match="no images found"):
+        FFHQ(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataLayoutError, match="cannot read"):
+        ImageFolder(tmp_path)[0]
+    with pytest.raises(DataLayoutError, match="class folder"):
+        ImageFolder(tmp_path, labels_from_folders=True)
+
+
+# ------------------------------------------------------------------------------------ CheXpert
+def write_chexpert(root):
+    from patronus.data.chexpert import OBSERVATIONS
+
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *OBSERVATIONS]
+    rows = []
+    for i, view in enumerate(["frontal", "lateral"]):
+        relative = f"CheXpert-v1.0-small/train/patient0000{i}/study1/view1_{view}.jpg"
+        path = root.parent / relative
+        path.parent.mkdir(parents=True)
+        Image.new("L", (320, 390), 100 + i).save(path)
+        labels = ["1.0", "", "-1.0", "0.0"] + [""] * (len(OBSERVATIONS) - 4)
+        rows.append([relative, "Female", "60", view.capitalize(), "AP", *labels])
+    text = "\n".join(",".join(row) for row in [header, *rows]) + "\n"
+    (root / "train.csv").write_text(text)
+
+
+def test_chexpert(tmp_path):
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir()
+    write_chexpert(root)
+    data = CheXpert(root)
+    assert len(data) == 2 and len(CheXpert(root, frontal_only=True)) == 1
+    labels = check_images(data, (1, 224, 224))
+    assert labels[0] == 1 and torch.isnan(labels[1]) and labels[2] == -1 and labels[3] == 0
+
+
+def test_chexpert_errors(tmp_path):
+    with pytest.raises(DataLayoutError, match=r"missing .*train\.csv"):
+        CheXpert(tmp_path)
+    (tmp_path / "train.csv").write_text("Path,Sex\nx.jpg,Male\n")
+    with pytest.raises(DataLayoutError, match="lacks columns"):
+        CheXpert(tmp_path)
+
+
+# ----------------------------------------------------------------------------------- synthetic
+def test_synthetic_is_deterministic_and_covers_every_factor():
+    a, b = SyntheticShapes(300, 32, seed=3), SyntheticShapes(300, 32, seed=3)
+    assert torch.equal(a[17][0], b[17][0]) and torch.equal(a.factor_table, b.factor_table)
+    assert not torch.equal(a.factor_table, SyntheticShapes(300, 32, seed=4).factor_table)
+    for column, name in enumerate(FACTOR_NAMES):
+        assert set(a.factor_table[:, column].tolist()) == set(range(len(FACTORS[name])))
+    image, factors = a[0]
+    assert image.shape == (3, 32, 32) and factors.shape == (6,)
+    assert set(a.factors(0)) == set(FACTOR_NAMES)
+
+
+def test_synthetic_factors_are_visible_in_the_pixels():
+    data = SyntheticShapes(60, 32, seed=0)
+    for index in range(60):
+        image, factors = data[index]
+        top, left, bottom, right = data.box(index)
+        inside = image[:, (top + bottom) // 2, (left + right) // 2]
+        corner = image[:, 0, 0] if (top, left) != (0, 0) else image[:, -1, -1]
+        background = -0.8 if factors[5] == 0 else 0.1
+        torch.testing.assert_close(corner, torch.full((3,), background), atol=1e-6, rtol=0)
+        assert (inside - corner).abs().max() > 0.1  # the object differs from the background
+        large = factors[2] == 1
+        assert (bottom - top) > (9 if large else 4)
+
+
+def test_planted_correlation():
+    independent = SyntheticShapes(4000, 16, seed=0)
+    planted = SyntheticShapes(4000, 16, seed=0, correlate=("shape", "colour"), correlation=0.9)
+
+    def agreement(data):
+        table = data.factor_table
+        return (table[:, 1] == table[:, 0] % 4).float().mean().item()
+
+    assert agreement(independent) == pytest.approx(0.25, abs=0.03)
+    assert agreement(planted) == pytest.approx(0.9 + 0.1 * 0.25, abs=0.03)
+    with pytest.raises(ValueError, match="two different"):
+        SyntheticShapes(10, correlate=("shape", "shape"))
+    with pytest.raises(ValueError, match="correlate must name"):
+        SyntheticShapes(10, correlate=("shape", "hue"))
+
+
+def test_build_dataset(tmp_path):
+    assert len(build_dataset("synthetic", limit=10, image_size=16, channels=1)) == 10
+    write_cifar(tmp_path / "cifar")
+    assert len(build_dataset("cifar10", tmp_path / "cifar", limit=7)) == 7
+    with pytest.raises(DataLayoutError, match="needs --data-dir"):
+        build_dataset("celeba")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        build_dataset("imagenet")
