@@ -43,14 +43,24 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def write_atomically(path: Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer`` on a temporary sibling of ``path`` (file or folder), then rename it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if temporary.is_dir():
-        shutil.rmtree(temporary)
-    writer(temporary)
+    _remove(temporary)
+    try:
+        writer(temporary)
+    except BaseException:
+        _remove(temporary)
+        raise
     for file in [temporary] if temporary.is_file() else sorted(temporary.iterdir()):
         _fsync(file)
     if path.is_dir():

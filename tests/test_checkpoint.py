@@ -1,0 +1,78 @@
+"""Checkpoint files: round trip, atomic writes, and clear errors for broken ones."""
+
+import json
+
+import pytest
+import torch
+
+from patronus import Patronus, load_model, save_model
+from patronus.checkpoint import CheckpointError, resolve_checkpoint, write_atomically
+
+
+def test_round_trip(tmp_path, tiny_config):
+    model = Patronus(tiny_config)
+    save_model(model, tmp_path / "ckpt", metadata={"note": "hello"})
+    loaded = load_model(tmp_path / "ckpt")
+    assert loaded.config == tiny_config
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name])
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["note"] == "hello"
+
+
+def test_overwriting_replaces_the_folder_whole(tmp_path, tiny_config):
+    save_model(Patronus(tiny_config), tmp_path / "ckpt", ema_state={"x": torch.zeros(1)})
+    save_model(Patronus(tiny_config), tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "ema.safetensors").exists()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_failed_write_leaves_the_old_checkpoint(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "config.json").write_text("old")
+
+    def failing_writer(path):
+        path.mkdir()
+        (path / "config.json").write_text("new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, failing_writer)
+    assert (target / "config.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path, tiny_config):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
+        resolve_checkpoint(tmp_path)
+    folder = save_model(Patronus(tiny_config), tmp_path / "ckpt")
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or not a safetensors file"):
+        load_model(folder)
+    (folder / "config.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match=r"config\.json is corrupt"):
+        load_model(folder)
+    (folder / "config.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CheckpointError, match="not a patronus checkpoint config"):
+        load_model(folder)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path, tiny_config):
+    folder = save_model(Patronus(tiny_config), tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["num_prototypes"] = 9
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not fit its config"):
+        load_model(folder)
+    config["model"]["num_prototypes"] = "many"
+    config["model"]["colour"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="invalid model config"):
+        load_model(folder)
+
+
+def test_run_folder_resolves_to_latest(tiny_run):
+    assert resolve_checkpoint(tiny_run).name == "step_0000030"
