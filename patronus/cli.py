@@ -15,8 +15,12 @@ from patronus.checkpoint import CheckpointError
 from patronus.data.errors import DataLayoutError
 
 USER_ERRORS = (
-    BackendUnavailableError, CheckpointError, DataLayoutError, FileNotFoundError, ValueError,
-)  # fmt: skip
+    BackendUnavailableError,
+    CheckpointError,
+    DataLayoutError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -109,19 +113,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
             epochs = args.epochs if args.epochs is not None else preset.epochs
             steps = max(1, round(epochs * len(dataset) / batch))
         train_config = TrainConfig(
-            max_steps=steps, batch_size=batch, learning_rate=args.lr or preset.learning_rate,
-            warmup_steps=args.warmup, amp=args.amp, ema_decay=args.ema,
-            grad_clip=args.grad_clip or None, distinct_loss_weight=args.distinct_weight,
-            seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-            sample_every=args.sample_every, num_workers=args.num_workers,
+            max_steps=steps,
+            batch_size=batch,
+            learning_rate=args.lr or preset.learning_rate,
+            warmup_steps=args.warmup,
+            amp=args.amp,
+            ema_decay=args.ema,
+            grad_clip=args.grad_clip or None,
+            distinct_loss_weight=args.distinct_weight,
+            seed=args.seed,
+            log_every=args.log_every,
+            checkpoint_every=args.checkpoint_every,
+            sample_every=args.sample_every,
+            num_workers=args.num_workers,
             progress=not args.no_progress,
-        )  # fmt: skip
+        )
     torch.manual_seed(args.seed)
     model = Patronus(model_config)
     trainer = Trainer(
-        model, dataset, train_config, args.out, args.device,
+        model,
+        dataset,
+        train_config,
+        args.out,
+        args.device,
         metadata={"preset": args.preset, "data": data_spec},
-    )  # fmt: skip
+    )
     if args.resume:
         print(f"resuming {args.out} at step {trainer.resume()}")
     summary = trainer.fit()
@@ -239,10 +255,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     for _ in range(args.variations):
         rows.append(
             model.sample(
-                s, args.steps, args.sampler, args.eta, generator, clip_x0=args.clip,
+                s,
+                args.steps,
+                args.sampler,
+                args.eta,
+                generator,
+                clip_x0=args.clip,
                 progress=sys.stderr.isatty(),
             )
-        )  # fmt: skip
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     grid = save_grid(torch.cat(rows), args.out / "samples.png", nrow=s.shape[0])
     save_tensors(

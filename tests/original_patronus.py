@@ -142,10 +142,19 @@ PAPER_ENCODER = ((1, 32, 64, 64), (32, 64, 64, 128), (3,) * 4, (2, 1, 1, 1), (1,
 
 
 class OriginalPatronus(nn.Module):
-    def __init__(self, input_channels=1, num_res_blocks=2, base_channels=64,
-                 base_channels_multiples=(1, 2, 4, 4), apply_attention=(False,) * 4,
-                 dropout_rate=0.1, time_multiple=4, num_protos=30, timesteps=1000,
-                 plb=PAPER_ENCODER):  # fmt: skip
+    def __init__(
+        self,
+        input_channels=1,
+        num_res_blocks=2,
+        base_channels=64,
+        base_channels_multiples=(1, 2, 4, 4),
+        apply_attention=(False,) * 4,
+        dropout_rate=0.1,
+        time_multiple=4,
+        num_protos=30,
+        timesteps=1000,
+        plb=PAPER_ENCODER,
+    ):
         super().__init__()
         emb = base_channels * time_multiple
         self.proactBlock = ProactBlock(ProtoEncoder(*plb), num_protos, plb[1][-1])
@@ -169,10 +178,12 @@ class OriginalPatronus(nn.Module):
             if level != levels - 1:
                 self.encoder_blocks.append(DownSample(in_channels))
                 curr_channels.append(in_channels)
-        self.bottleneck_blocks = nn.ModuleList((
-            ResnetBlock(in_channels, in_channels, dropout_rate, emb, True),
-            ResnetBlock(in_channels, in_channels, dropout_rate, emb, False),
-        ))  # fmt: skip
+        self.bottleneck_blocks = nn.ModuleList(
+            (
+                ResnetBlock(in_channels, in_channels, dropout_rate, emb, True),
+                ResnetBlock(in_channels, in_channels, dropout_rate, emb, False),
+            )
+        )
         self.decoder_blocks = nn.ModuleList()
         for level in reversed(range(levels)):
             out_channels = base_channels * base_channels_multiples[level]

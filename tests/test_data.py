@@ -84,9 +84,12 @@ def write_cifar(folder, count=4):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": list(rng.integers(0, 10, count)),
-                 b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-                 b"filenames": [b"x.png"] * count}  # fmt: skip
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": list(rng.integers(0, 10, count)),
+            b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * count,
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
 
 

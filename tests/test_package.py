@@ -39,8 +39,15 @@ def test_import_works_without_triton():
 
 def test_info_reports_versions_devices_and_backends():
     text = patronus.info()
-    for needle in ("torch ", "python ", "extension patronus._C", "device cpu",
-                   "prototype_min_distance", "prototype_distance_map", "q_sample"):  # fmt: skip
+    for needle in (
+        "torch ",
+        "python ",
+        "extension patronus._C",
+        "device cpu",
+        "prototype_min_distance",
+        "prototype_distance_map",
+        "q_sample",
+    ):
         assert needle in text
 
 

@@ -142,8 +142,10 @@ def test_reference_names_are_the_public_results():
     reference = prototype_min_distance_ref(features, prototypes)
     for got, want in zip(public, reference, strict=True):
         assert torch.equal(got, want)
-    assert torch.equal(prototype_distance_map(features, prototypes),
-                       prototype_distance_map_ref(features, prototypes))  # fmt: skip
+    assert torch.equal(
+        prototype_distance_map(features, prototypes),
+        prototype_distance_map_ref(features, prototypes),
+    )
 
 
 @pytest.mark.parametrize(

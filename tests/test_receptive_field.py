@@ -63,8 +63,10 @@ def test_patch_box_from_flat_index():
 def test_boxes_match_gradient_support():
     """The box is exactly the set of pixels a feature cell depends on (inside the image)."""
     torch.manual_seed(0)
-    for config, size, cells in ((ENCODER_32_64, 32, [(0, 0), (4, 7), (9, 9)]),
-                                (ENCODER_224, 224, [(0, 0), (21, 30), (42, 42)])):  # fmt: skip
+    for config, size, cells in (
+        (ENCODER_32_64, 32, [(0, 0), (4, 7), (9, 9)]),
+        (ENCODER_224, 224, [(0, 0), (21, 30), (42, 42)]),
+    ):
         encoder = encoder_of(config).double()
         for layer in encoder.features:
             if isinstance(layer, torch.nn.ReLU):

@@ -15,21 +15,35 @@ KEYS_FILE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ckpt
 
 CONFIG = {
     "BaseConfig": {"DATASET": "FashionMNIST"},
-    "ModelConfig": {"BASE_CH": 64, "BASE_CH_MULT": (1, 2, 4, 4), "APPLY_ATTENTION": (False,) * 4,
-                    "ATTENTION_TYPE": "ori_att", "DROPOUT_RATE": 0.1, "TIME_EMB_MULT": 4},
-    "TrainingConfig": {"TIMESTEPS": 1000, "IMG_SHAPE": (1, 32, 32), "NUM_PROTOS": 30,
-                       "P_VECTOR_SHAPE": (128, 1, 1), "plb_channel_inputs": [1, 32, 64, 64],
-                       "plb_layer_filter_sizes": [3, 3, 3, 3], "plb_layer_strides": [2, 1, 1, 1],
-                       "plb_layer_paddings": [1, 0, 0, 0]},
-}  # fmt: skip
+    "ModelConfig": {
+        "BASE_CH": 64,
+        "BASE_CH_MULT": (1, 2, 4, 4),
+        "APPLY_ATTENTION": (False,) * 4,
+        "ATTENTION_TYPE": "ori_att",
+        "DROPOUT_RATE": 0.1,
+        "TIME_EMB_MULT": 4,
+    },
+    "TrainingConfig": {
+        "TIMESTEPS": 1000,
+        "IMG_SHAPE": (1, 32, 32),
+        "NUM_PROTOS": 30,
+        "P_VECTOR_SHAPE": (128, 1, 1),
+        "plb_channel_inputs": [1, 32, 64, 64],
+        "plb_layer_filter_sizes": [3, 3, 3, 3],
+        "plb_layer_strides": [2, 1, 1, 1],
+        "plb_layer_paddings": [1, 0, 0, 0],
+    },
+}
 
 
 def write_original(folder: Path, model: torch.nn.Module, config=CONFIG) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     scaler = torch.amp.GradScaler("cpu")
     path = folder / "ckpt.tar"
-    torch.save({"model": model.state_dict(), "opt": optimizer.state_dict(),
-                "scaler": scaler.state_dict()}, path)  # fmt: skip
+    torch.save(
+        {"model": model.state_dict(), "opt": optimizer.state_dict(), "scaler": scaler.state_dict()},
+        path,
+    )
     if config is not None:
         (folder / "config.pickle").write_bytes(pickle.dumps(config))
     return path
@@ -85,9 +99,16 @@ def test_imported_model_computes_the_same_activations_and_noise(original, tmp_pa
 def test_small_variant_without_config_file(tmp_path):
     torch.manual_seed(1)
     encoder = ((3, 8, 8, 8), (8, 8, 8, 16), (3,) * 4, (2, 1, 1, 1), (1, 0, 0, 0))
-    original = OriginalPatronus(input_channels=3, num_res_blocks=1, base_channels=16,
-                                base_channels_multiples=(1, 2), apply_attention=(False, True),
-                                num_protos=5, timesteps=50, plb=encoder)  # fmt: skip
+    original = OriginalPatronus(
+        input_channels=3,
+        num_res_blocks=1,
+        base_channels=16,
+        base_channels_multiples=(1, 2),
+        apply_attention=(False, True),
+        num_protos=5,
+        timesteps=50,
+        plb=encoder,
+    )
     path = write_original(tmp_path, original.eval(), config=None)
     with pytest.raises(CheckpointError, match="image size unknown"):
         load_reference_checkpoint(path)

@@ -173,7 +173,7 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="eta must be"):
         next(ddim_sampling(toy_eps, x, SCHEDULE, 10, eta=-1))
     with pytest.raises(ValueError, match="variance must be"):
-        run_sampler(ddpm_sampling(toy_eps, x, NoiseSchedule.from_name("linear", 3), variance="x"))
+        run_sampler(ddpm_sampling(toy_eps, x, NoiseSchedule.from_name("cosine", 3), variance="x"))
     with pytest.raises(ValueError, match="no steps"):
         run_sampler(iter([]))
 

@@ -27,8 +27,9 @@ def make_trainer(run_dir, dataset=None, model_seed=0, **overrides):
 
 @pytest.mark.slow
 def test_a_few_hundred_steps_lower_the_loss_clearly(tmp_path):
-    trainer = make_trainer(tmp_path, SyntheticShapes(512, 24, 3), max_steps=300, log_every=20,
-                           checkpoint_every=1000)  # fmt: skip
+    trainer = make_trainer(
+        tmp_path, SyntheticShapes(512, 24, 3), max_steps=300, log_every=20, checkpoint_every=1000
+    )
     trainer.fit()
     losses = [row["loss"] for row in trainer.metrics.rows()]
     assert len(losses) == 15
@@ -59,8 +60,9 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     resumed = make_trainer(tmp_path / "b", max_steps=8, ema_decay=0.9, model_seed=123)
     assert resumed.resume() == 4
     resumed.fit()
-    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
-                                 resumed.model.state_dict().items(), strict=True):  # fmt: skip
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
     for name, value in straight.ema.state_dict().items():
         assert torch.equal(value, resumed.ema.state_dict()[name]), name
@@ -70,29 +72,46 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
 
 
 def test_dropout_and_distinct_loss_paths_train(tmp_path):
-    config = PRESET.model.replace(unet=PRESET.model.unet.__class__(
-        **{**PRESET.model.unet.__dict__, "dropout": 0.2}))  # fmt: skip
+    config = PRESET.model.replace(
+        unet=PRESET.model.unet.__class__(**{**PRESET.model.unet.__dict__, "dropout": 0.2})
+    )
     torch.manual_seed(0)
-    trainer = Trainer(Patronus(config), SyntheticShapes(64, 24, 3),
-                      TrainConfig(max_steps=4, batch_size=16, distinct_loss_weight=0.5,
-                                  progress=False, log_every=1), tmp_path, "cpu")  # fmt: skip
+    trainer = Trainer(
+        Patronus(config),
+        SyntheticShapes(64, 24, 3),
+        TrainConfig(
+            max_steps=4, batch_size=16, distinct_loss_weight=0.5, progress=False, log_every=1
+        ),
+        tmp_path,
+        "cpu",
+    )
     trainer.fit()
     rows = trainer.metrics.rows()
     assert all(row["distinct"] >= 0 for row in rows) and len(rows) == 4
 
 
 def test_run_folder_contents(tmp_path):
-    trainer = make_trainer(tmp_path, max_steps=6, checkpoint_every=3, keep_checkpoints=1,
-                           ema_decay=0.5, num_sample_images=4, sample_steps=3)  # fmt: skip
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=6,
+        checkpoint_every=3,
+        keep_checkpoints=1,
+        ema_decay=0.5,
+        num_sample_images=4,
+        sample_steps=3,
+    )
     summary = trainer.fit()
     assert summary["step"] == 6
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["latest", "step_0000006"]
     folder = tmp_path / "checkpoints" / "step_0000006"
     assert {p.name for p in folder.iterdir()} == {
-        "config.json", "model.safetensors", "ema.safetensors",
-        "train_state.safetensors", "train_state.json",
-    }  # fmt: skip
+        "config.json",
+        "model.safetensors",
+        "ema.safetensors",
+        "train_state.safetensors",
+        "train_state.json",
+    }
     config = json.loads((folder / "config.json").read_text())
     assert config["step"] == 6 and config["train"]["max_steps"] == 6
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
@@ -119,8 +138,13 @@ def test_dataset_and_batch_mismatches_are_reported(tmp_path):
 def test_resume_refuses_another_model(tmp_path):
     make_trainer(tmp_path, max_steps=2).fit()
     other = Patronus(PRESET.model.replace(num_prototypes=9))
-    trainer = Trainer(other, SyntheticShapes(96, 24, 3), TrainConfig(max_steps=4, batch_size=16,
-                      progress=False), tmp_path, "cpu")  # fmt: skip
+    trainer = Trainer(
+        other,
+        SyntheticShapes(96, 24, 3),
+        TrainConfig(max_steps=4, batch_size=16, progress=False),
+        tmp_path,
+        "cpu",
+    )
     from patronus.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="different model configuration"):
@@ -132,11 +156,35 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(tmp_path):
     """DDP with gloo: 2 processes, the global batch split between them, one checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "patronus", "train", "--preset", "synthetic-tiny", "--dataset", "synthetic",
-        "--limit", "64", "--steps", "4", "--batch-size", "16", "--lr", "2e-3",
-        "--out", str(tmp_path), "--log-every", "1", "--no-progress", "--device", "cpu",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "patronus",
+        "train",
+        "--preset",
+        "synthetic-tiny",
+        "--dataset",
+        "synthetic",
+        "--limit",
+        "64",
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--out",
+        str(tmp_path),
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -43,8 +43,13 @@ def test_conditioning_on_time_and_prototypes_changes_the_output():
 
 
 def test_attention_levels_and_skips_are_wired_as_configured():
-    config = UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=2,
-                        attention=(False, True, False), dropout=0.0)  # fmt: skip
+    config = UNetConfig(
+        base_channels=8,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=2,
+        attention=(False, True, False),
+        dropout=0.0,
+    )
     unet = PatronusUNet(config, image_channels=1, num_prototypes=3, timesteps=10)
     res_blocks = [b for b in unet.encoder_blocks if hasattr(b, "attention")]
     assert [b.attention is not None for b in res_blocks] == [False, False, True, True, False, False]

@@ -79,9 +79,8 @@ class CelebA(Dataset):
         if not self.image_dir.is_dir():
             raise DataLayoutError("CelebA", f"missing folder {self.image_dir}", LAYOUT)
         self.files = sorted(
-            name for name in attributes
-            if split == "all" or partition.get(name) == SPLITS[split]
-        )  # fmt: skip
+            name for name in attributes if split == "all" or partition.get(name) == SPLITS[split]
+        )
         self.attributes = torch.tensor([attributes[name] for name in self.files], dtype=torch.long)
         self.image_size = image_size
 

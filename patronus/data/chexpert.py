@@ -13,10 +13,21 @@ from patronus.data.errors import DataLayoutError
 from patronus.data.images import load_image
 
 OBSERVATIONS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)  # fmt: skip
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
 LAYOUT = """
 DATA_DIR/train.csv, DATA_DIR/valid.csv   (columns Path, Sex, Age, Frontal/Lateral, AP/PA,
                                           then the 14 observations: 1.0, 0.0, -1.0 or empty)
@@ -67,9 +78,10 @@ class CheXpert(Dataset):
                     "CheXpert", f"{table} lacks columns {sorted(missing)}", LAYOUT
                 )
             rows = [
-                row for row in reader
+                row
+                for row in reader
                 if not frontal_only or row.get("Frontal/Lateral", "Frontal") == "Frontal"
-            ]  # fmt: skip
+            ]
         try:
             labels = [[_label(row[name]) for name in OBSERVATIONS] for row in rows]
         except ValueError as error:

@@ -13,8 +13,17 @@ from patronus.data.errors import DataLayoutError
 from patronus.data.safe_pickle import NUMPY_GLOBALS, PLAIN_GLOBALS, safe_load
 
 CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 LAYOUT = """
 DATA_DIR/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch
 (or DATA_DIR itself holding the batches); each a pickled dict with b"data" (N, 3072) uint8

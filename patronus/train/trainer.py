@@ -221,18 +221,28 @@ class Trainer:
         """
         config = self.config
         sampler = _StepBatches(
-            len(self.dataset), config.batch_size, self.dist.rank, self.dist.world_size,
-            config.seed, self.step, config.max_steps,
-        )  # fmt: skip
+            len(self.dataset),
+            config.batch_size,
+            self.dist.rank,
+            self.dist.world_size,
+            config.seed,
+            self.step,
+            config.max_steps,
+        )
         loader = DataLoader(
-            self.dataset, batch_sampler=sampler, num_workers=config.num_workers,
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=config.num_workers,
             pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        )
         rng_devices = [self.device] if self.device.type == "cuda" else []
         bar = tqdm(
-            total=config.max_steps, initial=self.step, desc="training",
-            disable=not (config.progress and self.dist.is_main), dynamic_ncols=True,
-        )  # fmt: skip
+            total=config.max_steps,
+            initial=self.step,
+            desc="training",
+            disable=not (config.progress and self.dist.is_main),
+            dynamic_ncols=True,
+        )
         started = time.perf_counter()
         window_start, window_images = started, 0
         sums: dict[str, torch.Tensor] = {}

@@ -1,0 +1,218 @@
+"""The `patronus` command end to end on tiny settings."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from patronus.cli import main
+from patronus.data import save_grid
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    assert "prototype_min_distance" in capsys.readouterr().out
+
+
+def test_train_then_resume(tmp_path, capsys):
+    common = [
+        "train",
+        "--preset",
+        "synthetic-tiny",
+        "--dataset",
+        "synthetic",
+        "--limit",
+        "48",
+        "--batch-size",
+        "16",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--log-every",
+        "1",
+    ]
+    assert main([*common, "--steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 3
+    assert main([*common, "--steps", "5", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and '"step": 5' in out
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "loss_curve.png").is_file()
+
+
+def test_train_falls_back_to_synthetic_with_a_message(tmp_path, capsys):
+    args = [
+        "train",
+        "--preset",
+        "fmnist-cpu",
+        "--data-dir",
+        str(tmp_path / "missing"),
+        "--fallback-synthetic",
+        "--limit",
+        "64",
+        "--steps",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Fashion-MNIST" in out and "falling back to the synthetic shapes dataset" in out
+    config = json.loads(
+        (tmp_path / "run" / "checkpoints" / "step_0000001" / "config.json").read_text()
+    )
+    assert config["data"]["name"] == "synthetic"
+
+
+def test_train_without_data_is_a_clear_error(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--preset",
+            "fmnist-cpu",
+            "--data-dir",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Expected layout" in err
+
+
+def test_sample_from_images_dataset_and_activation_files(tiny_run, tmp_path):
+    images = torch.rand(3, 3, 24, 24) * 2 - 1
+    for i in range(3):
+        save_grid(images[i : i + 1], tmp_path / "in" / f"{i}.png", padding=0)
+    out = tmp_path / "from_images"
+    assert (
+        main(
+            [
+                "sample",
+                str(tiny_run),
+                "--images",
+                str(tmp_path / "in"),
+                "--steps",
+                "3",
+                "--variations",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    saved = load_file(out / "samples.safetensors")
+    assert saved["samples"].shape == (3, 2, 3, 24, 24) and saved["activations"].shape == (3, 8)
+    assert (out / "samples.png").is_file()
+    out = tmp_path / "from_dataset"
+    assert (
+        main(
+            [
+                "sample",
+                str(tiny_run),
+                "--dataset",
+                "synthetic",
+                "--num",
+                "4",
+                "--steps",
+                "2",
+                "--sampler",
+                "ddim",
+                "--eta",
+                "0.5",
+                "--clip",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    activations = load_file(out / "samples.safetensors")["activations"]
+    for suffix in ("pt", "npy", "safetensors"):
+        path = tmp_path / f"s.{suffix}"
+        if suffix == "pt":
+            torch.save(activations, path)
+        elif suffix == "npy":
+            np.save(path, activations.numpy())
+        else:
+            save_file({"activations": activations}, path)
+        target = tmp_path / f"from_{suffix}"
+        assert (
+            main(
+                [
+                    "sample",
+                    str(tiny_run),
+                    "--activations",
+                    str(path),
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(target),
+                ]
+            )
+            == 0
+        )
+        assert load_file(target / "samples.safetensors")["samples"].shape == (4, 1, 3, 24, 24)
+
+
+@pytest.mark.parametrize("command", ["invert", "reconstruct"])
+def test_invert_and_reconstruct(tiny_run, tmp_path, command, capsys):
+    out = tmp_path / command
+    assert (
+        main(
+            [
+                command,
+                str(tiny_run),
+                "--dataset",
+                "synthetic",
+                "--num",
+                "3",
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["images"] == 3 and report["reconstruction_mse"] >= 0
+    latents = load_file(out / "latents.safetensors")
+    assert latents["x_T"].shape == (3, 3, 24, 24)
+    assert (out / "reconstructions.png").is_file()
+
+
+def test_user_errors_exit_2_with_a_message(tiny_run, tmp_path, capsys):
+    assert main(["sample", str(tmp_path), "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
+    assert "neither a checkpoint folder" in capsys.readouterr().err
+    assert main(["sample", str(tiny_run), "--out", str(tmp_path / "x")]) == 2
+    assert "give --images or --dataset" in capsys.readouterr().err
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 5), dtype=np.float32))
+    assert (
+        main(["sample", str(tiny_run), "--activations", str(bad), "--out", str(tmp_path / "y")])
+        == 2
+    )
+    assert "must be (B, 8)" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "invert",
+                str(tiny_run),
+                "--images",
+                str(tmp_path / "nope.png"),
+                "--out",
+                str(tmp_path / "z"),
+            ]
+        )
+        == 2
+    )
+    assert "no such image" in capsys.readouterr().err
