@@ -152,7 +152,12 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("checkpoint", type=Path, help="checkpoint or run folder")
     parser.add_argument("--images", nargs="+", type=Path, help="image files or folders")
-    parser.add_argument("--dataset", choices=DATASETS, help="take images from a dataset")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="take images from a dataset (default without --images: the checkpoint's training "
+        "dataset, --split test)",
+    )
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--split", default="test")
     parser.add_argument("--num", type=int, default=16, help="images taken from --dataset")
@@ -165,6 +170,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_images(args: argparse.Namespace, model) -> torch.Tensor:
+    from patronus.checkpoint import read_config, resolve_checkpoint
     from patronus.data.image_folder import find_images
     from patronus.data.images import load_image
     from patronus.data.registry import build_dataset
@@ -182,14 +188,19 @@ def _load_images(args: argparse.Namespace, model) -> torch.Tensor:
         if not files:
             raise FileNotFoundError(f"no images found in {[str(p) for p in args.images]}")
         images = [load_image(f, channels, size) for f in files]
-    elif args.dataset:
-        dataset = build_dataset(args.dataset, args.data_dir, args.split, size, channels)
+    else:
+        if args.dataset:
+            name, data_dir, seed = args.dataset, args.data_dir, 0
+        else:
+            spec = read_config(resolve_checkpoint(args.checkpoint)).get("data")
+            if spec is None:
+                raise ValueError("give --images or --dataset (the checkpoint names no dataset)")
+            name, data_dir, seed = spec["name"], spec.get("data_dir"), spec.get("seed", 0)
+        dataset = build_dataset(name, data_dir, args.split, size, channels, seed=seed)
         stop = min(args.offset + args.num, len(dataset))
         images = [dataset[i][0] for i in range(args.offset, stop)]
         if not images:
             raise ValueError(f"--offset {args.offset} is past the {len(dataset)} images")
-    else:
-        raise ValueError("give --images or --dataset")
     return torch.stack(images).to(args.device)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from patronus import load_model, save_model
 from patronus.cli import main
 from patronus.data import save_grid
 
@@ -163,6 +164,12 @@ def test_sample_from_images_dataset_and_activation_files(tiny_run, tmp_path):
         assert load_file(target / "samples.safetensors")["samples"].shape == (4, 1, 3, 24, 24)
 
 
+def test_sample_defaults_to_the_training_dataset_test_split(tiny_run, tmp_path):
+    out = tmp_path / "default"
+    assert main(["sample", str(tiny_run), "--num", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert load_file(out / "samples.safetensors")["samples"].shape == (2, 1, 3, 24, 24)
+
+
 @pytest.mark.parametrize("command", ["invert", "reconstruct"])
 def test_invert_and_reconstruct(tiny_run, tmp_path, command, capsys):
     out = tmp_path / command
@@ -193,7 +200,9 @@ def test_invert_and_reconstruct(tiny_run, tmp_path, command, capsys):
 def test_user_errors_exit_2_with_a_message(tiny_run, tmp_path, capsys):
     assert main(["sample", str(tmp_path), "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
     assert "neither a checkpoint folder" in capsys.readouterr().err
-    assert main(["sample", str(tiny_run), "--out", str(tmp_path / "x")]) == 2
+    bare = tmp_path / "bare"
+    save_model(load_model(tiny_run), bare)
+    assert main(["sample", str(bare), "--out", str(tmp_path / "x")]) == 2
     assert "give --images or --dataset" in capsys.readouterr().err
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((2, 5), dtype=np.float32))

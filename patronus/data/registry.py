@@ -39,9 +39,8 @@ def build_dataset(
     others. Fashion-MNIST finds the Debian package by itself when ``data_dir`` is None.
     """
     if name == "synthetic":
-        return SyntheticShapes(
-            length=limit or 10000, image_size=image_size or 32, channels=channels or 3, seed=seed
-        )
+        split_seed = seed if split == "train" else seed + 1  # other splits: other images
+        return SyntheticShapes(limit or 10000, image_size or 32, channels or 3, split_seed)
     if name == "fashion-mnist":
         return FashionMNIST(data_dir, split, image_size or 32, limit)
     if name == "cifar10":
