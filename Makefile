@@ -1,0 +1,64 @@
+# Every target sets up what it needs. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+DEMO_DIR ?= runs/demo
+DEMO_STEPS ?= 800
+PYTEST_ARGS ?=
+
+.PHONY: setup data demo test bench lint gpu-check clean
+
+$(STAMP): .ci/requirements.txt pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r .ci/requirements.txt
+	$(PY) -m pip install --quiet --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP) data
+
+# Debian's Fashion-MNIST where apt is available; otherwise the demo falls back to synthetic data.
+data:
+	@if [ -d $(FMNIST_DIR) ]; then \
+		echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "could not install dataset-fashion-mnist: the demo will use synthetic data"; \
+	else \
+		echo "apt-get unavailable (or not root): the demo will use synthetic data"; \
+	fi
+
+demo: setup
+	rm -rf $(DEMO_DIR)
+	$(PY) -m patronus info
+	$(PY) -m patronus train --preset fmnist-cpu --fallback-synthetic --out $(DEMO_DIR) \
+		--steps $(DEMO_STEPS) --log-every 10 --checkpoint-every 400 --sample-every 400
+	$(PY) -m patronus sample $(DEMO_DIR) --num 16 --variations 2 --steps 50 --clip \
+		--out $(DEMO_DIR)/test_samples
+	$(PY) -m patronus reconstruct $(DEMO_DIR) --num 16 --steps 50 \
+		--out $(DEMO_DIR)/test_reconstructions
+	@echo "demo run folder: $(DEMO_DIR) (loss_curve.png, metrics.csv, samples/, checkpoints/," \
+		"test_samples/samples.png, test_reconstructions/reconstructions.png)"
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q benchmarks --benchmark-disable
+
+bench: setup
+	$(PY) -m pytest benchmarks -q --benchmark-min-rounds=3 --benchmark-max-time=2 \
+		--benchmark-json=benchmarks/results/latest.json
+	$(PY) benchmarks/report.py benchmarks/results/latest.json
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# On a GPU machine, with its own python3 (no venv, no installs): build the extension, run the
+# CUDA tests and the benchmarks, write everything under $$OUT.
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info patronus/_C*.so .pytest_cache .benchmarks
