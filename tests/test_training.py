@@ -201,3 +201,17 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(tmp_path):
     single_model = load_model(single)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, single_model.state_dict()[name], atol=2e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_trains_and_resumes(tmp_path, amp):
+    """Autocast (and, for fp16, the grad scaler whose state the checkpoint keeps) on CPU."""
+    trainer = make_trainer(tmp_path, max_steps=3, amp=amp)
+    assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    trainer.fit()
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in trainer.metrics.rows())
+    resumed = make_trainer(tmp_path, max_steps=4, amp=amp)
+    assert resumed.resume() == 3
+    assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
+    resumed.fit()
