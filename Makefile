@@ -34,7 +34,7 @@ demo: setup
 	rm -rf $(DEMO_DIR)
 	$(PY) -m patronus info
 	$(PY) -m patronus train --preset fmnist-cpu --fallback-synthetic --out $(DEMO_DIR) \
-		--steps $(DEMO_STEPS) --log-every 10 --checkpoint-every 400 --sample-every 400
+		--steps $(DEMO_STEPS) --ema 0.995 --log-every 10 --checkpoint-every 400 --sample-every 400
 	$(PY) -m patronus sample $(DEMO_DIR) --num 16 --variations 2 --steps 50 --clip \
 		--out $(DEMO_DIR)/test_samples
 	$(PY) -m patronus reconstruct $(DEMO_DIR) --num 16 --steps 50 \
