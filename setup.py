@@ -21,7 +21,8 @@ def extension_modules():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources)
-    compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    # -ffp-contract=off: vector and scalar loops round alike (the CPU kernels rely on it for ties)
+    compile_args = {"cxx": ["-O3", "-std=c++17", "-ffp-contract=off"]}
     if use_cuda:
         compile_args["nvcc"] = ["-O3", "--use_fast_math"]
         module = CUDAExtension(

@@ -1,4 +1,10 @@
-"""Reference prototype ops against a float64 brute force."""
+"""Prototype ops on every backend against a float64 brute force.
+
+``triton`` runs the Triton kernels under the interpreter on CPU (conftest sets TRITON_INTERPRET=1
+without a GPU); ``cpp`` the extension's CPU kernels; ``torch`` the references.
+"""
+
+import os
 
 import pytest
 import torch
@@ -12,13 +18,34 @@ from patronus.ops import (
 )
 from patronus.testing import brute_force_distances, tolerance
 
+BACKENDS = ["torch", "cpp", "triton"]
 SHAPES = [  # (B, D, H, W, P), deliberately odd
     (3, 7, 5, 3, 11),
     (2, 1, 4, 4, 3),  # D = 1
     (4, 13, 1, 1, 5),  # H = W = 1
     (1, 9, 6, 7, 1),  # P = 1
+    (2, 130, 11, 13, 37),  # D and N beyond one block
     (5, 128, 10, 10, 30),  # the Fashion-MNIST paper shape
 ]
+HALF = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    if request.param == "cpp" and _backend.load_extension()[0] is None:
+        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if request.param == "triton" and not (interpreted or torch.cuda.is_available()):
+        pytest.fail("without a GPU the Triton tests need TRITON_INTERPRET=1 (tests/conftest)")
+    monkeypatch.setenv("PATRONUS_BACKEND", request.param)
+    return request.param
+
+
+@pytest.fixture(params=["torch", "triton"])
+def map_backend(request, monkeypatch):
+    """prototype_distance_map has no cpp backend (it is for figures, not training)."""
+    monkeypatch.setenv("PATRONUS_BACKEND", request.param)
+    return request.param
 
 
 def oracle(features, prototypes):
@@ -27,25 +54,38 @@ def oracle(features, prototypes):
     return values, index, distances
 
 
+def assert_min_matches(min_dist, index, features, prototypes, exact_index):
+    expected, expected_index, distances = oracle(features, prototypes)
+    torch.testing.assert_close(min_dist.double(), expected, **tolerance(torch.float32))
+    # the chosen patch is a minimiser (up to the rounding of half-precision products)
+    chosen = distances.gather(2, index[..., None])[..., 0]
+    torch.testing.assert_close(chosen, expected, **tolerance(torch.float32))
+    if exact_index:
+        assert torch.equal(index, expected_index)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_min_distance_matches_brute_force(shape, dtype):
+def test_min_distance_matches_brute_force(backend, shape, dtype):
     batch, dim, height, width, num = shape
     features = torch.randn(batch, dim, height, width).to(dtype)
     prototypes = torch.rand(num, dim).to(dtype)
     min_dist, index = prototype_min_distance(features, prototypes)
-    expected, expected_index, distances = oracle(features, prototypes)
     assert min_dist.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert index.dtype == torch.int64 and index.shape == (batch, num)
-    torch.testing.assert_close(min_dist.double(), expected, **tolerance(torch.float32))
-    # the chosen patch is a minimiser up to the half-precision rounding of the inputs
-    chosen = distances.gather(2, index[..., None])[..., 0]
-    torch.testing.assert_close(chosen, expected, **tolerance(torch.float32))
-    if dtype in (torch.float32, torch.float64):
-        assert torch.equal(index, expected_index)
+    # winning distances are exact for the (rounded) inputs, whatever the backend's products
+    assert_min_matches(min_dist, index, features, prototypes, exact_index=dtype not in HALF)
 
 
-def test_patch_layout_and_channels_last_and_noncontiguous():
+def test_mixed_dtypes_as_under_autocast(backend):
+    features = torch.randn(3, 16, 5, 5).to(torch.bfloat16)
+    prototypes = torch.rand(7, 16)  # fp32 parameters
+    min_dist, index = prototype_min_distance(features, prototypes)
+    assert min_dist.dtype == torch.float32
+    assert_min_matches(min_dist, index, features, prototypes, exact_index=False)
+
+
+def test_layouts_without_copies(backend):
     features = torch.randn(3, 6, 5, 7)
     prototypes = torch.rand(4, 6)
     expected, expected_index, _ = oracle(features, prototypes)
@@ -62,23 +102,29 @@ def test_patch_layout_and_channels_last_and_noncontiguous():
         assert torch.equal(index, expected_index)
 
 
-def test_ties_take_the_smallest_index():
+def test_ties_take_the_smallest_index(backend):
     prototypes = torch.rand(5, 8)
     same = torch.randn(8)
     features = same[None, :, None, None].expand(2, 8, 4, 5).contiguous()
     _, index = prototype_min_distance(features, prototypes)
     assert torch.equal(index, torch.zeros_like(index))
-    # duplicate the winning patch of each prototype at a later position: the first one stays
-    features = torch.randn(1, 8, 6, 6)
+    # copy each prototype's winning patch to a later position: the first copy stays the winner
+    for seed in range(4):
+        check_duplicated_winners(torch.Generator().manual_seed(seed), prototypes)
+
+
+def check_duplicated_winners(generator, prototypes):
+    features = torch.randn(1, 8, 6, 6, generator=generator)
     _, first = prototype_min_distance(features, prototypes)
-    flat = features.flatten(2).clone()
-    for p in range(5):
-        flat[0, :, 35] = flat[0, :, first[0, p]]
+    for p in range(prototypes.shape[0]):
+        flat = features.flatten(2).clone()
+        later = 35 if first[0, p] != 35 else 0
+        flat[0, :, later] = flat[0, :, first[0, p]]
         _, again = prototype_min_distance(flat.reshape(1, 8, 6, 6), prototypes)
-        assert again[0, p] == min(first[0, p].item(), 35)
+        assert again[0, p] == min(first[0, p].item(), later)
 
 
-def test_near_zero_distances_do_not_cancel():
+def test_near_zero_distances_do_not_cancel(backend):
     """A patch within 1e-3 of a large-norm prototype: the exact recomputation keeps ~1e-6."""
     prototypes = torch.full((1, 64), 100.0)
     features = torch.full((1, 64, 2, 2), 50.0)
@@ -92,57 +138,180 @@ def test_near_zero_distances_do_not_cancel():
     assert abs(naive.item() - expected.item()) >= expected.item()
 
 
-def test_empty_batch():
+def test_empty_batch(backend):
     min_dist, index = prototype_min_distance(torch.randn(0, 4, 3, 3), torch.rand(2, 4))
     assert min_dist.shape == (0, 2) and index.shape == (0, 2)
+
+
+def test_empty_batch_map(map_backend):
     assert prototype_distance_map(torch.randn(0, 4, 3, 3), torch.rand(2, 4)).shape == (0, 2, 3, 3)
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 3, 4, 6), (1, 1, 2, 2, 1)])
-def test_gradients_match_brute_force(shape):
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4, 6), (1, 1, 2, 2, 1), (3, 70, 9, 9, 40)])
+def test_gradients_match_brute_force(backend, shape):
     batch, dim, height, width, num = shape
-    features = torch.randn(batch, dim, height, width, dtype=torch.float64, requires_grad=True)
-    prototypes = torch.rand(num, dim, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(batch, num, dtype=torch.float64)
+    features = torch.randn(batch, dim, height, width, requires_grad=True)
+    prototypes = torch.rand(num, dim, requires_grad=True)
+    weights = torch.randn(batch, num)
     min_dist, _ = prototype_min_distance(features, prototypes)
     grads = torch.autograd.grad((min_dist * weights).sum(), (features, prototypes))
-    # brute force with autograd: min over the direct sum((z - p)^2)
-    f2 = features.detach().requires_grad_()
-    p2 = prototypes.detach().requires_grad_()
-    brute = brute_force_distances(f2, p2).min(dim=2).values
-    expected_grads = torch.autograd.grad((brute * weights).sum(), (f2, p2))
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want)
+    f64 = features.detach().double().requires_grad_()
+    p64 = prototypes.detach().double().requires_grad_()
+    brute = brute_force_distances(f64, p64).min(dim=2).values
+    expected = torch.autograd.grad((brute * weights.double()).sum(), (f64, p64))
+    for got, want in zip(grads, expected, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
 
 
-def test_gradcheck():
+def test_gradient_keeps_the_features_layout(backend):
+    features = torch.randn(2, 6, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
+    prototypes = torch.rand(3, 6, requires_grad=True)
+    prototype_min_distance(features, prototypes)[0].sum().backward()
+    reference = features.detach().contiguous().requires_grad_()
+    prototype_min_distance_ref(reference, prototypes.detach())[0].sum().backward()
+    torch.testing.assert_close(features.grad, reference.grad)
+
+
+def test_backward_is_bit_reproducible(backend):
+    torch.manual_seed(0)
+    features = torch.randn(4, 24, 6, 6)
+    features[:, :, 0, 0] = features[:, :, 1, 1]  # shared winners: order of sums matters
+    prototypes = torch.rand(40, 24)
+
+    def gradients():
+        f = features.clone().requires_grad_()
+        p = prototypes.clone().requires_grad_()
+        (prototype_min_distance(f, p)[0] * torch.linspace(-1, 1, 40)).sum().backward()
+        return f.grad, p.grad
+
+    first, second = gradients(), gradients()
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_atomic_triton_backward_is_close(monkeypatch):
+    monkeypatch.setenv("PATRONUS_BACKEND", "triton")
+    monkeypatch.setenv("PATRONUS_DETERMINISTIC", "0")
+    features = torch.randn(3, 20, 5, 5, requires_grad=True)
+    prototypes = torch.rand(9, 20, requires_grad=True)
+    prototype_min_distance(features, prototypes)[0].sum().backward()
+    reference_f = features.detach().clone().requires_grad_()
+    reference_p = prototypes.detach().clone().requires_grad_()
+    prototype_min_distance_ref(reference_f, reference_p)[0].sum().backward()
+    torch.testing.assert_close(features.grad, reference_f.grad)
+    torch.testing.assert_close(prototypes.grad, reference_p.grad)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"], indirect=True)
+def test_gradcheck(backend):
     features = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
     prototypes = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda f, p: prototype_min_distance(f, p)[0], (features, prototypes), fast_mode=True
     )
+
+
+def test_gradcheck_map(monkeypatch):
+    monkeypatch.setenv("PATRONUS_BACKEND", "torch")  # float64 never runs on Triton
+    features = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    prototypes = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(prototype_distance_map, (features, prototypes), fast_mode=True)
 
 
+def test_opcheck(backend):
+    features = torch.randn(2, 5, 3, 4, requires_grad=True)
+    prototypes = torch.rand(6, 5, requires_grad=True)
+    torch.library.opcheck(torch.ops.patronus.prototype_min_distance, (features, prototypes))
+    grad = torch.randn(2, 6)
+    _, index = prototype_min_distance(features.detach(), prototypes.detach())
+    torch.library.opcheck(
+        torch.ops.patronus.prototype_min_distance_backward,
+        (grad, features.detach(), prototypes.detach(), index, True),
+    )
+
+
+def test_opcheck_map(map_backend):
+    features = torch.randn(2, 5, 3, 4, requires_grad=True)
+    prototypes = torch.rand(6, 5, requires_grad=True)
+    torch.library.opcheck(torch.ops.patronus.prototype_distance_map, (features, prototypes))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"], indirect=True)
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+
+    def layer(features, prototypes):
+        min_dist, index = prototype_min_distance(features, prototypes)
+        activation = torch.log((min_dist + 1) / (min_dist + 1e-4))
+        return activation.sum() + prototype_distance_map(features, prototypes).mean(), index
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    features = torch.randn(2, 8, 5, 5, requires_grad=True)
+    prototypes = torch.rand(3, 8, requires_grad=True)
+    loss, index = compiled(features, prototypes)
+    loss.backward()
+    expected_f = features.detach().clone().requires_grad_()
+    expected_p = prototypes.detach().clone().requires_grad_()
+    expected, expected_index = layer(expected_f, expected_p)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    assert torch.equal(index, expected_index)
+    torch.testing.assert_close(features.grad, expected_f.grad)
+    torch.testing.assert_close(prototypes.grad, expected_p.grad)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda f, p: prototype_min_distance(f, p)[0].sum(), fullgraph=True)
+    features = torch.randn(2, 8, 5, 5)
+    prototypes = torch.rand(3, 8)
+    torch.testing.assert_close(
+        compiled(features, prototypes), prototype_min_distance_ref(features, prototypes)[0].sum()
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_distance_map_matches_brute_force(dtype):
+def test_distance_map_matches_brute_force(map_backend, dtype):
     features = torch.randn(2, 9, 5, 3).to(dtype)
     prototypes = torch.rand(7, 9).to(dtype)
     result = prototype_distance_map(features, prototypes)
     assert result.shape == (2, 7, 5, 3) and result.dtype == torch.float32
     expected = brute_force_distances(features, prototypes).reshape(2, 7, 5, 3)
-    # the map uses the norm expansion: error grows with the norms (here ~10), not with d
+    # the map uses the norm expansion: its error grows with the norms (here ~10), not with d
     torch.testing.assert_close(result.double(), expected, atol=1e-4, rtol=1e-5)
     assert (result >= 0).all()
 
 
-def test_reference_names_are_the_public_results():
+def test_distance_map_gradient(map_backend):
+    features = torch.randn(2, 4, 3, 3, requires_grad=True)
+    prototypes = torch.rand(5, 4, requires_grad=True)
+    weights = torch.randn(2, 5, 3, 3)
+    (prototype_distance_map(features, prototypes) * weights).sum().backward()
+    f = features.detach().double().requires_grad_()
+    p = prototypes.detach().double().requires_grad_()
+    (brute_force_distances(f, p).reshape(2, 5, 3, 3) * weights.double()).sum().backward()
+    torch.testing.assert_close(features.grad.double(), f.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prototypes.grad.double(), p.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_nan_propagates_inside_the_op(backend):
+    """A NaN patch wins the min (as torch.min does) and its distance is NaN; others stay finite."""
+    features = torch.randn(2, 3, 2, 2)
+    features[0, 0, 1, 1] = float("nan")
+    min_dist, index = prototype_min_distance(features, torch.rand(2, 3))
+    assert torch.isnan(min_dist[0]).all() and torch.equal(index[0], torch.tensor([3, 3]))
+    assert torch.isfinite(min_dist[1]).all()
+
+
+def test_reference_names_are_the_public_results(monkeypatch):
+    monkeypatch.setenv("PATRONUS_BACKEND", "torch")
     features, prototypes = torch.randn(2, 4, 3, 3), torch.rand(5, 4)
     public = prototype_min_distance(features, prototypes)
     reference = prototype_min_distance_ref(features, prototypes)
     for got, want in zip(public, reference, strict=True):
         assert torch.equal(got, want)
-    assert torch.equal(
+    torch.testing.assert_close(
         prototype_distance_map(features, prototypes),
         prototype_distance_map_ref(features, prototypes),
     )
@@ -156,6 +325,7 @@ def test_reference_names_are_the_public_results():
         (torch.randn(2, 4, 3, 3), torch.rand(5, 4, 1), ValueError, r"\(P, D\)"),
         (torch.randint(0, 5, (2, 4, 3, 3)), torch.rand(5, 4), TypeError, "float"),
         (torch.randn(2, 4, 0, 3), torch.rand(5, 4), ValueError, "no patches"),
+        (torch.randn(2, 4, 3, 3), torch.rand(0, 4), ValueError, "no prototypes"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(features, prototypes, error, match):
@@ -168,22 +338,24 @@ def test_device_mismatch_is_reported():
         prototype_min_distance(torch.randn(1, 2, 2, 2), torch.rand(3, 2, device="meta"))
 
 
-def test_nan_propagates_inside_the_op():
-    """A NaN patch wins the min (as torch.min does) and its distance is NaN; others stay finite."""
-    features = torch.randn(2, 3, 2, 2)
-    features[0, 0, 1, 1] = float("nan")
-    min_dist, index = prototype_min_distance(features, torch.rand(2, 3))
-    assert torch.isnan(min_dist[0]).all() and torch.equal(index[0], torch.tensor([3, 3]))
-    assert torch.isfinite(min_dist[1]).all()
-
-
-def test_forced_backends(monkeypatch):
+def test_backend_selection(monkeypatch):
     features, prototypes = torch.randn(1, 2, 2, 2), torch.rand(3, 2)
-    monkeypatch.setenv("PATRONUS_BACKEND", "torch")
-    prototype_min_distance(features, prototypes)
-    monkeypatch.setenv("PATRONUS_BACKEND", "triton")
-    with pytest.raises(_backend.BackendUnavailableError, match="no triton implementation"):
-        prototype_min_distance(features, prototypes)
+    choices = _backend_choices_cpu()
+    assert choices["prototype_min_distance"].name in ("cpp", "torch")
+    assert choices["prototype_distance_map"].name == "torch"  # never the interpreter unforced
     monkeypatch.setenv("PATRONUS_BACKEND", "fastest")
     with pytest.raises(_backend.BackendUnavailableError, match="not a backend"):
         prototype_min_distance(features, prototypes)
+    monkeypatch.setenv("PATRONUS_BACKEND", "cpp")
+    with pytest.raises(_backend.BackendUnavailableError, match="no cpp implementation"):
+        prototype_distance_map(features, prototypes)
+    monkeypatch.setenv("PATRONUS_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(_backend.BackendUnavailableError, match="need CUDA tensors"):
+        prototype_min_distance(features, prototypes)
+
+
+def _backend_choices_cpu():
+    from patronus.ops.prototype_distance import backend_choices
+
+    return backend_choices(torch.device("cpu"))

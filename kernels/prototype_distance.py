@@ -1,0 +1,413 @@
+"""Triton kernels: patch-to-prototype squared distances, min-pooled, and their gradients.
+
+Features arrive as a (B, N, D) strided view (NCHW, channels_last or patch-major: no copy);
+prototypes as (P, D). Distances are ``||z||^2 - 2 z.p + ||p||^2`` from a tiled matrix product
+accumulated in float32 (half inputs multiply in their own precision on tensor cores), with an
+online min/argmin over the patch tiles: the (B, P, N) tensor is never written. The winning
+distance is then recomputed as ``sum((z - p)^2)`` in float32 from the winning patch. A NaN
+distance wins the min (so NaN inputs propagate, as in the reference); ties go to the smallest
+index.
+
+Under ``TRITON_INTERPRET=1`` (CPU tests) the kernels run with one large-block configuration and
+multiply in float32 without tl.dot (the interpreter multiplies bf16 bit patterns, and its BLAS
+rounds identical rows differently); on a GPU they are autotuned and use tensor cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# one configuration under the interpreter: large blocks, small grids
+INTERPRETER_META = {"BLOCK_N": 128, "BLOCK_P": 32, "BLOCK_D": 128}
+
+
+def _autotune(configs: list[triton.Config], key: list[str]):
+    """Autotune on a GPU; under the interpreter (which cannot benchmark) use one config."""
+
+    def wrap(kernel):
+        return kernel if INTERPRET else triton.autotune(configs=configs, key=key)(kernel)
+
+    return wrap
+
+
+def _meta() -> dict[str, int]:
+    return dict(INTERPRETER_META) if INTERPRET else {}
+
+
+_FORWARD_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+    for bn, bp, bd, w, s in [
+        (128, 64, 64, 4, 3),
+        (128, 128, 64, 8, 3),
+        (64, 64, 64, 4, 4),
+        (128, 32, 128, 4, 3),
+        (64, 128, 32, 4, 4),
+        (256, 64, 32, 8, 3),
+    ]
+]
+_BACKWARD_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+    for bn, bp, bd, w, s in [
+        (64, 64, 64, 4, 3),
+        (128, 64, 64, 8, 3),
+        (64, 32, 128, 4, 3),
+        (128, 32, 64, 4, 3),
+    ]
+]
+
+
+@triton.jit
+def _dot_accumulate(z, p, acc, DOT_DTYPE: tl.constexpr):
+    """acc + z @ p: half operands on tensor cores, float32 operands in full (IEEE) precision.
+
+    DOT_DTYPE "exact" (the interpreter) multiplies elementwise and sums: the interpreter's tl.dot
+    is numpy's BLAS, which rounds identical rows differently and so breaks exact ties.
+    """
+    if DOT_DTYPE == "exact":
+        acc += tl.sum(z.to(tl.float32)[:, :, None] * p.to(tl.float32)[None, :, :], axis=1)
+    elif DOT_DTYPE == "bf16":
+        acc = tl.dot(z.to(tl.bfloat16), p.to(tl.bfloat16), acc)
+    elif DOT_DTYPE == "fp16":
+        acc = tl.dot(z.to(tl.float16), p.to(tl.float16), acc)
+    else:
+        acc = tl.dot(z.to(tl.float32), p.to(tl.float32), acc, input_precision="ieee")
+    return acc
+
+
+@_autotune(_FORWARD_CONFIGS, key=["N", "D", "NUM_P", "DOT_DTYPE"])
+@triton.jit
+def _min_distance_fwd_kernel(
+    Z, PROTO, PROTO_NORM, OUT_DIST, OUT_INDEX,
+    N, D, NUM_P,
+    stride_zb, stride_zn, stride_zd,
+    stride_pp, stride_pd,
+    DOT_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < NUM_P
+    proto_norm = tl.load(PROTO_NORM + offs_p, mask=mask_p, other=0.0)
+    best = tl.full([BLOCK_P], float("inf"), tl.float32)
+    best_index = tl.zeros([BLOCK_P], tl.int32)
+    z_base = Z + b * stride_zb
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        cross = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
+        patch_norm = tl.zeros([BLOCK_N], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < D
+            z = tl.load(
+                z_base + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+                mask=mask_n[:, None] & mask_d[None, :],
+                other=0.0,
+            )
+            p = tl.load(
+                PROTO + offs_p[None, :] * stride_pp + offs_d[:, None] * stride_pd,
+                mask=mask_p[None, :] & mask_d[:, None],
+                other=0.0,
+            )
+            z32 = z.to(tl.float32)
+            patch_norm += tl.sum(z32 * z32, axis=1)
+            cross = _dot_accumulate(z, p, cross, DOT_DTYPE)
+        dist = patch_norm[:, None] - 2.0 * cross + proto_norm[None, :]
+        dist = tl.where(dist != dist, float("-inf"), dist)  # NaN wins the min
+        dist = tl.where(mask_n[:, None], dist, float("inf"))
+        tile_best = tl.min(dist, axis=0)
+        tile_index = tl.argmin(dist, axis=0, tie_break_left=True) + n0
+        better = tile_best < best
+        best = tl.where(better, tile_best, best)
+        best_index = tl.where(better, tile_index, best_index)
+    # recompute the winning distance exactly from the winning patch
+    exact = tl.zeros([BLOCK_P], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask = mask_p[:, None] & (offs_d[None, :] < D)
+        winner = tl.load(
+            z_base + best_index[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
+        p = tl.load(
+            PROTO + offs_p[:, None] * stride_pp + offs_d[None, :] * stride_pd, mask=mask, other=0.0
+        ).to(tl.float32)
+        diff = winner - p
+        exact += tl.sum(diff * diff, axis=1)
+    tl.store(OUT_DIST + b * NUM_P + offs_p, exact, mask=mask_p)
+    tl.store(OUT_INDEX + b * NUM_P + offs_p, best_index.to(tl.int64), mask=mask_p)
+
+
+@_autotune(_BACKWARD_CONFIGS, key=["N", "D", "NUM_P"])
+@triton.jit
+def _grad_features_kernel(
+    Z, PROTO, GRAD, INDEX, OUT,
+    N, D, NUM_P,
+    stride_zb, stride_zn, stride_zd,
+    stride_pp, stride_pd,
+    stride_ob, stride_on, stride_od,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Deterministic: each program owns a (patch, channel) tile and sums over prototypes in order:
+    grad_z[n] = 2 (z_n sum_{p: idx_p = n} g_p - sum_{p: idx_p = n} g_p p_p)."""
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    pid_d = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_n = offs_n < N
+    mask_d = offs_d < D
+    weighted = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    weight = tl.zeros([BLOCK_N], tl.float32)
+    for p0 in range(0, NUM_P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask_p = offs_p < NUM_P
+        index = tl.load(INDEX + b * NUM_P + offs_p, mask=mask_p, other=-1)
+        grad = tl.load(GRAD + b * NUM_P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        selection = tl.where(offs_n[:, None] == index[None, :], grad[None, :], 0.0)
+        p = tl.load(
+            PROTO + offs_p[:, None] * stride_pp + offs_d[None, :] * stride_pd,
+            mask=mask_p[:, None] & mask_d[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        weighted = tl.dot(selection, p, weighted, input_precision="ieee")
+        weight += tl.sum(selection, axis=1)
+    mask = mask_n[:, None] & mask_d[None, :]
+    z = tl.load(
+        Z + b * stride_zb + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+        mask=mask,
+        other=0.0,
+    ).to(tl.float32)
+    out = 2.0 * (z * weight[:, None] - weighted)
+    tl.store(
+        OUT + b * stride_ob + offs_n[:, None] * stride_on + offs_d[None, :] * stride_od,
+        out.to(OUT.dtype.element_ty),
+        mask=mask,
+    )
+
+
+@triton.jit
+def _grad_features_atomic_kernel(
+    Z, PROTO, GRAD, INDEX, OUT32,
+    N, D, NUM_P,
+    stride_zb, stride_zn, stride_zd,
+    stride_pp, stride_pd,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Scatter 2 g (z_win - p) into a float32 (B, N, D) buffer with atomics (fast, not
+    bit-reproducible when prototypes share a winning patch)."""
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < NUM_P
+    index = tl.load(INDEX + b * NUM_P + offs_p, mask=mask_p, other=0)
+    grad = tl.load(GRAD + b * NUM_P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask = mask_p[:, None] & (offs_d[None, :] < D)
+        winner = tl.load(
+            Z + b * stride_zb + index[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
+        p = tl.load(
+            PROTO + offs_p[:, None] * stride_pp + offs_d[None, :] * stride_pd, mask=mask, other=0.0
+        ).to(tl.float32)
+        contribution = 2.0 * grad[:, None] * (winner - p)
+        target = OUT32 + (b * N + index[:, None]) * D + offs_d[None, :]
+        tl.atomic_add(target, contribution, mask=mask)
+
+
+@_autotune(_BACKWARD_CONFIGS, key=["D", "NUM_P", "BATCH"])
+@triton.jit
+def _grad_prototypes_kernel(
+    Z, PROTO, GRAD, INDEX, OUT,
+    BATCH, D, NUM_P,
+    stride_zb, stride_zn, stride_zd,
+    stride_pp, stride_pd,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """grad_p = -2 sum_b g_bp (z_win(b, p) - p), summed over the batch in order (deterministic)."""
+    pid_p = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_p = offs_p < NUM_P
+    mask = mask_p[:, None] & (offs_d[None, :] < D)
+    p = tl.load(
+        PROTO + offs_p[:, None] * stride_pp + offs_d[None, :] * stride_pd, mask=mask, other=0.0
+    ).to(tl.float32)
+    acc = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+    for b in range(0, BATCH):
+        index = tl.load(INDEX + b * NUM_P + offs_p, mask=mask_p, other=0)
+        grad = tl.load(GRAD + b * NUM_P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        winner = tl.load(
+            Z + b * stride_zb + index[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
+        acc -= 2.0 * grad[:, None] * (winner - p)
+    tl.store(OUT + offs_p[:, None] * D + offs_d[None, :], acc, mask=mask)
+
+
+@_autotune(_FORWARD_CONFIGS, key=["N", "D", "NUM_P", "DOT_DTYPE"])
+@triton.jit
+def _distance_map_kernel(
+    Z, PROTO, PROTO_NORM, OUT,
+    N, D, NUM_P,
+    stride_zb, stride_zn, stride_zd,
+    stride_pp, stride_pd,
+    DOT_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The full (B, P, N) map, one (patch, prototype) tile per program, clamped at 0."""
+    pid_n = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_n = offs_n < N
+    mask_p = offs_p < NUM_P
+    cross = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
+    patch_norm = tl.zeros([BLOCK_N], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        z = tl.load(
+            Z + b * stride_zb + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+            mask=mask_n[:, None] & mask_d[None, :],
+            other=0.0,
+        )
+        p = tl.load(
+            PROTO + offs_p[None, :] * stride_pp + offs_d[:, None] * stride_pd,
+            mask=mask_p[None, :] & mask_d[:, None],
+            other=0.0,
+        )
+        z32 = z.to(tl.float32)
+        patch_norm += tl.sum(z32 * z32, axis=1)
+        cross = _dot_accumulate(z, p, cross, DOT_DTYPE)
+    proto_norm = tl.load(PROTO_NORM + offs_p, mask=mask_p, other=0.0)
+    dist = tl.maximum(patch_norm[:, None] - 2.0 * cross + proto_norm[None, :], 0.0)
+    target = OUT + b * NUM_P * N + offs_p[None, :] * N + offs_n[:, None]
+    tl.store(target, dist, mask=mask_n[:, None] & mask_p[None, :])
+
+
+# ------------------------------------------------------------------------------------ launchers
+def _dot_dtype(patches: torch.Tensor) -> str:
+    if INTERPRET:
+        return "exact"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(patches.dtype, "fp32")
+
+
+def min_distance_forward(
+    patches: torch.Tensor, prototypes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """patches (B, N, D) any strides, prototypes (P, D) -> (min_dist (B, P) fp32, index int64)."""
+    batch, num_patches, dim = patches.shape
+    num_prototypes = prototypes.shape[0]
+    min_dist = torch.empty((batch, num_prototypes), device=patches.device, dtype=torch.float32)
+    index = torch.empty((batch, num_prototypes), device=patches.device, dtype=torch.int64)
+    if batch == 0:
+        return min_dist, index
+    proto_norm = prototypes.float().square().sum(1)
+
+    def grid(meta):
+        return (triton.cdiv(num_prototypes, meta["BLOCK_P"]), batch)
+
+    _min_distance_fwd_kernel[grid](
+        patches, prototypes, proto_norm, min_dist, index,
+        num_patches, dim, num_prototypes,
+        *patches.stride(), *prototypes.stride(),
+        DOT_DTYPE=_dot_dtype(patches), **_meta(),
+    )  # fmt: skip
+    return min_dist, index
+
+
+def min_distance_backward(
+    grad: torch.Tensor,
+    patches: torch.Tensor,
+    prototypes: torch.Tensor,
+    index: torch.Tensor,
+    grad_patches: torch.Tensor,
+    deterministic: bool = True,
+) -> torch.Tensor:
+    """Write the features' gradient into ``grad_patches`` (B, N, D) (any strides, the features'
+    dtype); return the prototypes' gradient (P, D) float32."""
+    batch, num_patches, dim = patches.shape
+    num_prototypes = prototypes.shape[0]
+    grad = grad.contiguous()
+    index = index.contiguous()
+    grad_prototypes = torch.zeros((num_prototypes, dim), device=patches.device, dtype=torch.float32)
+    if batch == 0:
+        grad_patches.zero_()
+        return grad_prototypes
+    if deterministic:
+
+        def features_grid(meta):
+            return (
+                triton.cdiv(num_patches, meta["BLOCK_N"]),
+                batch,
+                triton.cdiv(dim, meta["BLOCK_D"]),
+            )
+
+        _grad_features_kernel[features_grid](
+            patches, prototypes, grad, index, grad_patches,
+            num_patches, dim, num_prototypes,
+            *patches.stride(), *prototypes.stride(), *grad_patches.stride(),
+            **_meta(),
+        )  # fmt: skip
+    else:
+        buffer = torch.zeros((batch, num_patches, dim), device=patches.device, dtype=torch.float32)
+        block_p = INTERPRETER_META["BLOCK_P"]
+        _grad_features_atomic_kernel[(triton.cdiv(num_prototypes, block_p), batch)](
+            patches, prototypes, grad, index, buffer,
+            num_patches, dim, num_prototypes,
+            *patches.stride(), *prototypes.stride(),
+            BLOCK_P=block_p, BLOCK_D=64 if not INTERPRET else INTERPRETER_META["BLOCK_D"],
+        )  # fmt: skip
+        grad_patches.copy_(buffer)
+
+    def prototypes_grid(meta):
+        return (triton.cdiv(num_prototypes, meta["BLOCK_P"]), triton.cdiv(dim, meta["BLOCK_D"]))
+
+    _grad_prototypes_kernel[prototypes_grid](
+        patches, prototypes, grad, index, grad_prototypes,
+        batch, dim, num_prototypes,
+        *patches.stride(), *prototypes.stride(),
+        **_meta(),
+    )  # fmt: skip
+    return grad_prototypes
+
+
+def distance_map(patches: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """patches (B, N, D), prototypes (P, D) -> squared distances (B, P, N) float32, clamped at 0."""
+    batch, num_patches, dim = patches.shape
+    num_prototypes = prototypes.shape[0]
+    out = torch.empty(
+        (batch, num_prototypes, num_patches), device=patches.device, dtype=torch.float32
+    )
+    if batch == 0:
+        return out
+    proto_norm = prototypes.float().square().sum(1)
+
+    def grid(meta):
+        return (
+            triton.cdiv(num_patches, meta["BLOCK_N"]),
+            triton.cdiv(num_prototypes, meta["BLOCK_P"]),
+            batch,
+        )
+
+    _distance_map_kernel[grid](
+        patches, prototypes, proto_norm, out,
+        num_patches, dim, num_prototypes,
+        *patches.stride(), *prototypes.stride(),
+        DOT_DTYPE=_dot_dtype(patches), **_meta(),
+    )  # fmt: skip
+    return out
