@@ -28,14 +28,56 @@ def markdown(data: dict) -> str:
     ]
     for bench in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         info, stats = bench["extra_info"], bench["stats"]
+        if "provider" in info:
+            continue  # in the provider tables below
         mean = stats["mean"]
         lines.append(
             f"| {info.get('kind', bench['name'])} | {info.get('preset', '')} | "
             f"{info.get('backend', '')} | {info.get('batch', '')} | {mean * 1e3:.1f} | "
             f"{info.get('batch', 0) / mean:.1f} | {stats['rounds']} |"
         )
+    lines += provider_tables(data["benchmarks"])
     lines += ["", "```", machine.get("patronus_info", ""), "```", ""]
     return "\n".join(lines)
+
+
+def provider_tables(benchmarks: list[dict]) -> list[str]:
+    """Per (op, shape): providers side by side, patronus's speed-up over each, peak memory."""
+    cells: dict[tuple[str, str], dict[str, dict[str, dict]]] = {}
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        if "provider" not in info:
+            continue
+        key = (info["kind"], info["shape"])
+        cells.setdefault(key, {}).setdefault(info["provider"], {})[info["mode"]] = bench
+    lines = []
+    for (kind, shape), providers in sorted(cells.items()):
+        ours = providers.get("patronus", {})
+        any_bench = next(iter(next(iter(providers.values())).values()))
+        info = any_bench["extra_info"]
+        lines += [
+            "",
+            f"## {kind}: {shape} ({info.get('dims', '')}, {info.get('dtype', '')})",
+            "",
+            "| provider | forward ms | backward ms | fwd+bwd ms | patronus speed-up "
+            "(fwd / bwd / fwd+bwd) | peak MB (fwd+bwd) | patronus memory ratio |",
+            "|---|---:|---:|---:|---|---:|---:|",
+        ]
+        for provider, modes in providers.items():
+            means = {mode: modes[mode]["stats"]["mean"] for mode in modes}
+            speedups = [
+                f"{means[m] / ours[m]['stats']['mean']:.2f}x" if m in ours and m in means else "-"
+                for m in ("forward", "backward", "forward+backward")
+            ]
+            peak = next(iter(modes.values()))["extra_info"].get("peak_mb", float("nan"))
+            our_peak = next(iter(ours.values()))["extra_info"].get("peak_mb") if ours else None
+            ratio = f"{peak / our_peak:.1f}x" if our_peak and our_peak > 0 else "-"
+            row = " | ".join(
+                f"{means[m] * 1e3:.2f}" if m in means else "-"
+                for m in ("forward", "backward", "forward+backward")
+            )
+            lines.append(f"| {provider} | {row} | {' / '.join(speedups)} | {peak:.1f} | {ratio} |")
+    return lines
 
 
 def main() -> None:

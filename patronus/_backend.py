@@ -2,8 +2,10 @@
 
 Backends are ``triton`` (fused GPU kernels), ``cpp`` (the compiled ``patronus._C`` extension) and
 ``torch`` (pure PyTorch, always available; it is also the test oracle). ``PATRONUS_BACKEND``
-(``auto`` | ``triton`` | ``cpp`` | ``torch``) forces one; a forced backend that cannot serve a call
-raises :class:`BackendUnavailableError` naming the reason.
+(``auto`` | ``triton`` | ``cpp`` | ``torch``) forces one for every op that has it (ops without it
+keep their automatic choice, so a whole model runs); a forced backend that an op has but cannot
+use here (no GPU, Triton missing, extension not built) raises :class:`BackendUnavailableError`
+naming the reason.
 
 Nothing here initialises CUDA: availability checks look at the tensor's device and at what is
 importable, never at ``torch.cuda``.
@@ -76,24 +78,18 @@ def select(op: str, device: torch.device, probes: Mapping[str, Probe]) -> Backen
     must always be among them and always available.
     """
     requested = requested_backend()
-    if requested != "auto":
-        probe = probes.get(requested)
-        if probe is None:
-            raise BackendUnavailableError(
-                f"{ENV_VAR}={requested}: op {op!r} has no {requested} implementation "
-                f"(it has: {', '.join(probes)})"
-            )
-        reason = probe(device)
+    if requested != "auto" and requested in probes:
+        reason = probes[requested](device)
         if reason is not None:
             raise BackendUnavailableError(
                 f"{ENV_VAR}={requested}: cannot run {op!r} on {device.type}: {reason}"
             )
         return BackendChoice(requested, f"forced by {ENV_VAR}")
-    refusals = []
+    refusals = [f"{requested}: not implemented for this op"] if requested != "auto" else []
     for name, probe in probes.items():
         reason = probe(device)
         if reason is None:
-            why = "preferred" if not refusals else "; ".join(refusals)
+            why = "; ".join(refusals) or "preferred"
             return BackendChoice(name, why)
         refusals.append(f"{name}: {reason}")
     raise BackendUnavailableError(f"no backend can run {op!r} on {device.type}: {refusals}")

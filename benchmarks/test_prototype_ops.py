@@ -1,0 +1,122 @@
+"""The prototype layer's min distance: the original two-convolution form, the best eager PyTorch
+form, torch.compile of it, and patronus (cpp on CPU, Triton on CUDA); forward, backward and
+forward+backward time, and peak memory of forward+backward.
+
+The paper's shapes run everywhere; the large one (P = 2000) only on CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import device_name, peak_memory_mb, synchronize
+
+from patronus.ops import prototype_min_distance
+
+PAPER_SHAPES = {  # name: (B, D, H, W, P)
+    "celeba64": (64, 128, 26, 26, 100),
+    "fmnist32": (128, 128, 10, 10, 30),
+    "chexpert224": (16, 128, 43, 43, 100),
+}
+LARGE_SHAPES = {"large": (64, 256, 32, 32, 2000)}
+PROVIDERS = ["original", "eager", "compile", "patronus"]
+MODES = ["forward", "backward", "forward+backward"]
+
+
+def original_form(features, prototypes):
+    """The original implementation: ||z||^2 and z.p by two conv2d calls, relu, min by max-pool."""
+    weights = prototypes[:, :, None, None]
+    ones = torch.ones_like(weights)
+    patch_norms = F.conv2d(features**2, ones)
+    cross = F.conv2d(features, weights)
+    distances = F.relu(patch_norms - 2 * cross + (prototypes**2).sum(1).view(-1, 1, 1))
+    return -F.max_pool2d(-distances, kernel_size=distances.shape[2:]).flatten(1)
+
+
+def eager_form(features, prototypes):
+    """The best eager PyTorch form: one matmul with the norms, clamp, min."""
+    z = features.flatten(2)  # (B, D, N)
+    cross = torch.matmul(prototypes, z)  # (B, P, N)
+    distances = z.square().sum(1, keepdim=True) - 2 * cross + prototypes.square().sum(1)[:, None]
+    return distances.clamp_min(0).min(dim=2).values
+
+
+def patronus_form(features, prototypes):
+    return prototype_min_distance(features, prototypes)[0]
+
+
+_compiled = {}
+
+
+def provider_fn(name):
+    if name == "compile":
+        if "eager" not in _compiled:
+            _compiled["eager"] = torch.compile(eager_form)
+        return _compiled["eager"]
+    return {"original": original_form, "eager": eager_form, "patronus": patronus_form}[name]
+
+
+def shapes(device):
+    return {**PAPER_SHAPES, **(LARGE_SHAPES if device.type == "cuda" else {})}
+
+
+def pytest_generate_tests(metafunc):
+    if "shape_name" in metafunc.fixturenames:
+        names = list(PAPER_SHAPES) + list(LARGE_SHAPES)
+        metafunc.parametrize("shape_name", names)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_min_distance(benchmark, provider, mode, shape_name, device):
+    if shape_name not in shapes(device):
+        pytest.skip("the large shape runs on CUDA only")
+    batch, dim, height, width, num = shapes(device)[shape_name]
+    torch.manual_seed(0)
+    # on CUDA as in bf16 autocast training: bf16 features from the encoder, fp32 prototypes
+    amp = device.type == "cuda"
+    dtype = torch.bfloat16 if amp else torch.float32
+    features = torch.randn(batch, dim, height, width, device=device, dtype=dtype)
+    prototypes = torch.rand(num, dim, device=device)
+    form = provider_fn(provider)
+
+    def fn(f, p):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return form(f, p)
+
+    def forward_backward():
+        f = features.detach().requires_grad_()
+        p = prototypes.detach().requires_grad_()
+        fn(f, p).float().sum().backward()
+        synchronize(device)
+
+    forward_backward()  # warm-up (and compilation)
+    benchmark.extra_info.update(
+        provider=provider, mode=mode, shape=shape_name, batch=batch, kind="min distance",
+        dims=f"B={batch} D={dim} {height}x{width} P={num}", dtype=str(dtype).split(".")[-1],
+        device=device_name(device), peak_mb=peak_memory_mb(forward_backward, device),
+    )  # fmt: skip
+    benchmark.group = f"min distance {shape_name} {mode}"
+    if mode == "forward":
+
+        @torch.no_grad()
+        def forward():
+            fn(features, prototypes)
+            synchronize(device)
+
+        benchmark(forward)
+    elif mode == "backward":
+
+        def setup():
+            f = features.detach().requires_grad_()
+            p = prototypes.detach().requires_grad_()
+            return (fn(f, p).float().sum(),), {}
+
+        def backward(loss):
+            loss.backward()
+            synchronize(device)
+
+        benchmark.pedantic(backward, setup=setup, rounds=10, warmup_rounds=1)
+    else:
+        benchmark(forward_backward)
