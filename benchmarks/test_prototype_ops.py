@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import device_name, peak_memory_mb, synchronize
+from conftest import activation_mb, device_name, peak_memory_mb, synchronize
 
 from patronus.ops import prototype_min_distance
 
@@ -57,6 +57,13 @@ def provider_fn(name):
     return {"original": original_form, "eager": eager_form, "patronus": patronus_form}[name]
 
 
+def saved_for_backward(fn, features, prototypes, provider) -> float | None:
+    if provider == "compile":  # saved-tensor hooks do not reach into compiled graphs
+        return None
+    inputs = (features.detach().requires_grad_(), prototypes.detach().requires_grad_())
+    return activation_mb(fn, inputs)
+
+
 def shapes(device):
     return {**PAPER_SHAPES, **(LARGE_SHAPES if device.type == "cuda" else {})}
 
@@ -96,6 +103,7 @@ def test_min_distance(benchmark, provider, mode, shape_name, device):
         provider=provider, mode=mode, shape=shape_name, batch=batch, kind="min distance",
         dims=f"B={batch} D={dim} {height}x{width} P={num}", dtype=str(dtype).split(".")[-1],
         device=device_name(device), peak_mb=peak_memory_mb(forward_backward, device),
+        activation_mb=saved_for_backward(fn, features, prototypes, provider),
     )  # fmt: skip
     benchmark.group = f"min distance {shape_name} {mode}"
     if mode == "forward":

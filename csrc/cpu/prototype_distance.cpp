@@ -56,8 +56,9 @@ scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
 
 // cross[k][n] = sum_d protos[k][d] * z[d][n] for kProtoBlock prototypes (zero-padded rows past
 // the last one), a register tile of kProtoBlock x WIDTH patches at a time. Every patch accumulates
-// in the same order with the same operations (ISO C++ forbids contracting them into FMAs), so
-// identical patches get bit-identical distances and ties resolve to the smallest index. The body
+// in the same order with the same fused multiply-adds (explicit std::fma, nothing left to the
+// compiler's contraction), so identical patches get bit-identical distances and ties resolve to
+// the smallest index. The body
 // is a macro so that each target clone (AVX-512, AVX2, baseline x86-64; chosen at load time)
 // compiles it for its own instruction set (an inline function would not be inlined across them).
 #define PATRONUS_CROSS_PRODUCTS(scalar_t, WIDTH)                                            \
@@ -68,7 +69,7 @@ scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
       const scalar_t* row = z + d * num_patches + n0;                                      \
       for (int64_t k = 0; k < kProtoBlock; ++k) {                                          \
         const scalar_t weight = protos[k * dim + d];                                       \
-        for (int64_t w = 0; w < (WIDTH); ++w) acc[k][w] += weight * row[w];                \
+        for (int64_t w = 0; w < (WIDTH); ++w) acc[k][w] = std::fma(weight, row[w], acc[k][w]); \
       }                                                                                    \
     }                                                                                      \
     for (int64_t k = 0; k < kProtoBlock; ++k)                                              \
@@ -78,7 +79,7 @@ scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
     scalar_t acc[kProtoBlock] = {};                                                        \
     for (int64_t d = 0; d < dim; ++d)                                                      \
       for (int64_t k = 0; k < kProtoBlock; ++k)                                            \
-        acc[k] += protos[k * dim + d] * z[d * num_patches + n];                            \
+        acc[k] = std::fma(protos[k * dim + d], z[d * num_patches + n], acc[k]);            \
     for (int64_t k = 0; k < kProtoBlock; ++k) cross[k * num_patches + n] = acc[k];         \
   }
 
