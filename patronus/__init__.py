@@ -3,12 +3,27 @@
 Importing patronus never initialises CUDA and works without Triton or the compiled extension.
 """
 
+from typing import Any
+
 from patronus._info import info
-from patronus.checkpoint import load_model, save_model
 from patronus.models import Patronus, PatronusConfig
-from patronus.reference_checkpoint import load_reference_checkpoint
 
 __version__ = "0.1.0"
+
+# checkpoint I/O needs safetensors: imported on first use, so the model and the ops need only torch
+_LAZY = {
+    "load_model": "patronus.checkpoint",
+    "save_model": "patronus.checkpoint",
+    "load_reference_checkpoint": "patronus.reference_checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'patronus' has no attribute {name!r}")
 
 __all__ = [
     "Patronus",

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from patronus.diffusion.schedules import NoiseSchedule
 from patronus.diffusion.timesteps import respaced_timesteps
@@ -184,8 +183,12 @@ def run_sampler(
     description: str = "sampling",
 ) -> torch.Tensor:
     """Drive a sampler to its end; returns the last step's ``sample``."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        trajectory = tqdm(trajectory, total=total, desc=description, leave=False)
     last = None
-    for step in tqdm(trajectory, total=total, desc=description, disable=not progress, leave=False):
+    for step in trajectory:
         if callback is not None:
             callback(step)
         last = step
