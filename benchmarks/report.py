@@ -78,6 +78,12 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
                 for m in ("forward", "backward", "forward+backward")
             )
             lines.append(f"| {provider} | {row} | {' / '.join(speedups)} | {peak} | {saved} |")
+        if "forward" in ours and "product_flops" in ours["forward"]["extra_info"]:
+            rate = ours["forward"]["extra_info"]["product_flops"] / ours["forward"]["stats"]["mean"]
+            lines += [
+                "",
+                f"patronus forward: {rate / 1e12:.2f} TFLOP/s of patch-prototype products",
+            ]
     return lines
 
 

@@ -104,6 +104,7 @@ def test_min_distance(benchmark, provider, mode, shape_name, device):
         dims=f"B={batch} D={dim} {height}x{width} P={num}", dtype=str(dtype).split(".")[-1],
         device=device_name(device), peak_mb=peak_memory_mb(forward_backward, device),
         activation_mb=saved_for_backward(fn, features, prototypes, provider),
+        product_flops=2 * batch * height * width * num * dim,
     )  # fmt: skip
     benchmark.group = f"min distance {shape_name} {mode}"
     if mode == "forward":
