@@ -79,6 +79,34 @@ def _dot_accumulate(z, p, acc, DOT_DTYPE: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _distance_tile(
+    z_base, PROTO, offs_n, offs_p, mask_n, mask_p,
+    D, stride_zn, stride_zd, stride_pp, stride_pd,
+    DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """(z.p for a patch x prototype tile, ||z||^2 of its patches), accumulated over channels."""
+    cross = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
+    patch_norm = tl.zeros([BLOCK_N], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        z = tl.load(
+            z_base + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+            mask=mask_n[:, None] & mask_d[None, :],
+            other=0.0,
+        )
+        p = tl.load(
+            PROTO + offs_p[None, :] * stride_pp + offs_d[:, None] * stride_pd,
+            mask=mask_p[None, :] & mask_d[:, None],
+            other=0.0,
+        )
+        z32 = z.to(tl.float32)
+        patch_norm += tl.sum(z32 * z32, axis=1)
+        cross = _dot_accumulate(z, p, cross, DOT_DTYPE)
+    return cross, patch_norm
+
+
 @_autotune(_FORWARD_CONFIGS, key=["N", "D", "NUM_P", "DOT_DTYPE"])
 @triton.jit
 def _min_distance_fwd_kernel(
@@ -100,24 +128,11 @@ def _min_distance_fwd_kernel(
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        cross = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
-        patch_norm = tl.zeros([BLOCK_N], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < D
-            z = tl.load(
-                z_base + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
-                mask=mask_n[:, None] & mask_d[None, :],
-                other=0.0,
-            )
-            p = tl.load(
-                PROTO + offs_p[None, :] * stride_pp + offs_d[:, None] * stride_pd,
-                mask=mask_p[None, :] & mask_d[:, None],
-                other=0.0,
-            )
-            z32 = z.to(tl.float32)
-            patch_norm += tl.sum(z32 * z32, axis=1)
-            cross = _dot_accumulate(z, p, cross, DOT_DTYPE)
+        cross, patch_norm = _distance_tile(
+            z_base, PROTO, offs_n, offs_p, mask_n, mask_p,
+            D, stride_zn, stride_zd, stride_pp, stride_pd,
+            DOT_DTYPE, BLOCK_N, BLOCK_P, BLOCK_D,
+        )  # fmt: skip
         dist = patch_norm[:, None] - 2.0 * cross + proto_norm[None, :]
         dist = tl.where(dist != dist, float("-inf"), dist)  # NaN wins the min
         dist = tl.where(mask_n[:, None], dist, float("inf"))
@@ -275,24 +290,11 @@ def _distance_map_kernel(
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_n = offs_n < N
     mask_p = offs_p < NUM_P
-    cross = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
-    patch_norm = tl.zeros([BLOCK_N], tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        z = tl.load(
-            Z + b * stride_zb + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
-            mask=mask_n[:, None] & mask_d[None, :],
-            other=0.0,
-        )
-        p = tl.load(
-            PROTO + offs_p[None, :] * stride_pp + offs_d[:, None] * stride_pd,
-            mask=mask_p[None, :] & mask_d[:, None],
-            other=0.0,
-        )
-        z32 = z.to(tl.float32)
-        patch_norm += tl.sum(z32 * z32, axis=1)
-        cross = _dot_accumulate(z, p, cross, DOT_DTYPE)
+    cross, patch_norm = _distance_tile(
+        Z + b * stride_zb, PROTO, offs_n, offs_p, mask_n, mask_p,
+        D, stride_zn, stride_zd, stride_pp, stride_pd,
+        DOT_DTYPE, BLOCK_N, BLOCK_P, BLOCK_D,
+    )  # fmt: skip
     proto_norm = tl.load(PROTO_NORM + offs_p, mask=mask_p, other=0.0)
     dist = tl.maximum(patch_norm[:, None] - 2.0 * cross + proto_norm[None, :], 0.0)
     target = OUT + b * NUM_P * N + offs_p[None, :] * N + offs_n[:, None]
