@@ -1,0 +1,246 @@
+"""The fused scheduler step: one pass from x_t and the model output to x_prev and predicted x0.
+
+``scheduler_step`` runs the ``patronus::scheduler_step`` op of the extension (CPU and CUDA
+kernels: one launch, no host synchronisation, no allocation beyond the outputs) and falls back to
+``scheduler_step_ref``, the same equations in PyTorch, when the extension is not built. The update
+equations are written out in ``csrc/scheduler_step.h``:
+
+- DDIM (any eta; also the DDIM inversion, when the target level is noisier than the current one);
+- DDPM ancestral, between any two levels, with the posterior or the beta variance;
+- x0 clipping to [-clip, clip], or dynamic thresholding (per-sample ``threshold``: clamp and
+  rescale), optionally re-deriving the noise from the clipped x0;
+- model outputs predicting the noise ("epsilon"), the clean sample ("sample") or v ("v_prediction");
+- per-sample levels: every sample of a batch may be at its own step (level -1 is clean data);
+- noise passed in, or drawn inside the kernel from ``rng_state`` = int64 [seed, offset] with
+  Philox4x32-10 (the same numbers on CPU, CUDA and in the reference), so steps are reproducible and
+  CUDA-graph capturable.
+
+The step is not differentiable (samplers run without gradients); it has no autograd formula and
+raises if asked for one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from patronus import _backend
+from patronus.ops._validation import check_float, opmath_dtype
+
+MODES = {"ddim": 0, "ddpm": 1}
+PREDICTIONS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
+VARIANCES = {"posterior": 0, "beta": 1}
+_PROBES = {"cpp": _backend.cpp_probe("scheduler_step"), "torch": _backend.torch_probe}
+
+
+def backend(device: torch.device) -> _backend.BackendChoice:
+    return _backend.select("scheduler_step", device, _PROBES)
+
+
+def _levels(value: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    if isinstance(value, int):
+        return torch.full((batch,), value, dtype=torch.long, device=device)
+    if value.dim() == 0:
+        value = value.expand(batch)
+    return value.to(device=device, dtype=torch.long)
+
+
+def _choice(table: dict[str, int], name: str, what: str) -> int:
+    if name not in table:
+        raise ValueError(f"{what} must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def scheduler_step(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    timestep: int | torch.Tensor,
+    prev_timestep: int | torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    *,
+    mode: str = "ddim",
+    prediction: str = "epsilon",
+    eta: float = 0.0,
+    variance: str = "posterior",
+    clip: float | None = None,
+    threshold: torch.Tensor | None = None,
+    recompute_eps: bool = True,
+    noise: torch.Tensor | None = None,
+    rng_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of DDIM / DDPM / DDIM inversion for a batch.
+
+    Args:
+        sample: x at the current level, (B, ...), fp16/bf16/fp32/fp64.
+        model_output: the network's prediction, like ``sample``.
+        timestep, prev_timestep: current and target levels, ints or (B,) int64 (per sample);
+            -1 is clean data (abar = 1).
+        alphas_cumprod: (T,) schedule table; cast to float64 on the sample's device.
+        mode: "ddim" or "ddpm"; prediction: "epsilon", "sample" or "v_prediction";
+        eta: DDIM stochasticity; variance: DDPM "posterior" or "beta".
+        clip: clamp x0 to [-clip, clip]; threshold: (B,) per-sample dynamic threshold
+            (clamp to [-k, k] and divide by k); recompute_eps: re-derive the noise from the
+            clipped x0 (the DDIM convention of guided-diffusion; diffusers' default is False).
+        noise: N(0, I) like ``sample``, used where the step adds noise; or
+        rng_state: int64 [seed, offset] on the sample's device for in-kernel noise.
+
+    Returns:
+        (x at the target level, predicted x0 after clipping), both like ``sample``.
+    """
+    check_float("sample", sample)
+    batch = sample.shape[0]
+    timestep = _levels(timestep, batch, sample.device)
+    prev_timestep = _levels(prev_timestep, batch, sample.device)
+    table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
+    args = (
+        _choice(MODES, mode, "mode"),
+        _choice(PREDICTIONS, prediction, "prediction"),
+        _choice(VARIANCES, variance, "variance"),
+        float(eta),
+        float(clip) if clip is not None else 0.0,
+        bool(recompute_eps),
+        threshold,
+        noise,
+        rng_state,
+    )
+    if backend(sample.device).name == "cpp":
+        return torch.ops.patronus.scheduler_step(
+            sample, model_output, timestep, prev_timestep, table, *args
+        )
+    return scheduler_step_ref(sample, model_output, timestep, prev_timestep, table, *args)
+
+
+def _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps):
+    """Per-sample float64 coefficients, as ``step::coefficients`` in csrc/scheduler_step.h."""
+    sc, nc = abar_c.sqrt(), (1.0 - abar_c).sqrt()
+    zero, one = torch.zeros_like(sc), torch.ones_like(sc)
+    if prediction == PREDICTIONS["epsilon"]:
+        x0_x, x0_out, eps_x, eps_out = 1.0 / sc, -nc / sc, zero, one
+    elif prediction == PREDICTIONS["sample"]:
+        x0_x, x0_out, eps_x, eps_out = zero, one, 1.0 / nc, -sc / nc
+    else:
+        x0_x, x0_out, eps_x, eps_out = sc, -nc, nc, sc
+    can_recompute = (nc > 0) & recompute_eps
+    safe_nc = torch.where(nc > 0, nc, one)
+    eps_x0_x = torch.where(can_recompute, 1.0 / safe_nc, zero)
+    eps_x0_x0 = torch.where(can_recompute, -sc / safe_nc, zero)
+    if mode == MODES["ddim"]:
+        noisy = (abar_p < 1) & (abar_c < 1) & (eta > 0)
+        ratio = (1.0 - abar_p) / torch.where(abar_c < 1, 1.0 - abar_c, one)
+        sigma = torch.where(
+            noisy, eta * (ratio * (1.0 - abar_c / abar_p)).clamp_min(0).sqrt(), zero
+        )
+        direction = 1.0 - abar_p - sigma**2
+        prev_x0, prev_eps, prev_x = abar_p.sqrt(), direction.clamp_min(0).sqrt(), zero
+    else:
+        alpha = abar_c / abar_p
+        beta = 1.0 - alpha
+        prev_x0 = abar_p.sqrt() * beta / (1.0 - abar_c)
+        prev_eps = zero
+        prev_x = alpha.sqrt() * (1.0 - abar_p) / (1.0 - abar_c)
+        var = beta * (1.0 - abar_p) / (1.0 - abar_c) if variance == VARIANCES["posterior"] else beta
+        sigma = torch.where(abar_p < 1, var.clamp_min(0).sqrt(), zero)
+    return (x0_x, x0_out, eps_x, eps_out, eps_x0_x, eps_x0_x0, prev_x0, prev_eps, prev_x, sigma)
+
+
+def scheduler_step_ref(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor,
+    prev_timestep: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    mode: int,
+    prediction: int,
+    variance: int,
+    eta: float,
+    clip: float,
+    recompute_eps: bool,
+    threshold: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    rng_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's reference in PyTorch: same arguments as ``patronus::scheduler_step`` (levels as
+    (B,) int64, float64 table, integer enums) and the same order of float operations."""
+    if model_output.shape != sample.shape or model_output.dtype != sample.dtype:
+        raise ValueError("model_output must match sample in shape and dtype")
+    steps = alphas_cumprod.shape[0]
+    if (
+        (timestep < -1) | (timestep >= steps) | (prev_timestep < -1) | (prev_timestep >= steps)
+    ).any():
+        raise ValueError(f"timesteps must lie in [-1, {steps})")
+    padded = torch.cat([alphas_cumprod, alphas_cumprod.new_ones(1)])  # index -1 -> 1
+    abar_c, abar_p = padded[timestep], padded[prev_timestep]
+    coefficients = _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps)
+    opmath = opmath_dtype(sample)
+    shape = (-1,) + (1,) * (sample.dim() - 1)
+    x0_x, x0_out, eps_x, eps_out, e_x, e_x0, p_x0, p_eps, p_x, sigma = (
+        c.to(opmath).reshape(shape) for c in coefficients
+    )
+    x = sample.to(opmath)
+    out = model_output.to(opmath)
+    x0 = x0_x * x + x0_out * out
+    eps = eps_x * x + eps_out * out
+    limit = threshold.to(opmath).reshape(shape) if threshold is not None else None
+    if limit is None and clip > 0:
+        limit = torch.full_like(x0_x, clip)
+    if limit is not None:
+        x0 = torch.maximum(torch.minimum(x0, limit), -limit)
+        if threshold is not None:
+            x0 = x0 / limit
+        eps = torch.where(e_x != 0, e_x * x + e_x0 * x0, eps)
+    prev = p_x0 * x0 + p_eps * eps + p_x * x
+    if bool((coefficients[-1] > 0).any()):
+        if noise is None:
+            if rng_state is None:
+                raise ValueError("this step adds noise (sigma > 0): pass noise or rng_state")
+            seed, offset = (int(v) for v in rng_state.tolist())
+            noise = philox_normal(seed, offset, sample.shape, sample.device)
+        prev = prev + sigma * torch.where(sigma > 0, noise.to(opmath), 0)
+    return prev.to(sample.dtype), x0.to(sample.dtype)
+
+
+_MASK = 0xFFFFFFFF
+
+
+def _philox4x32_10(counter: list[torch.Tensor], k0: int, k1: int) -> list[torch.Tensor]:
+    """Random123's Philox4x32-10 on int64 tensors holding uint32 values."""
+    c0, c1, c2, c3 = counter
+    for _ in range(10):
+        p0 = c0 * 0xD2511F53  # < 2^64: wraps in int64, its low 64 bits are exact
+        p1 = c2 * 0xCD9E8D57
+        hi0, lo0 = (p0 >> 32) & _MASK, p0 & _MASK
+        hi1, lo1 = (p1 >> 32) & _MASK, p1 & _MASK
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + 0x9E3779B9) & _MASK
+        k1 = (k1 + 0xBB67AE85) & _MASK
+    return [c0, c1, c2, c3]
+
+
+def philox_normal(
+    seed: int, offset: int, shape: torch.Size | tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """The in-kernel noise: element i is normal ``i % 4`` of Philox group ``i // 4`` keyed by
+    ``seed`` with counter (group, offset), Box-Muller in float64. Returns float64 of ``shape``."""
+    numel = math.prod(shape)
+    groups = torch.arange((numel + 3) // 4, dtype=torch.long, device=device)
+    counter = [
+        groups & _MASK,
+        (groups >> 32) & _MASK,
+        torch.full_like(groups, offset & _MASK),
+        torch.full_like(groups, (offset >> 32) & _MASK),
+    ]
+    r = _philox4x32_10(counter, seed & _MASK, (seed >> 32) & _MASK)
+    uniforms = [(v.double() + 0.5) * 2.0**-32 for v in r]
+    normals = []
+    for u1, u2 in ((uniforms[0], uniforms[1]), (uniforms[2], uniforms[3])):
+        radius = (-2.0 * u1.log()).sqrt()
+        normals += [radius * torch.cos(2 * math.pi * u2), radius * torch.sin(2 * math.pi * u2)]
+    return torch.stack(normals, dim=1).flatten()[:numel].reshape(shape)
+
+
+if _backend.load_extension()[0] is not None:
+
+    @torch.library.register_fake("patronus::scheduler_step")
+    def _scheduler_step_fake(sample, model_output, *args):
+        return torch.empty_like(sample), torch.empty_like(sample)
