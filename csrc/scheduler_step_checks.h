@@ -54,6 +54,9 @@ inline step::Options check_scheduler_step(const at::Tensor& sample, const at::Te
                     rng_state->device() == sample.device(),
                 "scheduler_step: rng_state must be int64 [seed, offset] on the sample's device");
   }
+  // decided without reading the levels (which would synchronise with a GPU)
+  TORCH_CHECK(!(mode == step::kDDPM || eta > 0.0) || noise.has_value() || rng_state.has_value(),
+              "scheduler_step: DDPM and DDIM with eta > 0 add noise: pass noise or rng_state");
   return step::Options{mode, prediction, variance, eta, clip, recompute_eps};
 }
 

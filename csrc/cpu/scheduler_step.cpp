@@ -51,8 +51,6 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
     if (threshold.has_value()) thresholds[b] = threshold_d.const_data_ptr<double>()[b];
   }
   const bool generate = needs_noise && !noise.has_value();
-  TORCH_CHECK(!generate || rng_state.has_value(),
-              "scheduler_step: this step adds noise (sigma > 0): pass noise or rng_state");
   const uint64_t seed = generate ? static_cast<uint64_t>(rng_state->const_data_ptr<int64_t>()[0]) : 0;
   const uint64_t offset =
       generate ? static_cast<uint64_t>(rng_state->const_data_ptr<int64_t>()[1]) : 0;

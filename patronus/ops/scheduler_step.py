@@ -164,6 +164,8 @@ def scheduler_step_ref(
     (B,) int64, float64 table, integer enums) and the same order of float operations."""
     if model_output.shape != sample.shape or model_output.dtype != sample.dtype:
         raise ValueError("model_output must match sample in shape and dtype")
+    if (mode == MODES["ddpm"] or eta > 0) and noise is None and rng_state is None:
+        raise ValueError("DDPM and DDIM with eta > 0 add noise: pass noise or rng_state")
     steps = alphas_cumprod.shape[0]
     if (
         (timestep < -1) | (timestep >= steps) | (prev_timestep < -1) | (prev_timestep >= steps)
@@ -192,8 +194,6 @@ def scheduler_step_ref(
     prev = p_x0 * x0 + p_eps * eps + p_x * x
     if bool((coefficients[-1] > 0).any()):
         if noise is None:
-            if rng_state is None:
-                raise ValueError("this step adds noise (sigma > 0): pass noise or rng_state")
             seed, offset = (int(v) for v in rng_state.tolist())
             noise = philox_normal(seed, offset, sample.shape, sample.device)
         prev = prev + sigma * torch.where(sigma > 0, noise.to(opmath), 0)

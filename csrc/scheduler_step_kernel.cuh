@@ -1,0 +1,119 @@
+// CUDA kernel of patronus::scheduler_step, torch-free (the launcher in csrc/cuda/ instantiates it
+// for the ATen types; `nvcc -c csrc/tests/nvcc_check.cu` compiles it anywhere). One launch: each
+// thread owns groups of four consecutive elements (one Philox call, one vector load/store of four
+// elements when aligned), computes its samples' coefficients from the schedule table in device
+// memory, and never synchronises with the host. The random state is read from device memory, so
+// a captured CUDA graph draws new noise when the state is advanced between replays.
+#pragma once
+
+#include <cstdint>
+
+#include "scheduler_step.h"
+
+namespace patronus {
+namespace step {
+
+template <typename scalar_t>
+struct alignas(sizeof(scalar_t) * 4) Vec4 {
+  scalar_t v[4];
+};
+
+struct KernelArgs {
+  const int64_t* timestep;
+  const int64_t* prev_timestep;
+  const double* alphas_cumprod;
+  const double* threshold;  // (B,) or nullptr: static clip
+  const int64_t* rng_state;  // [seed, offset] or nullptr: noise given (or not needed)
+  int64_t steps;             // T: levels are clamped to [-1, T - 1] (checking would need a sync)
+  int64_t numel;
+  int64_t per_sample;
+  Options options;
+};
+
+__device__ __forceinline__ Coefficients sample_coefficients(const KernelArgs& a, int64_t b) {
+  const int64_t last = a.steps - 1;
+  const int64_t c = a.timestep[b] < last ? a.timestep[b] : last;
+  const int64_t p = a.prev_timestep[b] < last ? a.prev_timestep[b] : last;
+  const double abar_c = c < 0 ? 1.0 : a.alphas_cumprod[c];
+  const double abar_p = p < 0 ? 1.0 : a.alphas_cumprod[p];
+  return coefficients(abar_c, abar_p, a.options);
+}
+
+template <typename scalar_t, typename opmath_t, bool kVectorized>
+__global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
+                                      const scalar_t* __restrict__ model_output,
+                                      const scalar_t* __restrict__ noise,
+                                      scalar_t* __restrict__ prev, scalar_t* __restrict__ x0,
+                                      KernelArgs args) {
+  const int64_t groups = (args.numel + 3) / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const bool generate = args.rng_state != nullptr;
+  const uint64_t seed = generate ? static_cast<uint64_t>(args.rng_state[0]) : 0;
+  const uint64_t offset = generate ? static_cast<uint64_t>(args.rng_state[1]) : 0;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
+       g += stride) {
+    const int64_t base = g * 4;
+    scalar_t x[4], out[4], z[4], prev_v[4], x0_v[4];
+    if (kVectorized) {
+      const Vec4<scalar_t> xs = reinterpret_cast<const Vec4<scalar_t>*>(sample)[g];
+      const Vec4<scalar_t> os = reinterpret_cast<const Vec4<scalar_t>*>(model_output)[g];
+      for (int lane = 0; lane < 4; ++lane) {
+        x[lane] = xs.v[lane];
+        out[lane] = os.v[lane];
+      }
+      if (noise != nullptr) {
+        const Vec4<scalar_t> zs = reinterpret_cast<const Vec4<scalar_t>*>(noise)[g];
+        for (int lane = 0; lane < 4; ++lane) z[lane] = zs.v[lane];
+      }
+    } else {
+      for (int lane = 0; lane < 4; ++lane) {
+        const int64_t i = base + lane < args.numel ? base + lane : args.numel - 1;
+        x[lane] = sample[i];
+        out[lane] = model_output[i];
+        if (noise != nullptr) z[lane] = noise[i];
+      }
+    }
+    double normals[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t b = base / args.per_sample;
+    Coefficients k = sample_coefficients(args, b);
+    if (generate) normal4(seed, offset, static_cast<uint64_t>(g), normals);
+    for (int lane = 0; lane < 4; ++lane) {
+      const int64_t i = base + lane;
+      if (i / args.per_sample != b) {
+        b = i / args.per_sample;
+        if (b < args.numel / args.per_sample) k = sample_coefficients(args, b);
+      }
+      const double limit = args.threshold != nullptr && i < args.numel ? args.threshold[b]
+                                                                        : args.options.clip;
+      opmath_t noise_value = 0;
+      if (k.sigma > 0.0) {
+        noise_value = noise != nullptr ? static_cast<opmath_t>(z[lane])
+                                       : static_cast<opmath_t>(normals[lane]);
+      }
+      opmath_t x0_value;
+      const opmath_t next = update<opmath_t>(static_cast<opmath_t>(x[lane]),
+                                             static_cast<opmath_t>(out[lane]), noise_value, k,
+                                             static_cast<opmath_t>(limit),
+                                             args.threshold != nullptr, &x0_value);
+      prev_v[lane] = static_cast<scalar_t>(next);
+      x0_v[lane] = static_cast<scalar_t>(x0_value);
+    }
+    if (kVectorized) {
+      Vec4<scalar_t> ps, xs;
+      for (int lane = 0; lane < 4; ++lane) {
+        ps.v[lane] = prev_v[lane];
+        xs.v[lane] = x0_v[lane];
+      }
+      reinterpret_cast<Vec4<scalar_t>*>(prev)[g] = ps;
+      reinterpret_cast<Vec4<scalar_t>*>(x0)[g] = xs;
+    } else {
+      for (int lane = 0; lane < 4 && base + lane < args.numel; ++lane) {
+        prev[base + lane] = prev_v[lane];
+        x0[base + lane] = x0_v[lane];
+      }
+    }
+  }
+}
+
+}  // namespace step
+}  // namespace patronus
