@@ -8,7 +8,8 @@
 //         thresholding with a per-sample k_b), optionally re-deriving eps from the clipped x0
 //   DDIM (Song et al. 2021, eq. 12), also the inversion when p > c:
 //     x_p = sqrt(abar_p) x0 + sqrt(1 - abar_p - sigma^2) eps + sigma z,
-//     sigma = eta sqrt((1 - abar_p) / (1 - abar_c)) sqrt(1 - abar_c / abar_p)
+//     sigma = eta sqrt((1 - abar_p) / (1 - abar_c)) sqrt(1 - abar_c / abar_p) when denoising
+//     (abar_p > abar_c), 0 otherwise (the inversion is deterministic)
 //   DDPM ancestral (Ho et al. 2020, eq. 7, on any pair of levels):
 //     x_p = sqrt(abar_p) beta / (1 - abar_c) x0 + sqrt(alpha) (1 - abar_p) / (1 - abar_c) x + sigma z,
 //     alpha = abar_c / abar_p, beta = 1 - alpha,
@@ -76,7 +77,7 @@ PATRONUS_HOST_DEVICE Coefficients coefficients(double abar_c, double abar_p, con
   k.eps_x0_x0 = can_recompute ? -sc / nc : 0.0;
   if (o.mode == kDDIM) {
     double sigma = 0.0;
-    if (o.eta > 0.0 && abar_p < 1.0 && abar_c < 1.0) {
+    if (o.eta > 0.0 && abar_p < 1.0 && abar_p > abar_c) {  // denoising steps only
       sigma = o.eta * sqrt((1.0 - abar_p) / (1.0 - abar_c) * (1.0 - abar_c / abar_p));
     }
     const double direction = 1.0 - abar_p - sigma * sigma;

@@ -15,6 +15,7 @@ from patronus.diffusion import (
     respaced_timesteps,
     run_sampler,
 )
+from patronus.ops.scheduler_step import philox_normal
 
 SCHEDULE = NoiseSchedule.from_name("linear", 1000)
 ABAR = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
@@ -31,9 +32,15 @@ def toy_eps_np(x, t):
     return np.tanh(x * 0.7) * np.cos(t / 300.0) + 0.1 * t / 1000
 
 
-def ddim_reference(x, timesteps, eta, noises, clip):
-    """DDIM, Song et al. eq. 12, in float64 numpy."""
-    for i in range(len(timesteps) - 1, -1, -1):
+def step_noise(seed_generator, shape):
+    """The samplers' noise: a seed drawn from the generator, Philox with the step as offset."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=seed_generator))
+    return lambda step: philox_normal(seed, step, shape, "cpu").numpy()
+
+
+def ddim_reference(x, timesteps, eta, noise, clip):
+    """DDIM, Song et al. eq. 12, in float64 numpy; ``noise(step)`` gives the step's noise."""
+    for step, i in enumerate(range(len(timesteps) - 1, -1, -1)):
         t = timesteps[i]
         a_t = ABAR[t]
         a_prev = ABAR[timesteps[i - 1]] if i > 0 else 1.0
@@ -45,14 +52,14 @@ def ddim_reference(x, timesteps, eta, noises, clip):
         sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma**2) * eps
         if sigma > 0:
-            x = x + sigma * noises.pop(0)
+            x = x + sigma * noise(step)
     return x
 
 
 def test_ddim_deterministic_matches_float64_equations():
     x_T = torch.randn(3, 2, 4, 4, dtype=torch.float64)
     result = run_sampler(ddim_sampling(toy_eps, x_T, SCHEDULE, steps=20))
-    expected = ddim_reference(x_T.numpy(), respaced_timesteps(1000, 20), 0.0, [], False)
+    expected = ddim_reference(x_T.numpy(), respaced_timesteps(1000, 20), 0.0, None, False)
     np.testing.assert_allclose(result.numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
@@ -61,11 +68,8 @@ def test_ddim_with_eta_and_clipping_matches_float64_equations(clip):
     x_T = torch.randn(2, 1, 3, 5, dtype=torch.float64)
     generator = torch.Generator().manual_seed(7)
     result = run_sampler(ddim_sampling(toy_eps, x_T, SCHEDULE, 10, 0.6, clip, generator))
-    replay = torch.Generator().manual_seed(7)
-    noises = [
-        torch.randn(x_T.shape, generator=replay, dtype=torch.float64).numpy() for _ in range(9)
-    ]
-    expected = ddim_reference(x_T.numpy(), respaced_timesteps(1000, 10), 0.6, noises, clip)
+    noise = step_noise(torch.Generator().manual_seed(7), x_T.shape)
+    expected = ddim_reference(x_T.numpy(), respaced_timesteps(1000, 10), 0.6, noise, clip)
     np.testing.assert_allclose(result.numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
@@ -75,17 +79,16 @@ def test_ddpm_matches_float64_equations(variance):
     x_T = torch.randn(2, 3, 2, 2, dtype=torch.float64)
     generator = torch.Generator().manual_seed(3)
     result = run_sampler(ddpm_sampling(toy_eps, x_T, schedule, False, generator, variance))
-    replay = torch.Generator().manual_seed(3)
+    noise = step_noise(torch.Generator().manual_seed(3), x_T.shape)
     x = x_T.numpy()
-    for t in range(999, -1, -1):
+    for step, t in enumerate(range(999, -1, -1)):
         eps = toy_eps_np(x, t)
         a_prev = ABAR[t - 1] if t > 0 else 1.0
         # Ho et al. eq. 11: mean = (x - beta / sqrt(1 - abar) eps) / sqrt(alpha)
         mean = (x - BETAS[t] / np.sqrt(1 - ABAR[t]) * eps) / np.sqrt(1 - BETAS[t])
         if t > 0:
             var = BETAS[t] * (1 - a_prev) / (1 - ABAR[t]) if variance == "posterior" else BETAS[t]
-            noise = torch.randn(x_T.shape, generator=replay, dtype=torch.float64).numpy()
-            mean = mean + np.sqrt(var) * noise
+            mean = mean + np.sqrt(var) * noise(step)
         x = mean
     np.testing.assert_allclose(result.numpy(), x, rtol=1e-8, atol=1e-8)
 

@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t c = t_now.const_data_ptr<int64_t>()[b], p = t_next.const_data_ptr<int64_t>()[b];
     TORCH_CHECK(c >= -1 && c < steps && p >= -1 && p < steps,
-                "scheduler_step: timesteps must lie in [-1, T)");
+                "scheduler_step: timesteps must lie in [-1, ", steps, ")");
     coefficients[b] = step::coefficients(c < 0 ? 1.0 : abar[c], p < 0 ? 1.0 : abar[p], options);
     needs_noise = needs_noise || coefficients[b].sigma > 0.0;
     if (threshold.has_value()) thresholds[b] = threshold_d.const_data_ptr<double>()[b];

@@ -3,22 +3,24 @@
 Each sampler is a generator yielding one :class:`SamplerStep` per network evaluation, so callers
 can trace the trajectory (t, x_t, predicted x0); :func:`run_sampler` drives one to the end with an
 optional callback and progress bar. The denoiser is any ``eps_fn(x_t, t) -> eps`` with t an int64
-(B,) tensor. Arithmetic runs in the sample's dtype with coefficients from float64 tables.
+(B,) tensor.
 
-Equations (abar_t = prod alpha, x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)):
-- DDIM (Song et al. 2021, eq. 12): x_prev = sqrt(abar_prev) x0_hat
-  + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with
-  sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
-- DDPM (Ho et al. 2020, eq. 7): x_prev = posterior mean(x0_hat, x_t) + sigma z, with sigma^2 the
-  posterior variance beta_t (1 - abar_prev) / (1 - abar_t) ("posterior") or beta_t ("beta").
-- DDIM inversion: the DDIM (eta = 0) update run from clean data up to T - 1; the step from level
-  a to level b > a evaluates eps at (x_a, b), mirroring the decoder's step from b to a.
-The step after t = 0 reaches the clean data (abar = 1), so the last sample is x0_hat itself.
+The non-network part of every step is one call of the fused ``patronus.ops.scheduler_step``
+(equations in ``csrc/scheduler_step.h``): DDIM, DDPM on any pair of levels, and the DDIM inversion
+as a DDIM step towards a noisier level. The loop never synchronises with the device: timesteps and
+random states are prepared on the device before it starts, and noise is drawn inside the step from
+a seed taken from the ``generator`` (Philox, counter = step), so a generator makes every stochastic
+sampler reproducible.
+
+- DDIM from level t to the previous respaced level (the clean data after t = 0).
+- DDPM ancestral over all T steps, variance "posterior" (beta_t (1 - abar_{t-1}) / (1 - abar_t))
+  or "beta".
+- DDIM inversion from clean data up to T - 1; the step from level a to level b > a evaluates the
+  network at (x_a, b), mirroring the decoder's step from b to a.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ import torch
 
 from patronus.diffusion.schedules import NoiseSchedule
 from patronus.diffusion.timesteps import respaced_timesteps
+from patronus.ops.scheduler_step import scheduler_step
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,81 +43,71 @@ class SamplerStep:
     index: int  # 0-based position in the trajectory
     t: int  # timestep the network was evaluated at
     x_t: torch.Tensor  # the input sample of this step (B, C, H, W)
-    pred_x0: torch.Tensor  # the predicted clean sample (B, C, H, W)
+    pred_x0: torch.Tensor  # the predicted clean sample, after any clipping (B, C, H, W)
     sample: torch.Tensor  # the step's output: the next (less noisy, or for inversion noisier) x
 
 
-def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
-    return (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+@dataclass(frozen=True)
+class StepOptions:
+    """How each step turns the network's output into the next sample."""
+
+    clip_x0: bool = False  # clip predicted x0 to [-1, 1] (and re-derive the noise from it)
+    dynamic_threshold: float | None = None  # quantile of |x0| per sample (Imagen), e.g. 0.995
+    prediction: str = "epsilon"  # what the network predicts: "epsilon", "sample", "v_prediction"
+
+    def __post_init__(self) -> None:
+        if self.dynamic_threshold is not None and not 0.0 < self.dynamic_threshold <= 1.0:
+            raise ValueError(f"dynamic_threshold must be in (0, 1], got {self.dynamic_threshold}")
 
 
-def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float) -> torch.Tensor:
-    return (x_t - math.sqrt(abar_t) * x0) / math.sqrt(1.0 - abar_t)
+def _random_states(
+    steps: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """(steps, 2) int64 [seed, offset] rows on ``device``: one seed drawn from ``generator``
+    (on the device, without synchronising), the step index as the Philox offset."""
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator_device(generator))
+    offsets = torch.arange(steps, dtype=torch.long, device=device)
+    return torch.stack([seed.to(device).expand(steps), offsets], dim=1)
 
 
-def _clip(x_t: torch.Tensor, eps: torch.Tensor, abar_t: float, clip_x0: bool):
-    """x0_hat, and eps consistent with it (re-derived when x0_hat was clipped to [-1, 1])."""
-    x0 = predict_x0(x_t, eps, abar_t)
-    if clip_x0:
-        x0 = x0.clamp(-1.0, 1.0)
-        eps = predict_eps(x_t, x0, abar_t)
-    return x0, eps
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
 
 
-def _timestep_batch(x: torch.Tensor, t: int) -> torch.Tensor:
-    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+def _thresholds(
+    x: torch.Tensor, output: torch.Tensor, abar: torch.Tensor, quantile: float
+) -> torch.Tensor:
+    """Per-sample dynamic thresholds max(1, quantile of |x0|) (x0 from an epsilon prediction)."""
+    abar = abar.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    x0 = (x - (1 - abar).sqrt() * output) / abar.sqrt()
+    return torch.quantile(x0.flatten(1).abs().float(), quantile, dim=1).clamp_min(1.0)
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def ddim_update(
-    x_t: torch.Tensor,
-    eps: torch.Tensor,
-    abar_t: float,
-    abar_prev: float,
-    eta: float = 0.0,
-    noise: torch.Tensor | None = None,
-    clip_x0: bool = False,
+def _step(
+    x: torch.Tensor,
+    output: torch.Tensor,
+    current: torch.Tensor,
+    target: torch.Tensor,
+    table: torch.Tensor,
+    options: StepOptions,
+    **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step from abar_t to abar_prev; returns (x_prev, x0_hat)."""
-    x0, eps = _clip(x_t, eps, abar_t, clip_x0)
-    sigma = 0.0
-    if eta > 0:
-        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
-    x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
-    if sigma > 0:
-        if noise is None:
-            raise ValueError("DDIM with eta > 0 needs noise")
-        x_prev = x_prev + sigma * noise
-    return x_prev, x0
+    threshold = None
+    if options.dynamic_threshold is not None:
+        if options.prediction != "epsilon":
+            raise ValueError("dynamic_threshold is implemented for epsilon predictions")
+        padded = torch.cat([table, table.new_ones(1)])
+        threshold = _thresholds(x, output, padded[current], options.dynamic_threshold)
+    return scheduler_step(
+        x, output, current, target, table, prediction=options.prediction,
+        clip=1.0 if options.clip_x0 else None, threshold=threshold, **kwargs,
+    )  # fmt: skip
 
 
-def ddpm_update(
-    x_t: torch.Tensor,
-    eps: torch.Tensor,
-    t: int,
-    schedule: NoiseSchedule,
-    noise: torch.Tensor | None = None,
-    clip_x0: bool = False,
-    variance: str = "posterior",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDPM ancestral step from t to t - 1; returns (x_prev, x0_hat)."""
-    if variance not in DDPM_VARIANCES:
-        raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
-    abar_t, abar_prev = schedule.abar(t), schedule.abar(t - 1)
-    beta_t = float(schedule.betas[t])
-    x0, _ = _clip(x_t, eps, abar_t, clip_x0)
-    coef_x0 = math.sqrt(abar_prev) * beta_t / (1 - abar_t)
-    coef_xt = math.sqrt(1 - beta_t) * (1 - abar_prev) / (1 - abar_t)
-    x_prev = coef_x0 * x0 + coef_xt * x_t
-    if t > 0:
-        var = beta_t * (1 - abar_prev) / (1 - abar_t) if variance == "posterior" else beta_t
-        if noise is None:
-            raise ValueError("DDPM steps with t > 0 need noise")
-        x_prev = x_prev + math.sqrt(var) * noise
-    return x_prev, x0
+def _levels(x: torch.Tensor, values: list[int]) -> list[torch.Tensor]:
+    """One (B,) int64 device tensor per level, built before the loop."""
+    table = torch.tensor(values, dtype=torch.long, device=x.device)
+    return list(table[:, None].expand(len(values), x.shape[0]).unbind(0))
 
 
 def ddim_sampling(
@@ -125,20 +118,26 @@ def ddim_sampling(
     eta: float = 0.0,
     clip_x0: bool = False,
     generator: torch.Generator | None = None,
+    options: StepOptions | None = None,
 ) -> Iterator[SamplerStep]:
     """DDIM from x_T over ``steps`` respaced timesteps down to clean data."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    options = options or StepOptions(clip_x0=clip_x0)
     timesteps = respaced_timesteps(schedule.timesteps, steps)
+    descending = timesteps[::-1]
+    table = schedule.alphas_cumprod.to(x_T.device)
+    current = _levels(x_T, descending)
+    targets = _levels(x_T, [*descending[1:], -1])
+    states = _random_states(len(descending), generator, x_T.device) if eta > 0 else None
     x = x_T
-    for index in range(len(timesteps) - 1, -1, -1):
-        t = timesteps[index]
-        t_prev = timesteps[index - 1] if index > 0 else -1
-        eps = eps_fn(x, _timestep_batch(x, t))
-        abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-        noise = _noise_like(x, generator) if eta > 0 and t_prev >= 0 else None
-        x_prev, x0 = ddim_update(x, eps, abar_t, abar_prev, eta, noise, clip_x0)
-        yield SamplerStep(len(timesteps) - 1 - index, t, x, x0, x_prev)
+    for index, t in enumerate(descending):
+        output = eps_fn(x, current[index])
+        rng = states[index] if states is not None else None
+        x_prev, x0 = _step(
+            x, output, current[index], targets[index], table, options, eta=eta, rng_state=rng
+        )
+        yield SamplerStep(index, t, x, x0, x_prev)
         x = x_prev
 
 
@@ -149,13 +148,24 @@ def ddpm_sampling(
     clip_x0: bool = False,
     generator: torch.Generator | None = None,
     variance: str = "posterior",
+    options: StepOptions | None = None,
 ) -> Iterator[SamplerStep]:
     """DDPM ancestral sampling over all T steps."""
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+    options = options or StepOptions(clip_x0=clip_x0)
+    descending = list(range(schedule.timesteps - 1, -1, -1))
+    table = schedule.alphas_cumprod.to(x_T.device)
+    current = _levels(x_T, descending)
+    targets = _levels(x_T, [t - 1 for t in descending])
+    states = _random_states(len(descending), generator, x_T.device)
     x = x_T
-    for index, t in enumerate(range(schedule.timesteps - 1, -1, -1)):
-        eps = eps_fn(x, _timestep_batch(x, t))
-        noise = _noise_like(x, generator) if t > 0 else None
-        x_prev, x0 = ddpm_update(x, eps, t, schedule, noise, clip_x0, variance)
+    for index, t in enumerate(descending):
+        output = eps_fn(x, current[index])
+        x_prev, x0 = _step(
+            x, output, current[index], targets[index], table, options,
+            mode="ddpm", variance=variance, rng_state=states[index],
+        )  # fmt: skip
         yield SamplerStep(index, t, x, x0, x_prev)
         x = x_prev
 
@@ -165,13 +175,14 @@ def ddim_inversion(
 ) -> Iterator[SamplerStep]:
     """Deterministic DDIM encoding of clean data x0 into x_{T-1} (= x_T of the decoder)."""
     timesteps = respaced_timesteps(schedule.timesteps, steps)
-    levels = [-1, *timesteps]
+    table = schedule.alphas_cumprod.to(x0.device)
+    current = _levels(x0, [-1, *timesteps[:-1]])
+    targets = _levels(x0, timesteps)
     x = x0
-    for index in range(len(timesteps)):
-        a, b = levels[index], levels[index + 1]
-        eps = eps_fn(x, _timestep_batch(x, b))
-        x_next, pred_x0 = ddim_update(x, eps, schedule.abar(a), schedule.abar(b))
-        yield SamplerStep(index, b, x, pred_x0, x_next)
+    for index, t in enumerate(timesteps):
+        output = eps_fn(x, targets[index])
+        x_next, pred_x0 = scheduler_step(x, output, current[index], targets[index], table)
+        yield SamplerStep(index, t, x, pred_x0, x_next)
         x = x_next
 
 

@@ -14,6 +14,7 @@ from patronus.diffusion.samplers import (
     SAMPLERS,
     EpsFn,
     SamplerStep,
+    StepOptions,
     ddim_inversion,
     ddim_sampling,
     ddpm_sampling,
@@ -152,6 +153,7 @@ class Patronus(nn.Module):
         x_T: torch.Tensor | None = None,
         clip_x0: bool = False,
         variance: str = "posterior",
+        dynamic_threshold: float | None = None,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
         self.check_activations(s)
@@ -160,12 +162,18 @@ class Patronus(nn.Module):
         self.check_images(x_T, "x_T")
         if x_T.shape[0] != s.shape[0]:
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
+        options = StepOptions(clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
         if sampler == "ddim":
-            return ddim_sampling(self.eps_fn(s), x_T, self.schedule, steps, eta, clip_x0, generator)
+            return ddim_sampling(
+                self.eps_fn(s), x_T, self.schedule, steps, eta, generator=generator, options=options
+            )
         if sampler == "ddpm":
             if variance not in DDPM_VARIANCES:
                 raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
-            return ddpm_sampling(self.eps_fn(s), x_T, self.schedule, clip_x0, generator, variance)
+            return ddpm_sampling(
+                self.eps_fn(s), x_T, self.schedule, generator=generator, variance=variance,
+                options=options,
+            )  # fmt: skip
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
     def sample(
@@ -178,6 +186,7 @@ class Patronus(nn.Module):
         x_T: torch.Tensor | None = None,
         clip_x0: bool = False,
         variance: str = "posterior",
+        dynamic_threshold: float | None = None,
         callback: Callback | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
@@ -185,11 +194,12 @@ class Patronus(nn.Module):
 
         ``sampler="ddim"`` uses ``steps`` respaced steps and ``eta``; ``"ddpm"`` runs all T
         ancestral steps (``steps`` is ignored). ``x_T`` defaults to N(0, I) drawn from
-        ``generator``; ``clip_x0`` clips every predicted x0 to [-1, 1].
+        ``generator``, which also seeds the steps' noise; ``clip_x0`` clips every predicted x0 to
+        [-1, 1]; ``dynamic_threshold`` (a quantile, e.g. 0.995) clips and rescales it per sample.
         """
         with self._inference():
             trajectory = self.sample_steps(
-                s, steps, sampler, eta, generator, x_T, clip_x0, variance
+                s, steps, sampler, eta, generator, x_T, clip_x0, variance, dynamic_threshold
             )
             total = self.schedule.timesteps if sampler == "ddpm" else steps
             return run_sampler(trajectory, callback, progress, total, "sampling")

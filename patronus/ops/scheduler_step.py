@@ -126,7 +126,7 @@ def _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps
     eps_x0_x = torch.where(can_recompute, 1.0 / safe_nc, zero)
     eps_x0_x0 = torch.where(can_recompute, -sc / safe_nc, zero)
     if mode == MODES["ddim"]:
-        noisy = (abar_p < 1) & (abar_c < 1) & (eta > 0)
+        noisy = (abar_p < 1) & (abar_p > abar_c) & (eta > 0)  # denoising steps only
         ratio = (1.0 - abar_p) / torch.where(abar_c < 1, 1.0 - abar_c, one)
         sigma = torch.where(
             noisy, eta * (ratio * (1.0 - abar_c / abar_p)).clamp_min(0).sqrt(), zero
@@ -239,8 +239,22 @@ def philox_normal(
     return torch.stack(normals, dim=1).flatten()[:numel].reshape(shape)
 
 
+def _not_differentiable(ctx, *grads):
+    raise RuntimeError(
+        "patronus::scheduler_step is not differentiable: samplers run without gradients; "
+        "differentiate through scheduler_step_ref if you need to"
+    )
+
+
 if _backend.load_extension()[0] is not None:
 
     @torch.library.register_fake("patronus::scheduler_step")
     def _scheduler_step_fake(sample, model_output, *args):
         return torch.empty_like(sample), torch.empty_like(sample)
+
+    def _no_context(ctx, inputs, output):
+        return None
+
+    torch.library.register_autograd(
+        "patronus::scheduler_step", _not_differentiable, setup_context=_no_context
+    )

@@ -1,0 +1,208 @@
+"""The fused scheduler step (cpp kernel and PyTorch reference) against float64 equations."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from patronus import _backend
+from patronus.diffusion import NoiseSchedule
+from patronus.ops.scheduler_step import (
+    MODES,
+    PREDICTIONS,
+    VARIANCES,
+    philox_normal,
+    scheduler_step,
+    scheduler_step_ref,
+)
+
+TABLE = NoiseSchedule.from_name("linear", 1000).alphas_cumprod
+ABAR = np.concatenate([TABLE.numpy(), [1.0]])  # index -1 -> 1
+BACKENDS = ["cpp", "torch"]
+TOLERANCE = {
+    torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2,
+}  # fmt: skip
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    if request.param == "cpp" and _backend.load_extension()[0] is None:
+        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+    monkeypatch.setenv("PATRONUS_BACKEND", request.param)
+    return request.param
+
+
+def reference64(x, out, noise, c, p, mode, prediction, eta, variance, clip, threshold, recompute):
+    """The update equations in float64 numpy, written out per sample."""
+    x, out = x.astype(np.float64), out.astype(np.float64)
+    prev, x0s = np.empty_like(x), np.empty_like(x)
+    for b in range(x.shape[0]):
+        ac, ap = ABAR[c[b]], ABAR[p[b]]
+        if prediction == "epsilon":
+            x0 = (x[b] - np.sqrt(1 - ac) * out[b]) / np.sqrt(ac)
+            eps = out[b]
+        elif prediction == "sample":
+            x0 = out[b]
+            eps = (x[b] - np.sqrt(ac) * x0) / np.sqrt(1 - ac)
+        else:  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+            x0 = np.sqrt(ac) * x[b] - np.sqrt(1 - ac) * out[b]
+            eps = np.sqrt(1 - ac) * x[b] + np.sqrt(ac) * out[b]
+        limit = threshold[b] if threshold is not None else clip
+        if limit:
+            x0 = np.clip(x0, -limit, limit)
+            if threshold is not None:
+                x0 = x0 / limit
+            if recompute and ac < 1:
+                eps = (x[b] - np.sqrt(ac) * x0) / np.sqrt(1 - ac)
+        if mode == "ddim":
+            sigma = 0.0
+            if eta > 0 and ap < 1 and ap > ac:  # the inversion (towards noise) is deterministic
+                sigma = eta * np.sqrt((1 - ap) / (1 - ac) * (1 - ac / ap))
+            prev[b] = np.sqrt(ap) * x0 + np.sqrt(1 - ap - sigma**2) * eps + sigma * noise[b]
+        else:
+            alpha, beta = ac / ap, 1 - ac / ap
+            mean = np.sqrt(ap) * beta / (1 - ac) * x0 + np.sqrt(alpha) * (1 - ap) / (1 - ac) * x[b]
+            var = beta * (1 - ap) / (1 - ac) if variance == "posterior" else beta
+            prev[b] = mean + (np.sqrt(var) * noise[b] if ap < 1 else 0)
+        x0s[b] = x0
+    return prev, x0s
+
+
+def random_levels(mode, batch, generator):
+    c = torch.randint(0, 1000, (batch,), generator=generator)
+    if mode == "ddim":  # any earlier level, clean data included, and some inversion steps
+        p = (c - torch.randint(1, 60, (batch,), generator=generator)).clamp_min(-1)
+        p[0] = min(int(c[0]) + 20, 999)  # an inversion step (towards noise)
+        c[1], p[1] = -1, 0  # the inversion's first step, from clean data
+    else:
+        p = c - 1
+    return c, p
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["ddim", "ddpm"])
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_step_matches_float64_equations(backend, dtype, mode, prediction):
+    generator = torch.Generator().manual_seed(hash((mode, prediction, str(dtype))) % 2**31)
+    batch = 6
+    x = torch.randn(batch, 3, 5, 7, generator=generator).to(dtype)
+    out = torch.randn(batch, 3, 5, 7, generator=generator).to(dtype)
+    noise = torch.randn(batch, 3, 5, 7, generator=generator).to(dtype)
+    c, p = random_levels(mode, batch, generator)
+    if prediction != "epsilon":  # sample/v predictions need a noisy current level
+        c = c.clamp_min(0)
+        p = torch.where(p == c, p - 1, p)
+    eta = 0.8 if mode == "ddim" else 0.0
+    dynamic = torch.rand(batch, generator=generator) + 1
+    for clip, threshold, recompute in [
+        (None, None, True), (1.0, None, True), (1.0, None, False), (None, dynamic, True),
+    ]:  # fmt: skip
+        prev, x0 = scheduler_step(
+            x, out, c, p, TABLE, mode=mode, prediction=prediction, eta=eta, clip=clip,
+            threshold=threshold, recompute_eps=recompute, noise=noise,
+        )  # fmt: skip
+        assert prev.dtype == dtype and x0.dtype == dtype
+        expected_prev, expected_x0 = reference64(
+            x.double().numpy(), out.double().numpy(), noise.double().numpy(), c.numpy(),
+            p.numpy(), mode, prediction, eta, "posterior", clip,
+            None if threshold is None else threshold.numpy(), recompute,
+        )  # fmt: skip
+        tolerance = TOLERANCE[dtype]
+        scale = 1 + np.abs(expected_prev)
+        assert np.max(np.abs(prev.double().numpy() - expected_prev) / scale) < tolerance
+        assert (
+            np.max(np.abs(x0.double().numpy() - expected_x0) / (1 + np.abs(expected_x0)))
+            < tolerance
+        )
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_ddpm_variances(backend, variance):
+    x, out, noise = (torch.randn(3, 2, 4, dtype=torch.float64) for _ in range(3))
+    c = torch.tensor([500, 10, 0])
+    prev, _ = scheduler_step(x, out, c, c - 1, TABLE, mode="ddpm", variance=variance, noise=noise)
+    expected, _ = reference64(x.numpy(), out.numpy(), noise.numpy(), c.numpy(), (c - 1).numpy(),
+                              "ddpm", "epsilon", 0.0, variance, None, None, True)  # fmt: skip
+    np.testing.assert_allclose(prev.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_and_reference_agree_bit_for_bit():
+    if _backend.load_extension()[0] is None:
+        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 9, 9, generator=generator)
+    out = torch.randn(8, 3, 9, 9, generator=generator)
+    c, p = random_levels("ddim", 8, generator)
+    rng = torch.tensor([12345, 17])
+    args = (x, out, c, p, TABLE.double(), MODES["ddim"], PREDICTIONS["epsilon"],
+            VARIANCES["posterior"], 0.5, 1.0, True, None, None, rng)  # fmt: skip
+    fused = torch.ops.patronus.scheduler_step(*args)
+    reference = scheduler_step_ref(*args)
+    for a, b in zip(fused, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_in_kernel_noise_is_reproducible_and_standard_normal(backend):
+    """x = 0 and a zero noise prediction at t = 1 -> 0 (DDPM): the step returns sigma * z."""
+    shape = (16, 3, 64, 64)
+    zeros = torch.zeros(shape)
+    c = torch.ones(16, dtype=torch.long)
+
+    def draw(seed, offset):
+        rng = torch.tensor([seed, offset])
+        prev, _ = scheduler_step(zeros, zeros, c, c - 1, TABLE, mode="ddpm", rng_state=rng)
+        return prev
+
+    beta = 1 - TABLE[1] / TABLE[0]  # from level 1 to level 0
+    sigma = float((beta * (1 - TABLE[0]) / (1 - TABLE[1])).sqrt())
+    z = draw(2024, 3) / sigma
+    assert torch.equal(draw(2024, 3), z * sigma)
+    assert not torch.equal(draw(2024, 4), z * sigma) and not torch.equal(draw(7, 3), z * sigma)
+    torch.testing.assert_close(z.double(), philox_normal(2024, 3, shape, "cpu"), rtol=0, atol=1e-5)
+    values = z.flatten().double().numpy()
+    assert abs(values.mean()) < 4 / np.sqrt(values.size)
+    assert abs(values.std() - 1) < 4 / np.sqrt(2 * values.size)
+    assert abs(stats.skew(values)) < 0.02 and abs(stats.kurtosis(values)) < 0.04
+    assert stats.kstest(values, "norm").pvalue > 1e-3
+    # neighbouring offsets (consecutive steps) are independent
+    other = (draw(2024, 4) / sigma).flatten().double().numpy()
+    assert abs(np.corrcoef(values, other)[0, 1]) < 4 / np.sqrt(values.size)
+
+
+def test_errors(backend):
+    x = torch.randn(2, 3)
+    c = torch.tensor([5, 5])
+    with pytest.raises((ValueError, RuntimeError), match="pass noise or rng_state"):
+        scheduler_step(x, x, c, c - 1, TABLE, mode="ddpm")
+    with pytest.raises((ValueError, RuntimeError), match="must match sample"):
+        scheduler_step(x, x[:, :2], c, c - 1, TABLE)
+    with pytest.raises((ValueError, RuntimeError), match=r"\[-1, 1000\)"):
+        scheduler_step(x, x, torch.tensor([1000, 5]), c - 1, TABLE)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        scheduler_step(x, x, c, c - 1, TABLE, mode="euler")
+
+
+def test_opcheck():
+    if _backend.load_extension()[0] is None:
+        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+    x = torch.randn(4, 2, 3, 3)
+    c = torch.tensor([900, 500, 20, 0])
+    rng = torch.tensor([1, 2])
+    for mode, eta in ((0, 0.0), (0, 1.0), (1, 0.0)):
+        torch.library.opcheck(
+            torch.ops.patronus.scheduler_step.default,
+            (x, torch.randn_like(x), c, c - 1, TABLE.double(), mode, 0, 0, eta, 1.0, True, None,
+             None, rng),
+        )  # fmt: skip
+
+
+def test_step_is_not_differentiable():
+    if _backend.load_extension()[0] is None:
+        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+    x = torch.randn(2, 3, requires_grad=True)
+    c = torch.tensor([5, 5])
+    prev, _ = torch.ops.patronus.scheduler_step(
+        x, x, c, c - 1, TABLE.double(), 0, 0, 0, 0.0, 0.0, True, None, None, None
+    )
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        prev.sum().backward()
