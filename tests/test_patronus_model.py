@@ -111,3 +111,28 @@ def test_bad_activations_raise_clear_errors(model):
 def test_image_size_must_fit_the_unet(tiny_config):
     with pytest.raises(ValueError, match="divisible"):
         Patronus(tiny_config.replace(image_size=25))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_sampling_and_inversion_are_the_same_without_the_extension(
+    tiny_config, images, monkeypatch, sampler
+):
+    """The fused step (cpp) and its PyTorch reference give the same images end to end."""
+    from patronus import _backend
+
+    if _backend.load_extension()[0] is None:
+        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+    config = tiny_config.replace(diffusion=tiny_config.diffusion.__class__(timesteps=40))
+    torch.manual_seed(0)
+    model = Patronus(config)
+    results = {}
+    for name in ("cpp", "torch"):
+        monkeypatch.setenv("PATRONUS_BACKEND", name)
+        x_T = model.invert(images, steps=10)
+        s = model.encode(images)
+        generator = torch.Generator().manual_seed(5)
+        decoded = model.sample(s, steps=10, sampler=sampler, eta=0.5, generator=generator,
+                               x_T=x_T, clip_x0=True)  # fmt: skip
+        results[name] = (x_T, decoded)
+    for a, b in zip(results["cpp"], results["torch"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
