@@ -117,7 +117,9 @@ def test_image_size_must_fit_the_unet(tiny_config):
 def test_sampling_and_inversion_are_the_same_without_the_extension(
     tiny_config, images, monkeypatch, sampler
 ):
-    """The fused step (cpp) and its PyTorch reference give the same images end to end."""
+    """The extension's kernels (cpp) and the PyTorch references give the same images end to end,
+    up to float32 rounding (the step alone is bit-exact, test_scheduler_step; the prototype
+    distances round differently and 10 steps carry that to ~1e-5)."""
     from patronus import _backend
 
     if _backend.load_extension()[0] is None:
@@ -135,4 +137,4 @@ def test_sampling_and_inversion_are_the_same_without_the_extension(
                                x_T=x_T, clip_x0=True)  # fmt: skip
         results[name] = (x_T, decoded)
     for a, b in zip(results["cpp"], results["torch"], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
