@@ -1,0 +1,128 @@
+"""Drop-in diffusers schedulers whose step is the fused ``patronus::scheduler_step``.
+
+``PatronusDDIMScheduler`` and ``PatronusDDPMScheduler`` subclass diffusers' ``DDIMScheduler`` and
+``DDPMScheduler`` (so ``SchedulerMixin``/``ConfigMixin``, configs, ``set_timesteps`` and
+``from_config`` are theirs) and replace ``step()`` by one fused pass with the same outputs
+(``prev_sample``, ``pred_original_sample``) for the same inputs, noise included: noise comes from
+the same ``generator`` calls (or ``variance_noise``) as in diffusers. Swap them into a pipeline:
+
+    pipe.scheduler = PatronusDDIMScheduler.from_config(pipe.scheduler.config)
+
+Cases the fused step does not cover run diffusers' own ``step`` (DDPM with learned or log
+variances). diffusers is an optional dependency (``pip install diffusers``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as error:  # pragma: no cover - exercised without diffusers only
+    raise ImportError(
+        "patronus.diffusion.diffusers_schedulers needs diffusers: pip install diffusers"
+    ) from error
+
+from patronus.ops.scheduler_step import scheduler_step
+
+_FUSED_DDPM_VARIANCES = {"fixed_small": "posterior", "fixed_large": "beta"}
+
+
+def _thresholds(scheduler, x0: torch.Tensor) -> torch.Tensor:
+    """diffusers' dynamic thresholding: per-sample quantile of |x0| in [1, sample_max_value]."""
+    flat = x0.reshape(x0.shape[0], -1).abs().float()
+    quantile = torch.quantile(flat, scheduler.config.dynamic_thresholding_ratio, dim=1)
+    return quantile.clamp(min=1.0, max=scheduler.config.sample_max_value)
+
+
+def _predicted_x0(scheduler, sample, model_output, abar) -> torch.Tensor:
+    if scheduler.config.prediction_type == "epsilon":
+        return (sample - (1 - abar) ** 0.5 * model_output) / abar**0.5
+    if scheduler.config.prediction_type == "sample":
+        return model_output
+    return abar**0.5 * sample - (1 - abar) ** 0.5 * model_output
+
+
+def _clipping(scheduler, sample, model_output, timestep) -> dict:
+    if scheduler.config.thresholding:
+        abar = scheduler.alphas_cumprod[timestep].to(sample.device, sample.dtype)
+        x0 = _predicted_x0(scheduler, sample, model_output, abar)
+        return {"threshold": _thresholds(scheduler, x0)}
+    if scheduler.config.clip_sample:
+        return {"clip": scheduler.config.clip_sample_range}
+    return {}
+
+
+class PatronusDDIMScheduler(DDIMScheduler):
+    """diffusers' DDIMScheduler with a fused ``step``."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DDIMSchedulerOutput | tuple:
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        if variance_noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        timestep = int(timestep)
+        prev = timestep - self.config.num_train_timesteps // self.num_inference_steps
+        # diffusers' final level is 1 (set_alpha_to_one) or abar_0: levels -1 and 0 here
+        target = prev if prev >= 0 else (-1 if self.config.set_alpha_to_one else 0)
+        if eta > 0 and variance_noise is None:
+            variance_noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device,
+                dtype=model_output.dtype,
+            )  # fmt: skip
+        prev_sample, pred_x0 = scheduler_step(
+            sample, model_output, timestep, target, self.alphas_cumprod, mode="ddim",
+            prediction=self.config.prediction_type, eta=eta,
+            recompute_eps=use_clipped_model_output, noise=variance_noise if eta > 0 else None,
+            **_clipping(self, sample, model_output, timestep),
+        )  # fmt: skip
+        if not return_dict:
+            return prev_sample, pred_x0
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+
+
+class PatronusDDPMScheduler(DDPMScheduler):
+    """diffusers' DDPMScheduler with a fused ``step`` (fixed_small / fixed_large variances)."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> DDPMSchedulerOutput | tuple:
+        variance = _FUSED_DDPM_VARIANCES.get(self.variance_type)
+        if variance is None or model_output.shape[1] != sample.shape[1]:
+            return super().step(model_output, timestep, sample, generator, return_dict)
+        t = int(timestep)
+        prev = int(self.previous_timestep(t))
+        noise = None
+        if t > 0:
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device,
+                dtype=model_output.dtype,
+            )  # fmt: skip
+        else:  # the last step adds no noise; the op still wants a source
+            noise = torch.zeros_like(sample)
+        prev_sample, pred_x0 = scheduler_step(
+            sample, model_output, t, prev, self.alphas_cumprod, mode="ddpm",
+            prediction=self.config.prediction_type, variance=variance, recompute_eps=False,
+            noise=noise, **_clipping(self, sample, model_output, t),
+        )  # fmt: skip
+        if not return_dict:
+            return prev_sample, pred_x0
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
