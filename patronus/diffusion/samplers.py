@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from patronus.diffusion.graphed_step import GraphedStep
 from patronus.diffusion.schedules import NoiseSchedule
 from patronus.diffusion.timesteps import respaced_timesteps
 from patronus.ops.scheduler_step import scheduler_step
@@ -104,6 +105,25 @@ def _step(
     )  # fmt: skip
 
 
+def _runner(
+    eps_fn: EpsFn,
+    table: torch.Tensor,
+    options: StepOptions,
+    example: torch.Tensor,
+    cuda_graph: bool,
+    stochastic: bool,
+    **step_kwargs,
+):
+    """The step as ``(x, net_t, current, target, rng) -> (x_next, x0)``: eager, or replayed from a
+    CUDA graph captured on first use."""
+
+    def body(x, net_t, current, target, rng):
+        output = eps_fn(x, net_t)
+        return _step(x, output, current, target, table, options, rng_state=rng, **step_kwargs)
+
+    return GraphedStep(body, example, stochastic) if cuda_graph else body
+
+
 def _levels(x: torch.Tensor, values: list[int]) -> list[torch.Tensor]:
     """One (B,) int64 device tensor per level, built before the loop."""
     table = torch.tensor(values, dtype=torch.long, device=x.device)
@@ -119,8 +139,10 @@ def ddim_sampling(
     clip_x0: bool = False,
     generator: torch.Generator | None = None,
     options: StepOptions | None = None,
+    cuda_graph: bool = False,
 ) -> Iterator[SamplerStep]:
-    """DDIM from x_T over ``steps`` respaced timesteps down to clean data."""
+    """DDIM from x_T over ``steps`` respaced timesteps down to clean data; ``cuda_graph``
+    replays each step (network + scheduler) from one captured CUDA graph."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     options = options or StepOptions(clip_x0=clip_x0)
@@ -130,13 +152,11 @@ def ddim_sampling(
     current = _levels(x_T, descending)
     targets = _levels(x_T, [*descending[1:], -1])
     states = _random_states(len(descending), generator, x_T.device) if eta > 0 else None
+    step = _runner(eps_fn, table, options, x_T, cuda_graph, states is not None, eta=eta)
     x = x_T
     for index, t in enumerate(descending):
-        output = eps_fn(x, current[index])
         rng = states[index] if states is not None else None
-        x_prev, x0 = _step(
-            x, output, current[index], targets[index], table, options, eta=eta, rng_state=rng
-        )
+        x_prev, x0 = step(x, current[index], current[index], targets[index], rng)
         yield SamplerStep(index, t, x, x0, x_prev)
         x = x_prev
 
@@ -149,8 +169,9 @@ def ddpm_sampling(
     generator: torch.Generator | None = None,
     variance: str = "posterior",
     options: StepOptions | None = None,
+    cuda_graph: bool = False,
 ) -> Iterator[SamplerStep]:
-    """DDPM ancestral sampling over all T steps."""
+    """DDPM ancestral sampling over all T steps (``cuda_graph`` as in :func:`ddim_sampling`)."""
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
     options = options or StepOptions(clip_x0=clip_x0)
@@ -159,29 +180,30 @@ def ddpm_sampling(
     current = _levels(x_T, descending)
     targets = _levels(x_T, [t - 1 for t in descending])
     states = _random_states(len(descending), generator, x_T.device)
+    step = _runner(eps_fn, table, options, x_T, cuda_graph, True, mode="ddpm", variance=variance)
     x = x_T
     for index, t in enumerate(descending):
-        output = eps_fn(x, current[index])
-        x_prev, x0 = _step(
-            x, output, current[index], targets[index], table, options,
-            mode="ddpm", variance=variance, rng_state=states[index],
-        )  # fmt: skip
+        x_prev, x0 = step(x, current[index], current[index], targets[index], states[index])
         yield SamplerStep(index, t, x, x0, x_prev)
         x = x_prev
 
 
 def ddim_inversion(
-    eps_fn: EpsFn, x0: torch.Tensor, schedule: NoiseSchedule, steps: int = 50
+    eps_fn: EpsFn,
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int = 50,
+    cuda_graph: bool = False,
 ) -> Iterator[SamplerStep]:
     """Deterministic DDIM encoding of clean data x0 into x_{T-1} (= x_T of the decoder)."""
     timesteps = respaced_timesteps(schedule.timesteps, steps)
     table = schedule.alphas_cumprod.to(x0.device)
     current = _levels(x0, [-1, *timesteps[:-1]])
     targets = _levels(x0, timesteps)
+    step = _runner(eps_fn, table, StepOptions(), x0, cuda_graph, False)
     x = x0
     for index, t in enumerate(timesteps):
-        output = eps_fn(x, targets[index])
-        x_next, pred_x0 = scheduler_step(x, output, current[index], targets[index], table)
+        x_next, pred_x0 = step(x, targets[index], current[index], targets[index], None)
         yield SamplerStep(index, t, x, pred_x0, x_next)
         x = x_next
 

@@ -122,6 +122,12 @@ class Patronus(nn.Module):
         eps = self(x_t, t, self.encode(x0))
         return nn.functional.mse_loss(eps.float(), noise.float())
 
+    def compile_denoiser(self, **options) -> Patronus:
+        """``torch.compile`` the UNet in place (``options`` go to torch.compile, e.g.
+        ``mode="max-autotune"``); weights and state-dict keys are unchanged. Returns self."""
+        self.unet.compile(**options)
+        return self
+
     def eps_fn(self, s: torch.Tensor) -> EpsFn:
         """The denoiser conditioned on s, as the samplers call it."""
         return lambda x_t, t: self(x_t, t, s).to(x_t.dtype)
@@ -154,6 +160,7 @@ class Patronus(nn.Module):
         clip_x0: bool = False,
         variance: str = "posterior",
         dynamic_threshold: float | None = None,
+        cuda_graph: bool = False,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
         self.check_activations(s)
@@ -165,14 +172,15 @@ class Patronus(nn.Module):
         options = StepOptions(clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
         if sampler == "ddim":
             return ddim_sampling(
-                self.eps_fn(s), x_T, self.schedule, steps, eta, generator=generator, options=options
-            )
+                self.eps_fn(s), x_T, self.schedule, steps, eta, generator=generator,
+                options=options, cuda_graph=cuda_graph,
+            )  # fmt: skip
         if sampler == "ddpm":
             if variance not in DDPM_VARIANCES:
                 raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
             return ddpm_sampling(
                 self.eps_fn(s), x_T, self.schedule, generator=generator, variance=variance,
-                options=options,
+                options=options, cuda_graph=cuda_graph,
             )  # fmt: skip
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
@@ -189,6 +197,7 @@ class Patronus(nn.Module):
         dynamic_threshold: float | None = None,
         callback: Callback | None = None,
         progress: bool = False,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) conditioned on activations s (B, P).
 
@@ -196,10 +205,20 @@ class Patronus(nn.Module):
         ancestral steps (``steps`` is ignored). ``x_T`` defaults to N(0, I) drawn from
         ``generator``, which also seeds the steps' noise; ``clip_x0`` clips every predicted x0 to
         [-1, 1]; ``dynamic_threshold`` (a quantile, e.g. 0.995) clips and rescales it per sample.
+        ``cuda_graph`` captures one step (network + scheduler) as a CUDA graph and replays it.
         """
         with self._inference():
             trajectory = self.sample_steps(
-                s, steps, sampler, eta, generator, x_T, clip_x0, variance, dynamic_threshold
+                s,
+                steps,
+                sampler,
+                eta,
+                generator,
+                x_T,
+                clip_x0,
+                variance,
+                dynamic_threshold,
+                cuda_graph,
             )
             total = self.schedule.timesteps if sampler == "ddpm" else steps
             return run_sampler(trajectory, callback, progress, total, "sampling")
@@ -212,11 +231,15 @@ class Patronus(nn.Module):
         return s
 
     def invert_steps(
-        self, x0: torch.Tensor, s: torch.Tensor | None = None, steps: int = 50
+        self,
+        x0: torch.Tensor,
+        s: torch.Tensor | None = None,
+        steps: int = 50,
+        cuda_graph: bool = False,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`invert` (call within ``torch.no_grad()``)."""
         s = self._own_activations(x0, s)
-        return ddim_inversion(self.eps_fn(s), x0, self.schedule, steps)
+        return ddim_inversion(self.eps_fn(s), x0, self.schedule, steps, cuda_graph)
 
     def invert(
         self,
@@ -225,11 +248,12 @@ class Patronus(nn.Module):
         steps: int = 50,
         callback: Callback | None = None,
         progress: bool = False,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """DDIM-invert clean images (B, C, H, W) into x_T given s (default: encode(x0))."""
         with self._inference():
             return run_sampler(
-                self.invert_steps(x0, s, steps), callback, progress, steps, "inverting"
+                self.invert_steps(x0, s, steps, cuda_graph), callback, progress, steps, "inverting"
             )
 
     def reconstruct(
