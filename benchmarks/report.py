@@ -29,7 +29,7 @@ def markdown(data: dict) -> str:
     for bench in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         info, stats = bench["extra_info"], bench["stats"]
         if "provider" in info:
-            continue  # in the provider tables below
+            continue  # in the tables below
         mean = stats["mean"]
         lines.append(
             f"| {info.get('kind', bench['name'])} | {info.get('preset', '')} | "
@@ -37,6 +37,8 @@ def markdown(data: dict) -> str:
             f"{info.get('batch', 0) / mean:.1f} | {stats['rounds']} |"
         )
     lines += provider_tables(data["benchmarks"])
+    lines += step_tables(data["benchmarks"])
+    lines += loop_tables(data["benchmarks"])
     lines += ["", "```", machine.get("patronus_info", ""), "```", ""]
     return "\n".join(lines)
 
@@ -46,7 +48,7 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
     cells: dict[tuple[str, str], dict[str, dict[str, dict]]] = {}
     for bench in benchmarks:
         info = bench["extra_info"]
-        if "provider" not in info:
+        if info.get("kind") != "min distance":
             continue
         key = (info["kind"], info["shape"])
         cells.setdefault(key, {}).setdefault(info["provider"], {})[info["mode"]] = bench
@@ -84,6 +86,55 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
                 "",
                 f"patronus forward: {rate / 1e12:.2f} TFLOP/s of patch-prototype products",
             ]
+    return lines
+
+
+def step_tables(benchmarks: list[dict]) -> list[str]:
+    """Scheduler step per shape: time, GB/s, fraction of the copy's bandwidth, speed-ups."""
+    shapes: dict[str, dict[str, dict]] = {}
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        if info.get("kind") == "scheduler step":
+            shapes.setdefault(info["shape"], {})[info["provider"]] = bench
+    lines = []
+    for shape, providers in sorted(shapes.items()):
+        rate = {
+            p: b["extra_info"]["bytes"] / b["stats"]["mean"] / 1e9 for p, b in providers.items()
+        }
+        ours = providers.get("patronus")
+        lines += ["", f"## scheduler step (DDIM, float32): {shape}", "",
+                  "| provider | mean ms | GB/s | of copy bandwidth | patronus speed-up |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for provider, bench in providers.items():
+            mean = bench["stats"]["mean"]
+            copy = f"{rate[provider] / rate['copy']:.0%}" if "copy" in rate else "-"
+            speedup = f"{mean / ours['stats']['mean']:.2f}x" if ours else "-"
+            lines.append(
+                f"| {provider} | {mean * 1e3:.3f} | {rate[provider]:.1f} | {copy} | {speedup} |"
+            )
+    return lines
+
+
+def loop_tables(benchmarks: list[dict]) -> list[str]:
+    """Whole sampling loops: images/s, eager vs patronus."""
+    loops: dict[str, dict[str, dict]] = {}
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        if info.get("kind") == "sampling loop":
+            loops.setdefault(info["loop"], {})[info["provider"]] = bench
+    lines = []
+    for loop, providers in sorted(loops.items()):
+        ours = providers.get("patronus")
+        lines += ["", f"## sampling loop: {loop} (paper Fashion-MNIST model)", "",
+                  "| provider | batch | CUDA graph | s per loop | images/s | patronus speed-up |",
+                  "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+        for provider, bench in providers.items():
+            info, mean = bench["extra_info"], bench["stats"]["mean"]
+            speedup = f"{mean / ours['stats']['mean']:.2f}x" if ours else "-"
+            lines.append(
+                f"| {provider} | {info['batch']} | {info['cuda_graph']} | {mean:.2f} | "
+                f"{info['batch'] / mean:.1f} | {speedup} |"
+            )
     return lines
 
 

@@ -1,5 +1,5 @@
-// CPU kernel of patronus::scheduler_step: one parallel pass over the elements, in groups of four
-// (one Philox call each), float32 opmath for half types.
+// CPU kernel of patronus::scheduler_step: one parallel pass over the elements in chunks of a
+// sample, a branch-free vectorisable loop per chunk, float32 opmath for half types.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -7,6 +7,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -14,6 +15,66 @@
 
 namespace patronus {
 namespace {
+
+constexpr int64_t kChunk = 4096;  // elements per task (a multiple of 4: whole Philox groups)
+
+// A sample's coefficients in opmath, in the forms the element loop uses.
+template <typename opmath_t>
+struct Elementwise {
+  opmath_t x0_x, x0_out, eps_x, eps_out, eps_x0_x, eps_x0_x0, prev_x0, prev_eps, prev_x, sigma;
+  opmath_t limit, divisor;
+  bool recompute;
+  Elementwise(const step::Coefficients& c, double threshold, bool rescale)
+      : x0_x(c.x0_x), x0_out(c.x0_out), eps_x(c.eps_x), eps_out(c.eps_out),
+        eps_x0_x(c.eps_x0_x), eps_x0_x0(c.eps_x0_x0), prev_x0(c.prev_x0), prev_eps(c.prev_eps),
+        prev_x(c.prev_x), sigma(c.sigma), limit(threshold), divisor(rescale ? threshold : 1.0),
+        recompute(c.eps_x0_x != 0.0) {}
+};
+
+// One contiguous run of a sample's elements; the loop body is branch-free for vectorisation and
+// performs the operations of step::update in the same order (the kernels agree bit for bit).
+template <typename scalar_t, typename opmath_t>
+struct Chunk {
+  const scalar_t* x;
+  const scalar_t* out;
+  scalar_t* prev;
+  scalar_t* x0;
+  const opmath_t* noise;
+  int64_t length;
+
+  template <bool kClip, bool kNoise>
+  void run(const Elementwise<opmath_t>& k) const {
+    for (int64_t i = 0; i < length; ++i) {
+      const opmath_t xv = static_cast<opmath_t>(x[i]), ov = static_cast<opmath_t>(out[i]);
+      opmath_t x0v = k.x0_x * xv + k.x0_out * ov;
+      opmath_t eps = k.eps_x * xv + k.eps_out * ov;
+      if (kClip) {
+        x0v = step::clamp(x0v, -k.limit, k.limit) / k.divisor;
+        eps = k.recompute ? k.eps_x0_x * xv + k.eps_x0_x0 * x0v : eps;
+      }
+      opmath_t next = k.prev_x0 * x0v + k.prev_eps * eps + k.prev_x * xv;
+      if (kNoise) next = next + k.sigma * noise[i];
+      prev[i] = static_cast<scalar_t>(next);
+      x0[i] = static_cast<scalar_t>(x0v);
+    }
+  }
+};
+
+// The noise of elements [start, start + length): given, or Philox normals of their groups.
+template <typename scalar_t, typename opmath_t>
+void fill_noise(const scalar_t* given, uint64_t seed, uint64_t offset, int64_t start,
+                int64_t length, opmath_t* out) {
+  if (given != nullptr) {
+    for (int64_t i = 0; i < length; ++i) out[i] = static_cast<opmath_t>(given[start + i]);
+    return;
+  }
+  double normals[4];
+  for (int64_t i = 0; i < length; ++i) {
+    const int64_t element = start + i;
+    if (i == 0 || element % 4 == 0) step::normal4(seed, offset, element / 4, normals);
+    out[i] = static_cast<opmath_t>(normals[element % 4]);
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
     const at::Tensor& sample, const at::Tensor& model_output, const at::Tensor& timestep,
@@ -64,31 +125,26 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
     const scalar_t* z_ptr = z.defined() ? z.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* prev_ptr = prev.mutable_data_ptr<scalar_t>();
     scalar_t* x0_ptr = x0.mutable_data_ptr<scalar_t>();
-    const int64_t groups = (numel + 3) / 4;
-    at::parallel_for(0, groups, 2048, [&](int64_t begin, int64_t end) {
-      int64_t b = (begin * 4) / per_sample;
-      int64_t boundary = (b + 1) * per_sample;
-      for (int64_t g = begin; g < end; ++g) {
-        double normals[4] = {0.0, 0.0, 0.0, 0.0};
-        if (generate) step::normal4(seed, offset, static_cast<uint64_t>(g), normals);
-        for (int64_t lane = 0; lane < 4; ++lane) {
-          const int64_t i = g * 4 + lane;
-          if (i >= numel) break;
-          while (i >= boundary) {
-            ++b;
-            boundary += per_sample;
-          }
-          const step::Coefficients& k = coefficients[b];
-          opmath_t noise_value = 0;
-          if (k.sigma > 0.0) {
-            noise_value = z_ptr ? static_cast<opmath_t>(z_ptr[i]) : static_cast<opmath_t>(normals[lane]);
-          }
-          opmath_t x0_value;
-          const opmath_t next = step::update<opmath_t>(
-              static_cast<opmath_t>(x_ptr[i]), static_cast<opmath_t>(out_ptr[i]), noise_value, k,
-              static_cast<opmath_t>(thresholds[b]), rescale, &x0_value);
-          prev_ptr[i] = static_cast<scalar_t>(next);
-          x0_ptr[i] = static_cast<scalar_t>(x0_value);
+    const int64_t chunks_per_sample = (per_sample + kChunk - 1) / kChunk;
+    at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t> noise_buffer(kChunk);
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t b = job / chunks_per_sample;
+        const int64_t start = b * per_sample + (job % chunks_per_sample) * kChunk;
+        const int64_t length = std::min(kChunk, (b + 1) * per_sample - start);
+        const Elementwise<opmath_t> k(coefficients[b], thresholds[b], rescale);
+        const bool noisy = coefficients[b].sigma > 0.0;
+        if (noisy) {
+          fill_noise(z_ptr, seed, offset, start, length, noise_buffer.data());
+        }
+        const bool clip_x0 = thresholds[b] > 0.0;
+        const Chunk<scalar_t, opmath_t> chunk{x_ptr + start,    out_ptr + start,
+                                             prev_ptr + start, x0_ptr + start,
+                                             noise_buffer.data(), length};
+        if (clip_x0) {
+          noisy ? chunk.template run<true, true>(k) : chunk.template run<true, false>(k);
+        } else {
+          noisy ? chunk.template run<false, true>(k) : chunk.template run<false, false>(k);
         }
       }
     });

@@ -1,0 +1,114 @@
+"""The scheduler step alone (fused vs eager PyTorch vs diffusers vs torch.compile, in GB/s and as
+a fraction of a device-to-device copy measured in the same run), and whole sampling loops.
+
+The step benchmarks one DDIM update (eta = 0, epsilon prediction, float32) that reads x and the
+model output and writes x_prev and x0. Whole loops: images/s of 50-step DDIM (everywhere) and
+1000-step DDIM (CUDA only) of the paper's Fashion-MNIST model, eager (PyTorch step, no graph) vs
+patronus (fused step, and CUDA graphs on CUDA).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import device_name, synchronize
+
+from patronus import Patronus
+from patronus.diffusion import NoiseSchedule
+from patronus.models.presets import get_preset
+from patronus.ops.scheduler_step import scheduler_step
+
+STEP_SHAPES = {"64x3x64x64": (64, 3, 64, 64), "16x1x224x224": (16, 1, 224, 224),
+               "256x4x64x64": (256, 4, 64, 64)}  # fmt: skip
+STEP_PROVIDERS = ["copy", "eager", "compile", "diffusers", "patronus"]
+TABLE = NoiseSchedule.from_name("linear", 1000).alphas_cumprod
+T, T_PREV = 500, 480
+
+
+def eager_step(x, eps, abar_t, abar_prev):
+    """The DDIM update as users write it in PyTorch."""
+    x0 = (x - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps, x0
+
+
+_compiled = {}
+
+
+def step_provider(name, device):
+    table32 = TABLE.float().to(device)
+    abar_t, abar_prev = table32[T], table32[T_PREV]
+    if name == "eager":
+        return lambda x, eps: eager_step(x, eps, abar_t, abar_prev)
+    if name == "compile":
+        compiled = _compiled.setdefault("step", torch.compile(eager_step))
+        return lambda x, eps: compiled(x, eps, abar_t, abar_prev)
+    if name == "diffusers":
+        diffusers = pytest.importorskip("diffusers")
+        scheduler = diffusers.DDIMScheduler(clip_sample=False)
+        scheduler.set_timesteps(50)  # prev = t - 20
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+        return lambda x, eps: scheduler.step(eps, T, x, return_dict=False)
+    table = TABLE.to(device)
+    current = torch.full((1,), T, device=device)
+    target = torch.full((1,), T_PREV, device=device)
+    if name == "copy":
+        return lambda x, eps: x.clone()
+    return lambda x, eps: scheduler_step(
+        x, eps, current.expand(x.shape[0]), target.expand(x.shape[0]), table
+    )
+
+
+@pytest.mark.parametrize("provider", STEP_PROVIDERS)
+@pytest.mark.parametrize("shape_name", list(STEP_SHAPES))
+def test_step(benchmark, provider, shape_name, device):
+    shape = STEP_SHAPES[shape_name]
+    x = torch.randn(shape, device=device)
+    eps = torch.randn(shape, device=device)
+    fn = step_provider(provider, device)
+
+    def run():
+        fn(x, eps)
+        synchronize(device)
+
+    run()
+    # bytes moved: a copy reads and writes one tensor; a step reads two and writes two
+    tensors = 2 if provider == "copy" else 4
+    benchmark.extra_info.update(
+        provider=provider, shape=shape_name, kind="scheduler step", mode="step",
+        bytes=tensors * x.numel() * x.element_size(), batch=shape[0], dims=shape_name,
+        dtype="float32", device=device_name(device),
+    )  # fmt: skip
+    benchmark.group = f"scheduler step {shape_name}"
+    benchmark(run)
+
+
+LOOPS = {"ddim50": 50, "ddim1000": 1000}
+
+
+@pytest.mark.parametrize("provider", ["eager", "patronus"])
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_sampling_loop(benchmark, provider, loop, device, monkeypatch):
+    if loop == "ddim1000" and device.type != "cuda":
+        pytest.skip("1000-step loops run on CUDA only")
+    preset = get_preset("fmnist32")
+    batch = 64 if device.type == "cuda" else 4
+    torch.manual_seed(0)
+    model = Patronus(preset.model).to(device).eval()
+    s = torch.rand(batch, preset.model.num_prototypes, device=device)
+    x_T = torch.randn(batch, *preset.model.image_shape, device=device)
+    graph = provider == "patronus" and device.type == "cuda"
+    if provider == "eager":
+        monkeypatch.setenv("PATRONUS_BACKEND", "torch")
+
+    def run():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            model.sample(s, steps=LOOPS[loop], x_T=x_T, cuda_graph=graph)
+        synchronize(device)
+
+    run()
+    benchmark.extra_info.update(
+        provider=provider, loop=loop, batch=batch, kind="sampling loop",
+        device=device_name(device), cuda_graph=graph,
+    )  # fmt: skip
+    benchmark.group = f"sampling loop {loop}"
+    benchmark.pedantic(run, rounds=3 if device.type == "cuda" else 1, warmup_rounds=0)
