@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 
 import pytest
 import torch
+
+# compile in this process: a pool of inductor compile workers would compete with the timed runs
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 M_MMAP_THRESHOLD = -3
 try:

@@ -22,15 +22,16 @@ def markdown(data: dict) -> str:
         f"- torch {machine.get('torch')} (CUDA {machine.get('cuda') or 'none'}), "
         f"python {machine.get('python_version')}",
         f"- commit: {data.get('commit_info', {}).get('id', 'unknown')}",
+        "- times are medians over the benchmark's rounds",
         "",
-        "| benchmark | preset | backend | batch | mean ms | images/s | rounds |",
+        "| benchmark | preset | backend | batch | median ms | images/s | rounds |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for bench in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         info, stats = bench["extra_info"], bench["stats"]
         if "provider" in info:
             continue  # in the tables below
-        mean = stats["mean"]
+        mean = stats["median"]
         lines.append(
             f"| {info.get('kind', bench['name'])} | {info.get('preset', '')} | "
             f"{info.get('backend', '')} | {info.get('batch', '')} | {mean * 1e3:.1f} | "
@@ -66,7 +67,7 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
             "|---|---:|---:|---:|---|---:|---:|",
         ]
         for provider, modes in providers.items():
-            means = {mode: modes[mode]["stats"]["mean"] for mode in modes}
+            means = {mode: modes[mode]["stats"]["median"] for mode in modes}
             speedups = [
                 f"{means[m] / ours[m]['stats']['mean']:.2f}x" if m in ours and m in means else "-"
                 for m in ("forward", "backward", "forward+backward")
@@ -81,7 +82,9 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
             )
             lines.append(f"| {provider} | {row} | {' / '.join(speedups)} | {peak} | {saved} |")
         if "forward" in ours and "product_flops" in ours["forward"]["extra_info"]:
-            rate = ours["forward"]["extra_info"]["product_flops"] / ours["forward"]["stats"]["mean"]
+            rate = (
+                ours["forward"]["extra_info"]["product_flops"] / ours["forward"]["stats"]["median"]
+            )
             lines += [
                 "",
                 f"patronus forward: {rate / 1e12:.2f} TFLOP/s of patch-prototype products",
@@ -99,14 +102,14 @@ def step_tables(benchmarks: list[dict]) -> list[str]:
     lines = []
     for shape, providers in sorted(shapes.items()):
         rate = {
-            p: b["extra_info"]["bytes"] / b["stats"]["mean"] / 1e9 for p, b in providers.items()
+            p: b["extra_info"]["bytes"] / b["stats"]["median"] / 1e9 for p, b in providers.items()
         }
         ours = providers.get("patronus")
         lines += ["", f"## scheduler step (DDIM, float32): {shape}", "",
-                  "| provider | mean ms | GB/s | of copy bandwidth | patronus speed-up |",
+                  "| provider | median ms | GB/s | of copy bandwidth | patronus speed-up |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         for provider, bench in providers.items():
-            mean = bench["stats"]["mean"]
+            mean = bench["stats"]["median"]
             copy = f"{rate[provider] / rate['copy']:.0%}" if "copy" in rate else "-"
             speedup = f"{mean / ours['stats']['mean']:.2f}x" if ours else "-"
             lines.append(
@@ -129,7 +132,7 @@ def loop_tables(benchmarks: list[dict]) -> list[str]:
                   "| provider | batch | CUDA graph | s per loop | images/s | patronus speed-up |",
                   "|---|---:|---|---:|---:|---:|"]  # fmt: skip
         for provider, bench in providers.items():
-            info, mean = bench["extra_info"], bench["stats"]["mean"]
+            info, mean = bench["extra_info"], bench["stats"]["median"]
             speedup = f"{mean / ours['stats']['mean']:.2f}x" if ours else "-"
             lines.append(
                 f"| {provider} | {info['batch']} | {info['cuda_graph']} | {mean:.2f} | "

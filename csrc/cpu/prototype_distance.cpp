@@ -16,6 +16,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "target_clones.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -82,12 +84,6 @@ scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
         acc[k] = std::fma(protos[k * dim + d], z[d * num_patches + n], acc[k]);            \
     for (int64_t k = 0; k < kProtoBlock; ++k) cross[k * num_patches + n] = acc[k];         \
   }
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define PATRONUS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PATRONUS_CLONES
-#endif
 
 PATRONUS_CLONES void cross_products(const float* z, const float* protos, int64_t num_patches,
                                     int64_t dim, float* cross) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../scheduler_step_checks.h"
+#include "target_clones.h"
 
 namespace patronus {
 namespace {
@@ -31,34 +32,53 @@ struct Elementwise {
         recompute(c.eps_x0_x != 0.0) {}
 };
 
-// One contiguous run of a sample's elements; the loop body is branch-free for vectorisation and
-// performs the operations of step::update in the same order (the kernels agree bit for bit).
-template <typename scalar_t, typename opmath_t>
-struct Chunk {
-  const scalar_t* x;
-  const scalar_t* out;
-  scalar_t* prev;
-  scalar_t* x0;
-  const opmath_t* noise;
-  int64_t length;
-
-  template <bool kClip, bool kNoise>
-  void run(const Elementwise<opmath_t>& k) const {
-    for (int64_t i = 0; i < length; ++i) {
-      const opmath_t xv = static_cast<opmath_t>(x[i]), ov = static_cast<opmath_t>(out[i]);
-      opmath_t x0v = k.x0_x * xv + k.x0_out * ov;
-      opmath_t eps = k.eps_x * xv + k.eps_out * ov;
-      if (kClip) {
-        x0v = step::clamp(x0v, -k.limit, k.limit) / k.divisor;
-        eps = k.recompute ? k.eps_x0_x * xv + k.eps_x0_x0 * x0v : eps;
-      }
-      opmath_t next = k.prev_x0 * x0v + k.prev_eps * eps + k.prev_x * xv;
-      if (kNoise) next = next + k.sigma * noise[i];
-      prev[i] = static_cast<scalar_t>(next);
-      x0[i] = static_cast<scalar_t>(x0v);
-    }
+// The element loop over one contiguous run of a sample: branch-free (vectorisable), the operations
+// of step::update in the same order, so the CPU, CUDA and reference steps agree bit for bit.
+#define PATRONUS_STEP_LOOP(CLIP, NOISE)                                                    \
+  for (int64_t i = 0; i < length; ++i) {                                                 \
+    const opmath_t xv = static_cast<opmath_t>(x[i]), ov = static_cast<opmath_t>(out[i]); \
+    opmath_t x0v = k.x0_x * xv + k.x0_out * ov;                                          \
+    opmath_t eps = k.eps_x * xv + k.eps_out * ov;                                        \
+    if (CLIP) {                                                                          \
+      x0v = step::clamp(x0v, -k.limit, k.limit) / k.divisor;                             \
+      eps = k.recompute ? k.eps_x0_x * xv + k.eps_x0_x0 * x0v : eps;                     \
+    }                                                                                    \
+    opmath_t next = k.prev_x0 * x0v + k.prev_eps * eps + k.prev_x * xv;                  \
+    if (NOISE) next = next + k.sigma * noise[i];                                         \
+    prev[i] = static_cast<scalar_t>(next);                                               \
+    x0[i] = static_cast<scalar_t>(x0v);                                                  \
   }
-};
+
+#define PATRONUS_STEP_CHUNK_BODY                    \
+  if (clip) {                                       \
+    if (noisy) {                                    \
+      PATRONUS_STEP_LOOP(true, true)                \
+    } else {                                        \
+      PATRONUS_STEP_LOOP(true, false)               \
+    }                                               \
+  } else if (noisy) {                               \
+    PATRONUS_STEP_LOOP(false, true)                 \
+  } else {                                          \
+    PATRONUS_STEP_LOOP(false, false)                \
+  }
+
+template <typename scalar_t, typename opmath_t>
+void step_chunk(const scalar_t* x, const scalar_t* out, scalar_t* prev, scalar_t* x0,
+                const opmath_t* noise, int64_t length, const Elementwise<opmath_t>& k, bool clip,
+                bool noisy) {
+  PATRONUS_STEP_CHUNK_BODY
+}
+
+// float32, the common case, in AVX-512 / AVX2 / baseline clones
+template <>
+PATRONUS_CLONES void step_chunk<float, float>(const float* x, const float* out, float* prev,
+                                              float* x0, const float* noise, int64_t length,
+                                              const Elementwise<float>& k, bool clip,
+                                              bool noisy) {
+  using scalar_t = float;
+  using opmath_t = float;
+  PATRONUS_STEP_CHUNK_BODY
+}
 
 // The noise of elements [start, start + length): given, or Philox normals of their groups.
 template <typename scalar_t, typename opmath_t>
@@ -137,15 +157,9 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
         if (noisy) {
           fill_noise(z_ptr, seed, offset, start, length, noise_buffer.data());
         }
-        const bool clip_x0 = thresholds[b] > 0.0;
-        const Chunk<scalar_t, opmath_t> chunk{x_ptr + start,    out_ptr + start,
-                                             prev_ptr + start, x0_ptr + start,
-                                             noise_buffer.data(), length};
-        if (clip_x0) {
-          noisy ? chunk.template run<true, true>(k) : chunk.template run<true, false>(k);
-        } else {
-          noisy ? chunk.template run<false, true>(k) : chunk.template run<false, false>(k);
-        }
+        step_chunk<scalar_t, opmath_t>(x_ptr + start, out_ptr + start, prev_ptr + start,
+                                       x0_ptr + start, noise_buffer.data(), length, k,
+                                       thresholds[b] > 0.0, noisy);
       }
     });
   });
