@@ -31,11 +31,11 @@ def markdown(data: dict) -> str:
         info, stats = bench["extra_info"], bench["stats"]
         if "provider" in info:
             continue  # in the tables below
-        mean = stats["median"]
+        median = stats["median"]
         lines.append(
             f"| {info.get('kind', bench['name'])} | {info.get('preset', '')} | "
-            f"{info.get('backend', '')} | {info.get('batch', '')} | {mean * 1e3:.1f} | "
-            f"{info.get('batch', 0) / mean:.1f} | {stats['rounds']} |"
+            f"{info.get('backend', '')} | {info.get('batch', '')} | {median * 1e3:.1f} | "
+            f"{info.get('batch', 0) / median:.1f} | {stats['rounds']} |"
         )
     lines += provider_tables(data["benchmarks"])
     lines += step_tables(data["benchmarks"])
@@ -67,9 +67,11 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
             "|---|---:|---:|---:|---|---:|---:|",
         ]
         for provider, modes in providers.items():
-            means = {mode: modes[mode]["stats"]["median"] for mode in modes}
+            medians = {mode: modes[mode]["stats"]["median"] for mode in modes}
             speedups = [
-                f"{means[m] / ours[m]['stats']['mean']:.2f}x" if m in ours and m in means else "-"
+                f"{medians[m] / ours[m]['stats']['median']:.2f}x"
+                if m in ours and m in medians
+                else "-"
                 for m in ("forward", "backward", "forward+backward")
             ]
             extra = next(iter(modes.values()))["extra_info"]
@@ -77,7 +79,7 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
             peak = with_ratio(extra.get("peak_mb"), ours_extra.get("peak_mb"))
             saved = with_ratio(extra.get("activation_mb"), ours_extra.get("activation_mb"))
             row = " | ".join(
-                f"{means[m] * 1e3:.2f}" if m in means else "-"
+                f"{medians[m] * 1e3:.2f}" if m in medians else "-"
                 for m in ("forward", "backward", "forward+backward")
             )
             lines.append(f"| {provider} | {row} | {' / '.join(speedups)} | {peak} | {saved} |")
@@ -109,11 +111,11 @@ def step_tables(benchmarks: list[dict]) -> list[str]:
                   "| provider | median ms | GB/s | of copy bandwidth | patronus speed-up |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         for provider, bench in providers.items():
-            mean = bench["stats"]["median"]
+            median = bench["stats"]["median"]
             copy = f"{rate[provider] / rate['copy']:.0%}" if "copy" in rate else "-"
-            speedup = f"{mean / ours['stats']['mean']:.2f}x" if ours else "-"
+            speedup = f"{median / ours['stats']['median']:.2f}x" if ours else "-"
             lines.append(
-                f"| {provider} | {mean * 1e3:.3f} | {rate[provider]:.1f} | {copy} | {speedup} |"
+                f"| {provider} | {median * 1e3:.3f} | {rate[provider]:.1f} | {copy} | {speedup} |"
             )
     return lines
 
@@ -132,11 +134,11 @@ def loop_tables(benchmarks: list[dict]) -> list[str]:
                   "| provider | batch | CUDA graph | s per loop | images/s | patronus speed-up |",
                   "|---|---:|---|---:|---:|---:|"]  # fmt: skip
         for provider, bench in providers.items():
-            info, mean = bench["extra_info"], bench["stats"]["median"]
-            speedup = f"{mean / ours['stats']['mean']:.2f}x" if ours else "-"
+            info, median = bench["extra_info"], bench["stats"]["median"]
+            speedup = f"{median / ours['stats']['median']:.2f}x" if ours else "-"
             lines.append(
-                f"| {provider} | {info['batch']} | {info['cuda_graph']} | {mean:.2f} | "
-                f"{info['batch'] / mean:.1f} | {speedup} |"
+                f"| {provider} | {info['batch']} | {info['cuda_graph']} | {median:.2f} | "
+                f"{info['batch'] / median:.1f} | {speedup} |"
             )
     return lines
 
