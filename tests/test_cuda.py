@@ -6,7 +6,6 @@ import torch
 from patronus import Patronus
 from patronus.ops import prototype_min_distance, q_sample, q_sample_ref
 from patronus.testing import brute_force_distances
-from patronus.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.cuda
 
@@ -30,7 +29,8 @@ def test_q_sample_on_cuda(dtype):
 
 
 def test_bf16_training_and_sampling_on_cuda(tiny_config, tmp_path):
-    from patronus.data import SyntheticShapes
+    from patronus.data import SyntheticShapes  # the trainer needs Pillow and safetensors
+    from patronus.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
     model = Patronus(tiny_config)
