@@ -1,0 +1,49 @@
+"""Interpretability: what prototypes encode, where they fire, when they emerge; analyses; report."""
+
+from patronus.interpret.analyses import (
+    Consistency,
+    consistency,
+    extrapolation,
+    interpolation,
+    reconstruction,
+    slerp,
+    variations,
+)
+from patronus.interpret.what import (
+    Inversion,
+    NearestPatches,
+    PrototypeVisualization,
+    activation_bounds,
+    edited_activations,
+    invert_images,
+    nearest_patches,
+    visualize_prototypes,
+)
+from patronus.interpret.when import Emergence, emergence_steps, trace_emergence
+from patronus.interpret.where import Localization, box_iou, crop, localize, upsample_cells
+
+__all__ = [
+    "Consistency",
+    "Emergence",
+    "Inversion",
+    "Localization",
+    "NearestPatches",
+    "PrototypeVisualization",
+    "activation_bounds",
+    "box_iou",
+    "consistency",
+    "crop",
+    "edited_activations",
+    "emergence_steps",
+    "extrapolation",
+    "interpolation",
+    "invert_images",
+    "localize",
+    "nearest_patches",
+    "reconstruction",
+    "slerp",
+    "trace_emergence",
+    "upsample_cells",
+    "variations",
+    "visualize_prototypes",
+]

@@ -1,0 +1,90 @@
+"""The paper's analyses (PAPER.md section 6): reconstruction, variations, interpolation,
+extrapolation and consistency. Each returns tensors; ``patronus.interpret.figures`` draws them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from patronus.interpret.what import Inversion, edited_activations
+from patronus.interpret.where import cell_boxes
+from patronus.models import Patronus
+
+
+@torch.no_grad()
+def reconstruction(model: Patronus, inversion: Inversion) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every image from its own x_T and activations: (reconstructions (n, C, H, W), per-image
+    MSE (n,))."""
+    decoded = model.sample(inversion.activations, inversion.steps, x_T=inversion.x_T)
+    mse = (decoded - inversion.images).square().flatten(1).mean(1)
+    return decoded, mse
+
+
+@torch.no_grad()
+def variations(
+    model: Patronus, inversion: Inversion, count: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The same activations decoded from ``count`` fresh x_T each: (n, count, C, H, W)."""
+    n = inversion.images.shape[0]
+    s = inversion.activations.repeat_interleave(count, 0)
+    samples = model.sample(s, inversion.steps, generator=generator)
+    return samples.reshape(n, count, *samples.shape[1:])
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of latents a, b (C, H, W) at weights (K,) -> (K, C, H, W)."""
+    flat_a, flat_b = a.flatten().double(), b.flatten().double()
+    cosine = (flat_a @ flat_b) / (flat_a.norm() * flat_b.norm())
+    omega = torch.arccos(cosine.clamp(-1, 1))
+    w = weight.double()[:, None]
+    if omega.abs() < 1e-6:
+        mixed = (1 - w) * flat_a + w * flat_b
+    else:
+        mixed = (torch.sin((1 - w) * omega) * flat_a + torch.sin(w * omega) * flat_b) / torch.sin(
+            omega
+        )
+    return mixed.to(a.dtype).reshape(len(weight), *a.shape)
+
+
+@torch.no_grad()
+def interpolation(
+    model: Patronus, inversion: Inversion, first: int = 0, second: int = 1, count: int = 8
+) -> torch.Tensor:
+    """From image ``first`` to image ``second``: s linear, x_T spherical -> (count, C, H, W)."""
+    weight = torch.linspace(0, 1, count, device=inversion.x_T.device)
+    s_a, s_b = inversion.activations[first], inversion.activations[second]
+    s = s_a[None] + weight[:, None] * (s_b - s_a)[None]
+    x_T = slerp(inversion.x_T[first], inversion.x_T[second], weight)
+    return model.sample(s, inversion.steps, x_T=x_T, clip_x0=True)
+
+
+@torch.no_grad()
+def extrapolation(
+    model: Patronus, inversion: Inversion, prototype: int, values: torch.Tensor, image: int = 0
+) -> torch.Tensor:
+    """Image ``image`` decoded with s_J set to each of ``values`` (beyond the observed range
+    included), from its own x_T -> (len(values), C, H, W)."""
+    s = inversion.activations[image : image + 1].repeat(len(values), 1)
+    s[:, prototype] = values.to(s)
+    x_T = inversion.x_T[image : image + 1].repeat(len(values), 1, 1, 1)
+    return model.sample(s, inversion.steps, x_T=x_T, clip_x0=True)
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """One prototype edited into every image: does it land on the same kind of patch?"""
+
+    prototype: int
+    edits: torch.Tensor  # (n, C, H, W)
+    boxes: torch.Tensor  # (n, 4) the prototype's winning patch in each edit
+    activation: torch.Tensor  # (n,) its re-encoded activation
+
+
+@torch.no_grad()
+def consistency(model: Patronus, inversion: Inversion, prototype: int, value: float) -> Consistency:
+    s = edited_activations(inversion.activations, [prototype], torch.tensor([value]))
+    edits = model.sample(s, inversion.steps, x_T=inversion.x_T, clip_x0=True)
+    output = model.prototype_output(edits)
+    boxes = cell_boxes(model, output.patch_index[:, prototype].cpu())
+    return Consistency(prototype, edits, boxes, output.activations[:, prototype])

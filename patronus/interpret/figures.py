@@ -1,0 +1,148 @@
+"""Figures of the interpretability results (matplotlib, imported lazily; PNG files)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from patronus.data.images import to_uint8
+from patronus.interpret.what import NearestPatches, PrototypeVisualization
+from patronus.interpret.when import Emergence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _show(axis, image: torch.Tensor, box=None, title: str | None = None) -> None:
+    """Draw a (C, H, W) image in [-1, 1] on ``axis``, with an optional red pixel box."""
+    pixels = to_uint8(image).permute(1, 2, 0).numpy()
+    axis.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+    if box is not None:
+        top, left, bottom, right = (int(v) for v in box)
+        plt = _pyplot()
+        axis.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
+                                     fill=False, edgecolor="red", linewidth=1.5))  # fmt: skip
+    if title:
+        axis.set_title(title, fontsize=7)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def save(figure, path: Path | None) -> bytes:
+    """PNG bytes of a figure (also written to ``path``), and the figure closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(figure)
+    data = buffer.getvalue()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return data
+
+
+def gallery_figure(
+    vis: PrototypeVisualization, similarity: torch.Tensor | None = None, path: Path | None = None
+) -> bytes:
+    """One row per prototype: the original image, the kept edit with the prototype's patch boxed,
+    the crop, and (given (J, H, W) maps of the edits) where the prototype responds."""
+    plt = _pyplot()
+    columns = 4 if similarity is not None else 3
+    rows = len(vis.prototypes)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
+    edits, boxes = vis.best_edits().cpu(), vis.best_boxes()
+    for row, prototype in enumerate(vis.prototypes):
+        best = int(vis.best[row])
+        score = float(vis.edit_activation[row, best])
+        _show(axes[row, 0], vis.originals[best].cpu(), title=f"p{prototype}: image {best}")
+        _show(axes[row, 1], edits[row], boxes[row], title=f"edit, s={score:.2f}")
+        top, left, bottom, right = (int(v) for v in boxes[row])
+        _show(axes[row, 2], edits[row][:, top:bottom, left:right], title="patch")
+        if similarity is not None:
+            axes[row, 3].imshow(similarity[row].cpu().numpy(), cmap="magma")
+            axes[row, 3].set_title("similarity", fontsize=7)
+            axes[row, 3].set_xticks([])
+            axes[row, 3].set_yticks([])
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def emergence_figure(emergence: Emergence, path: Path | None = None, columns: int = 5) -> bytes:
+    """Per prototype: the gap between edit and reference activation over the timesteps (one thin
+    line per image, the mean thick), emergence steps marked."""
+    plt = _pyplot()
+    count = len(emergence.prototypes)
+    rows = (count + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.8 * rows), squeeze=False)
+    t = emergence.timesteps.numpy()
+    gap = emergence.gap.numpy()
+    for index, prototype in enumerate(emergence.prototypes):
+        axis = axes[index // columns, index % columns]
+        axis.plot(t, gap[:, index, :], color="tab:blue", alpha=0.25, linewidth=0.8)
+        axis.plot(t, gap[:, index, :].mean(1), color="tab:blue", linewidth=2)
+        emerged = emergence.emergence_t[index]
+        for value in emerged[emerged >= 0].tolist():
+            axis.axvline(value, color="tab:red", alpha=0.3, linewidth=0.8)
+        axis.invert_xaxis()
+        axis.set_title(f"p{prototype}: {int((emerged >= 0).sum())}/{emerged.numel()} emerge",
+                       fontsize=8)  # fmt: skip
+        axis.tick_params(labelsize=6)
+    for index in range(count, rows * columns):
+        axes[index // columns, index % columns].axis("off")
+    figure.supxlabel("timestep t (denoising runs right to left)", fontsize=8)
+    figure.supylabel("s_J(edit) - s_J(reference)", fontsize=8)
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def grid_figure(
+    rows: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    path: Path | None = None,
+    boxes: Sequence[torch.Tensor | None] | None = None,
+) -> bytes:
+    """Rows of images (each (K, C, H, W)), labelled, optional boxes per row ((K, 4) or None)."""
+    plt = _pyplot()
+    columns = max(row.shape[0] for row in rows)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns, 1.2 * len(rows)),
+                                squeeze=False)  # fmt: skip
+    for r, row in enumerate(rows):
+        row_boxes = boxes[r] if boxes is not None else None
+        for c in range(columns):
+            if c < row.shape[0]:
+                box = row_boxes[c] if row_boxes is not None else None
+                _show(axes[r, c], row[c].cpu(), box)
+            else:
+                axes[r, c].axis("off")
+        axes[r, 0].set_ylabel(labels[r], fontsize=7)
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def nearest_patches_figure(
+    patches: NearestPatches,
+    images: torch.Tensor,
+    prototypes: Sequence[int],
+    path: Path | None = None,
+) -> bytes:
+    """One row per prototype: its k nearest real patches (crops)."""
+    plt = _pyplot()
+    k = patches.image_index.shape[1]
+    figure, axes = plt.subplots(len(prototypes), k, figsize=(0.9 * k, 0.9 * len(prototypes)),
+                                squeeze=False)  # fmt: skip
+    for row, prototype in enumerate(prototypes):
+        for column in range(k):
+            image = images[int(patches.image_index[prototype, column])]
+            top, left, bottom, right = (int(v) for v in patches.boxes[prototype, column])
+            title = f"p{prototype}" if column == 0 else None
+            _show(axes[row, column], image[:, top:bottom, left:right], title=title)
+    figure.tight_layout()
+    return save(figure, path)

@@ -1,0 +1,250 @@
+"""The interpretability report: every analysis of a trained model as one self-contained HTML page
+(figures embedded as PNG data), plus the figures as files and the raw numbers (JSON and NPZ)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patronus.interpret import analyses, figures
+from patronus.interpret.what import (
+    activation_bounds,
+    invert_images,
+    nearest_patches,
+    visualize_prototypes,
+)
+from patronus.interpret.when import trace_emergence
+from patronus.interpret.where import localize
+from patronus.models import Patronus
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    num_images: int = 8  # images each prototype is edited into
+    steps: int = 50  # respaced DDIM steps for inversion and decoding
+    quantile: float = 0.99  # per-prototype bound: this quantile of the reference activations
+    global_max: bool = False  # the original's bound: one global maximum for all prototypes
+    prototypes: tuple[int, ...] | None = None  # default: all
+    emergence_fraction: float = 0.5
+    nearest_k: int = 6
+    seed: int = 0
+    batch_size: int = 256
+
+
+@dataclass
+class ReportInputs:
+    """Images the report works on (all (N, C, H, W) in [-1, 1])."""
+
+    images: torch.Tensor  # edited, traced and reconstructed (test images)
+    reference: torch.Tensor  # for the activation bounds (a seeded sample of training images)
+    pool: torch.Tensor  # searched for the nearest real patches
+    info: dict = field(default_factory=dict)  # run facts shown in the report
+
+
+def _img(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}img{max-width:100%}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px}
+.note{color:#555;font-size:.9em}
+"""
+
+
+@torch.no_grad()
+def build_report(
+    model: Patronus, inputs: ReportInputs, out_dir: Path, options: ReportOptions = ReportOptions()
+) -> Path:
+    """Run every analysis and write ``out_dir/report.html`` (+ PNGs, results.json, results.npz)."""
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    device = model.device
+    prototypes = list(options.prototypes or range(model.num_prototypes))
+    images = inputs.images[: options.num_images].to(device)
+    generator = torch.Generator(device).manual_seed(options.seed)
+    counter = _NetworkCounter(model)
+
+    bounds = activation_bounds(model.encode(inputs.reference.to(device)), options.quantile,
+                               options.global_max)  # fmt: skip
+    inversion = invert_images(model, images, options.steps)
+    vis = visualize_prototypes(model, inversion, bounds, prototypes, options.batch_size)
+    where_edits = localize(model, vis.best_edits())
+    edit_maps = where_edits.similarity[torch.arange(len(prototypes)), torch.tensor(prototypes)]
+    emergence = trace_emergence(model, inversion, prototypes, bounds[prototypes],
+                                options.emergence_fraction)  # fmt: skip
+    nearest = nearest_patches(model, inputs.pool.split(options.batch_size), options.nearest_k)
+    reconstructed, mse = analyses.reconstruction(model, inversion)
+    varied = analyses.variations(model, inversion, 4, generator)
+    interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
+    strongest = prototypes[int(vis.edit_activation.max(1).values.argmax())]
+    values = torch.linspace(0, 1.5 * float(bounds[strongest]), 8)
+    extrapolated = analyses.extrapolation(model, inversion, strongest, values)
+    consistent = analyses.consistency(model, inversion, strongest, float(bounds[strongest]))
+
+    png = {
+        "what": figures.gallery_figure(vis, edit_maps, out_dir / "what_where.png"),
+        "nearest": figures.nearest_patches_figure(nearest, inputs.pool, prototypes,
+                                                  out_dir / "nearest_patches.png"),
+        "when": figures.emergence_figure(emergence, out_dir / "when.png"),
+        "reconstruction": figures.grid_figure([images, reconstructed], ["original", "decoded"],
+                                              out_dir / "reconstruction.png"),
+        "variations": figures.grid_figure([images[:4], *varied[:4].transpose(0, 1)],
+                                          ["original", *[f"x_T #{i}" for i in range(4)]],
+                                          out_dir / "variations.png"),
+        "interpolation": figures.grid_figure([interpolated], ["image 0 -> 1"],
+                                             out_dir / "interpolation.png"),
+        "extrapolation": figures.grid_figure([extrapolated], [f"s_{strongest}: 0 .. 1.5 bound"],
+                                             out_dir / "extrapolation.png"),
+        "consistency": figures.grid_figure([images, consistent.edits],
+                                           ["original", f"p{strongest} high"],
+                                           out_dir / "consistency.png", [None, consistent.boxes]),
+    }  # fmt: skip
+    counter.handle.remove()
+    wall = time.perf_counter() - started
+    emerged = emergence.emergence_t
+    median_t = [
+        int(emerged[j][emerged[j] >= 0].float().median()) if (emerged[j] >= 0).any() else None
+        for j in range(len(prototypes))
+    ]
+    edits = len(prototypes) * images.shape[0]
+    evaluations = {
+        "per_edit": vis.network_evaluations_per_edit,
+        "original_per_edit": 2000,
+        "edits": edits,
+        "batched_network_calls": counter.calls,
+        "image_evaluations": counter.images,
+    }
+    results = {
+        "options": asdict(options),
+        "info": inputs.info,
+        "prototypes": prototypes,
+        "bounds": bounds[prototypes].tolist(),
+        "best_image": vis.best.tolist(),
+        "best_activation": vis.edit_activation.max(1).values.tolist(),
+        "best_boxes": vis.best_boxes().tolist(),
+        "emergence_median_t": median_t,
+        "emergence_fraction_of_images": (emerged >= 0).float().mean(1).tolist(),
+        "reconstruction_mse": mse.tolist(),
+        "strongest_prototype": strongest,
+        "network_evaluations": evaluations,
+        "wall_s": wall,
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    np.savez_compressed(
+        out_dir / "results.npz", edits=vis.edits.cpu().numpy(), boxes=vis.boxes.numpy(),
+        edit_activation=vis.edit_activation.cpu().numpy(), timesteps=emergence.timesteps.numpy(),
+        emergence_edit=emergence.edit.numpy(), emergence_reference=emergence.reference.numpy(),
+        emergence_t=emerged.numpy(), nearest_image=nearest.image_index.numpy(),
+        nearest_distance=nearest.distance.numpy(), nearest_boxes=nearest.boxes.numpy(),
+    )  # fmt: skip
+    page = _page(png, results, prototypes, emergence, evaluations)
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
+class _NetworkCounter:
+    """Counts the UNet's batched calls and the images they evaluate (a forward hook)."""
+
+    def __init__(self, model: Patronus) -> None:
+        self.calls = 0
+        self.images = 0
+        self.handle = model.unet.register_forward_hook(self._count)
+
+    def _count(self, module, inputs, output) -> None:
+        self.calls += 1
+        self.images += int(inputs[0].shape[0])
+
+
+def _page(png, results, prototypes, emergence, evaluations) -> str:
+    info = results["info"]
+    rows = [
+        [p, f"{b:.2f}", results["best_image"][i], f"{results['best_activation'][i]:.2f}",
+         results["emergence_median_t"][i] if results["emergence_median_t"][i] is not None else "-",
+         f"{results['emergence_fraction_of_images'][i]:.0%}"]
+        for i, (p, b) in enumerate(zip(prototypes, results["bounds"], strict=True))
+    ]  # fmt: skip
+    opts = results["options"]
+    bound_rule = (
+        "the global maximum over the reference set (the original's rule)"
+        if opts["global_max"] else f"the {opts['quantile']:.0%} quantile of its activations over "
+        "a seeded sample of training images"
+    )  # fmt: skip
+    facts = _table(["fact", "value"], [[k, v] for k, v in info.items()] + [
+        ["respaced DDIM steps", opts["steps"]],
+        ["network evaluations per edit (inversion + decoding)",
+         f"{evaluations['per_edit']} (the original: {evaluations['original_per_edit']})"],
+        ["edits decoded", evaluations["edits"]],
+        ["network calls (batched) / image evaluations, whole report",
+         f"{evaluations['batched_network_calls']} / {evaluations['image_evaluations']}"],
+        ["report wall time", f"{results['wall_s']:.1f} s"],
+    ])  # fmt: skip
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Patronus report</title>
+<style>{STYLE}</style></head><body>
+<h1>Patronus interpretability report</h1>
+{facts}
+<h2>What and where: prototype visualisations</h2>
+<p class="note">Each prototype J is edited into {opts["num_images"]} test images: invert each image
+with its own activations, set s_J to {
+        bound_rule
+    }, decode from the same x_T, re-encode. The row shows
+the image whose edit reached the highest s_J, the edit with J's winning patch boxed (its exact
+receptive field), the patch, and J's similarity over the edit.</p>
+{_img(png["what"], "prototype gallery")}
+{
+        _table(
+            [
+                "prototype",
+                "bound",
+                "best image",
+                "s_J of the edit",
+                "median emergence t",
+                "emerges in",
+            ],
+            rows,
+        )
+    }
+<h2>What, second view: the nearest real patches</h2>
+<p class="note">For each prototype, the training patches closest to it in feature space
+(one per image), independent of the diffusion model.</p>
+{_img(png["nearest"], "nearest patches")}
+<h2>When: emergence during denoising</h2>
+<p class="note">While decoding each edit and the unedited reference from the same x_T, the
+predicted clean image of every step is encoded. Curves show s_J(edit) - s_J(reference) against the
+timestep (denoising runs from t = 999 on the left of the data to 0; the axis is reversed). A
+prototype emerges at the first step from which this gap stays above {opts["emergence_fraction"]:.0%}
+of its final value (red lines); it does not emerge where the final gap is below 0.05.</p>
+{_img(png["when"], "emergence curves")}
+<h2>Reconstruction</h2>
+<p class="note">DDIM inversion then decoding; mean MSE
+{float(np.mean(results["reconstruction_mse"])):.4f}.</p>
+{_img(png["reconstruction"], "reconstructions")}
+<h2>Variations (same activations, new x_T)</h2>
+{_img(png["variations"], "variations")}
+<h2>Interpolation (activations linear, x_T spherical)</h2>
+{_img(png["interpolation"], "interpolation")}
+<h2>Extrapolation of prototype {results["strongest_prototype"]}</h2>
+{_img(png["extrapolation"], "extrapolation")}
+<h2>Consistency: prototype {results["strongest_prototype"]} edited into every image</h2>
+{_img(png["consistency"], "consistency")}
+</body></html>
+"""

@@ -1,0 +1,85 @@
+"""When: the denoising step at which a prototype emerges in a decoded edit.
+
+While decoding an edit (prototype J's activation raised) and the unedited reference from the same
+x_T, the predicted clean image x0_hat(t) of every step is encoded and every prototype's activation
+recorded. Prototype J's emergence curve is the gap g(t) = s_J(edit x0_hat(t)) - s_J(reference
+x0_hat(t)). Definition: J emerges in an image when its final gap exceeds ``min_gain``; the emergence
+step is the first step from which the gap stays at or above ``fraction`` (default 1/2) of its final
+value until the end. Edits and references of all images and prototypes are decoded in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from patronus.interpret.what import Inversion, edited_activations
+from patronus.models import Patronus
+
+
+@dataclass(frozen=True)
+class Emergence:
+    """Curves over S steps for J prototypes in n images."""
+
+    prototypes: list[int]
+    timesteps: torch.Tensor  # (S,) the step's diffusion timestep, descending
+    edit: torch.Tensor  # (S, J, n) s_J of the edit's x0_hat
+    reference: torch.Tensor  # (S, J, n) s_J of the unedited decode's x0_hat
+    emergence_step: torch.Tensor  # (J, n) int64 index into timesteps, -1: did not emerge
+    emergence_t: torch.Tensor  # (J, n) int64 timestep, -1: did not emerge
+
+    @property
+    def gap(self) -> torch.Tensor:
+        return self.edit - self.reference
+
+
+def emergence_steps(
+    gap: torch.Tensor, fraction: float = 0.5, min_gain: float = 0.05
+) -> torch.Tensor:
+    """gap (S, ...) -> (...) first step index from which gap >= fraction * final gap up to the
+    end; -1 where the final gap is at most ``min_gain``."""
+    final = gap[-1]
+    above = gap >= fraction * final
+    # stays above from step k on: reverse cumulative AND
+    holds = above.flip(0).int().cumprod(0).flip(0).bool()
+    first = torch.where(holds.any(0), holds.int().argmax(0), torch.full_like(final, -1).long())
+    return torch.where(final > min_gain, first, torch.full_like(first, -1))
+
+
+@torch.no_grad()
+def trace_emergence(
+    model: Patronus,
+    inversion: Inversion,
+    prototypes: Sequence[int],
+    values: torch.Tensor,
+    fraction: float = 0.5,
+    min_gain: float = 0.05,
+) -> Emergence:
+    """Decode each prototype's edit (s_J := values, (J,) or (J, n)) and the reference together,
+    tracing every prototype's activation of x0_hat at every step."""
+    prototypes = list(prototypes)
+    n = inversion.images.shape[0]
+    edits = edited_activations(inversion.activations, prototypes, values)
+    s = torch.cat([inversion.activations, edits])
+    x_T = inversion.x_T.repeat(len(prototypes) + 1, 1, 1, 1)
+    traced, timesteps = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for step in model.sample_steps(s, inversion.steps, x_T=x_T, clip_x0=True):
+            traced.append(model.encode(step.pred_x0))
+            timesteps.append(step.t)
+    finally:
+        model.train(was_training)
+    activations = torch.stack(traced)  # (S, (J + 1) n, P)
+    index = torch.tensor(prototypes, device=activations.device)
+    reference = activations[:, :n, :][:, :, index].permute(0, 2, 1)  # (S, J, n)
+    edits = activations[:, n:, :].reshape(len(timesteps), len(prototypes), n, -1)
+    edit = torch.stack([edits[:, j, :, p] for j, p in enumerate(prototypes)], dim=1)  # (S, J, n)
+    steps = emergence_steps(edit - reference, fraction, min_gain)
+    timestep_table = torch.tensor(timesteps)
+    emergence_t = torch.where(steps >= 0, timestep_table[steps.clamp_min(0).cpu()], -1)
+    return Emergence(prototypes, timestep_table, edit.cpu(), reference.cpu(), steps.cpu(),
+                     emergence_t.cpu())  # fmt: skip
