@@ -321,6 +321,109 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- interpretation
+def _add_interpret(sub: argparse._SubParsersAction) -> None:
+    for name, text in (
+        (
+            "visualize",
+            "what + where: prototype visualisations and nearest patches (PNG, JSON, NPZ)",
+        ),
+        ("trace", "when: emergence of prototypes during denoising (PNG, JSON, NPZ)"),
+        ("report", "everything as one self-contained HTML page (+ figures and raw numbers)"),
+    ):
+        parser = sub.add_parser(name, help=text)
+        parser.add_argument("checkpoint", type=Path, help="checkpoint or run folder")
+        parser.add_argument("--out", type=Path, help=f"output folder (default CHECKPOINT/{name})")
+        parser.add_argument("--data-dir", type=Path, help="default: the checkpoint's dataset")
+        parser.add_argument("--num-images", type=int, default=8)
+        parser.add_argument("--prototypes", type=int, nargs="+", help="default: all")
+        parser.add_argument("--steps", type=int, default=50, help="respaced DDIM steps")
+        parser.add_argument(
+            "--quantile",
+            type=float,
+            default=0.99,
+            help="per-prototype bound: quantile of the reference activations",
+        )
+        parser.add_argument(
+            "--global-max",
+            action="store_true",
+            help="the original's bound: one global maximum for all prototypes",
+        )
+        parser.add_argument("--reference-size", type=int, default=512)
+        parser.add_argument(
+            "--pool-size",
+            type=int,
+            default=2048,
+            help="training images searched for the nearest patches",
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="cpu")
+        parser.add_argument("--no-ema", action="store_true")
+        parser.set_defaults(handler=_cmd_interpret)
+
+
+def _interpret_inputs(args: argparse.Namespace, model):
+    """Test images, a seeded reference sample and a search pool from the checkpoint's dataset."""
+    from patronus.checkpoint import read_config, resolve_checkpoint
+    from patronus.data.registry import build_dataset
+    from patronus.interpret.report import ReportInputs
+
+    spec = read_config(resolve_checkpoint(args.checkpoint)).get("data")
+    if spec is None:
+        raise ValueError("the checkpoint names no dataset; it was not trained by `patronus train`")
+    channels, size, _ = model.config.image_shape
+    data_dir = args.data_dir or spec.get("data_dir")
+
+    def take(split: str, count: int, shuffle: bool):
+        dataset = build_dataset(spec["name"], data_dir, split, size, channels, seed=spec["seed"])
+        count = min(count, len(dataset))
+        if shuffle:
+            generator = torch.Generator().manual_seed(args.seed)
+            indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
+        else:
+            indices = range(count)
+        return torch.stack([dataset[i][0] for i in indices])
+
+    info = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": spec["name"],
+        "prototypes": model.num_prototypes,
+        "reference set": f"{args.reference_size} training images, seed {args.seed}",
+    }
+    return ReportInputs(
+        images=take("test", args.num_images, False),
+        reference=take("train", args.reference_size, True),
+        pool=take("train", args.pool_size, False),
+        info=info,
+    )
+
+
+def _cmd_interpret(args: argparse.Namespace) -> int:
+    from patronus.interpret import report as reporting
+
+    model = _load_model(args)
+    inputs = _interpret_inputs(args, model)
+    options = reporting.ReportOptions(
+        num_images=args.num_images,
+        steps=args.steps,
+        quantile=args.quantile,
+        global_max=args.global_max,
+        seed=args.seed,
+        prototypes=tuple(args.prototypes) if args.prototypes else None,
+    )
+    if args.prototypes and max(args.prototypes) >= model.num_prototypes:
+        raise ValueError(f"the model has prototypes 0 .. {model.num_prototypes - 1}")
+    out = args.out or (args.checkpoint / args.command)
+    run = {
+        "visualize": reporting.write_visualization,
+        "trace": reporting.write_emergence,
+        "report": reporting.build_report,
+    }[args.command]
+    path = run(model.to(args.device), inputs, out, options)
+    print(f"wrote {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="patronus", description=__doc__)
@@ -329,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_invert(sub)
+    _add_interpret(sub)
     return parser
 
 

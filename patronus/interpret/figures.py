@@ -29,8 +29,16 @@ def _show(axis, image: torch.Tensor, box=None, title: str | None = None) -> None
     if box is not None:
         top, left, bottom, right = (int(v) for v in box)
         plt = _pyplot()
-        axis.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
-                                     fill=False, edgecolor="red", linewidth=1.5))  # fmt: skip
+        axis.add_patch(
+            plt.Rectangle(
+                (left - 0.5, top - 0.5),
+                right - left,
+                bottom - top,
+                fill=False,
+                edgecolor="red",
+                linewidth=1.5,
+            )
+        )
     if title:
         axis.set_title(title, fontsize=7)
     axis.set_xticks([])
@@ -92,8 +100,9 @@ def emergence_figure(emergence: Emergence, path: Path | None = None, columns: in
         for value in emerged[emerged >= 0].tolist():
             axis.axvline(value, color="tab:red", alpha=0.3, linewidth=0.8)
         axis.invert_xaxis()
-        axis.set_title(f"p{prototype}: {int((emerged >= 0).sum())}/{emerged.numel()} emerge",
-                       fontsize=8)  # fmt: skip
+        axis.set_title(
+            f"p{prototype}: {int((emerged >= 0).sum())}/{emerged.numel()} emerge", fontsize=8
+        )
         axis.tick_params(labelsize=6)
     for index in range(count, rows * columns):
         axes[index // columns, index % columns].axis("off")
@@ -112,8 +121,9 @@ def grid_figure(
     """Rows of images (each (K, C, H, W)), labelled, optional boxes per row ((K, 4) or None)."""
     plt = _pyplot()
     columns = max(row.shape[0] for row in rows)
-    figure, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns, 1.2 * len(rows)),
-                                squeeze=False)  # fmt: skip
+    figure, axes = plt.subplots(
+        len(rows), columns, figsize=(1.1 * columns, 1.2 * len(rows)), squeeze=False
+    )
     for r, row in enumerate(rows):
         row_boxes = boxes[r] if boxes is not None else None
         for c in range(columns):
@@ -136,8 +146,9 @@ def nearest_patches_figure(
     """One row per prototype: its k nearest real patches (crops)."""
     plt = _pyplot()
     k = patches.image_index.shape[1]
-    figure, axes = plt.subplots(len(prototypes), k, figsize=(0.9 * k, 0.9 * len(prototypes)),
-                                squeeze=False)  # fmt: skip
+    figure, axes = plt.subplots(
+        len(prototypes), k, figsize=(0.9 * k, 0.9 * len(prototypes)), squeeze=False
+    )
     for row, prototype in enumerate(prototypes):
         for column in range(k):
             image = images[int(patches.image_index[prototype, column])]

@@ -69,30 +69,105 @@ table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;paddi
 """
 
 
+def _prepare(model: Patronus, inputs: ReportInputs, options: ReportOptions):
+    """(prototypes, images, bounds (P,), inversion of the images)."""
+    model.eval()
+    device = model.device
+    prototypes = list(options.prototypes or range(model.num_prototypes))
+    images = inputs.images[: options.num_images].to(device)
+    reference = model.encode(inputs.reference.to(device))
+    bounds = activation_bounds(reference, options.quantile, options.global_max)
+    return prototypes, images, bounds, invert_images(model, images, options.steps)
+
+
+def _what(model: Patronus, inputs: ReportInputs, options: ReportOptions, setup):
+    prototypes, _, bounds, inversion = setup
+    vis = visualize_prototypes(model, inversion, bounds, prototypes, options.batch_size)
+    located = localize(model, vis.best_edits())
+    edit_maps = located.similarity[torch.arange(len(prototypes)), torch.tensor(prototypes)]
+    nearest = nearest_patches(model, inputs.pool.split(options.batch_size), options.nearest_k)
+    return vis, nearest, edit_maps
+
+
+@torch.no_grad()
+def write_visualization(
+    model: Patronus, inputs: ReportInputs, out_dir: Path, options: ReportOptions = ReportOptions()
+) -> Path:
+    """What + where: ``out_dir/what_where.png``, ``nearest_patches.png``, ``visualize.json`` and
+    ``visualize.npz``; returns the gallery's path."""
+    setup = _prepare(model, inputs, options)
+    prototypes = setup[0]
+    vis, nearest, edit_maps = _what(model, inputs, options, setup)
+    path = out_dir / "what_where.png"
+    figures.gallery_figure(vis, edit_maps, path)
+    figures.nearest_patches_figure(
+        nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
+    )
+    numbers = {
+        "prototypes": prototypes,
+        "bounds": vis.bounds.tolist(),
+        "best_image": vis.best.tolist(),
+        "best_activation": vis.edit_activation.max(1).values.tolist(),
+        "best_boxes": vis.best_boxes().tolist(),
+        "nearest_image": nearest.image_index.tolist(),
+        "nearest_distance": nearest.distance.tolist(),
+        "nearest_boxes": nearest.boxes.tolist(),
+    }
+    (out_dir / "visualize.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    np.savez_compressed(
+        out_dir / "visualize.npz",
+        edits=vis.edits.cpu().numpy(),
+        boxes=vis.boxes.numpy(),
+        edit_activation=vis.edit_activation.cpu().numpy(),
+    )
+    return path
+
+
+@torch.no_grad()
+def write_emergence(
+    model: Patronus, inputs: ReportInputs, out_dir: Path, options: ReportOptions = ReportOptions()
+) -> Path:
+    """When: ``out_dir/when.png``, ``emergence.json`` and ``emergence.npz``; returns the figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prototypes, _, bounds, inversion = _prepare(model, inputs, options)
+    emergence = trace_emergence(
+        model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
+    )
+    path = out_dir / "when.png"
+    figures.emergence_figure(emergence, path)
+    numbers = {
+        "prototypes": prototypes,
+        "timesteps": emergence.timesteps.tolist(),
+        "emergence_t": emergence.emergence_t.tolist(),
+        "mean_gap": emergence.gap.mean(2).t().tolist(),
+    }
+    (out_dir / "emergence.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    np.savez_compressed(
+        out_dir / "emergence.npz",
+        timesteps=emergence.timesteps.numpy(),
+        edit=emergence.edit.numpy(),
+        reference=emergence.reference.numpy(),
+        emergence_t=emergence.emergence_t.numpy(),
+    )
+    return path
+
+
 @torch.no_grad()
 def build_report(
     model: Patronus, inputs: ReportInputs, out_dir: Path, options: ReportOptions = ReportOptions()
 ) -> Path:
     """Run every analysis and write ``out_dir/report.html`` (+ PNGs, results.json, results.npz)."""
-    started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    device = model.device
-    prototypes = list(options.prototypes or range(model.num_prototypes))
-    images = inputs.images[: options.num_images].to(device)
-    generator = torch.Generator(device).manual_seed(options.seed)
+    started = time.perf_counter()
     counter = _NetworkCounter(model)
-
-    bounds = activation_bounds(model.encode(inputs.reference.to(device)), options.quantile,
-                               options.global_max)  # fmt: skip
-    inversion = invert_images(model, images, options.steps)
-    vis = visualize_prototypes(model, inversion, bounds, prototypes, options.batch_size)
-    where_edits = localize(model, vis.best_edits())
-    edit_maps = where_edits.similarity[torch.arange(len(prototypes)), torch.tensor(prototypes)]
-    emergence = trace_emergence(model, inversion, prototypes, bounds[prototypes],
-                                options.emergence_fraction)  # fmt: skip
-    nearest = nearest_patches(model, inputs.pool.split(options.batch_size), options.nearest_k)
+    setup = _prepare(model, inputs, options)
+    prototypes, images, bounds, inversion = setup
+    vis, nearest, edit_maps = _what(model, inputs, options, setup)
+    emergence = trace_emergence(
+        model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
+    )
     reconstructed, mse = analyses.reconstruction(model, inversion)
+    generator = torch.Generator(model.device).manual_seed(options.seed)
     varied = analyses.variations(model, inversion, 4, generator)
     interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
     strongest = prototypes[int(vis.edit_activation.max(1).values.argmax())]
@@ -102,22 +177,31 @@ def build_report(
 
     png = {
         "what": figures.gallery_figure(vis, edit_maps, out_dir / "what_where.png"),
-        "nearest": figures.nearest_patches_figure(nearest, inputs.pool, prototypes,
-                                                  out_dir / "nearest_patches.png"),
+        "nearest": figures.nearest_patches_figure(
+            nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
+        ),
         "when": figures.emergence_figure(emergence, out_dir / "when.png"),
-        "reconstruction": figures.grid_figure([images, reconstructed], ["original", "decoded"],
-                                              out_dir / "reconstruction.png"),
-        "variations": figures.grid_figure([images[:4], *varied[:4].transpose(0, 1)],
-                                          ["original", *[f"x_T #{i}" for i in range(4)]],
-                                          out_dir / "variations.png"),
-        "interpolation": figures.grid_figure([interpolated], ["image 0 -> 1"],
-                                             out_dir / "interpolation.png"),
-        "extrapolation": figures.grid_figure([extrapolated], [f"s_{strongest}: 0 .. 1.5 bound"],
-                                             out_dir / "extrapolation.png"),
-        "consistency": figures.grid_figure([images, consistent.edits],
-                                           ["original", f"p{strongest} high"],
-                                           out_dir / "consistency.png", [None, consistent.boxes]),
-    }  # fmt: skip
+        "reconstruction": figures.grid_figure(
+            [images, reconstructed], ["original", "decoded"], out_dir / "reconstruction.png"
+        ),
+        "variations": figures.grid_figure(
+            [images[:4], *varied[:4].transpose(0, 1)],
+            ["original", *[f"x_T #{i}" for i in range(4)]],
+            out_dir / "variations.png",
+        ),
+        "interpolation": figures.grid_figure(
+            [interpolated], ["image 0 -> 1"], out_dir / "interpolation.png"
+        ),
+        "extrapolation": figures.grid_figure(
+            [extrapolated], [f"s_{strongest}: 0 .. 1.5 bound"], out_dir / "extrapolation.png"
+        ),
+        "consistency": figures.grid_figure(
+            [images, consistent.edits],
+            ["original", f"p{strongest} high"],
+            out_dir / "consistency.png",
+            [None, consistent.boxes],
+        ),
+    }
     counter.handle.remove()
     wall = time.perf_counter() - started
     emerged = emergence.emergence_t
@@ -150,12 +234,18 @@ def build_report(
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     np.savez_compressed(
-        out_dir / "results.npz", edits=vis.edits.cpu().numpy(), boxes=vis.boxes.numpy(),
-        edit_activation=vis.edit_activation.cpu().numpy(), timesteps=emergence.timesteps.numpy(),
-        emergence_edit=emergence.edit.numpy(), emergence_reference=emergence.reference.numpy(),
-        emergence_t=emerged.numpy(), nearest_image=nearest.image_index.numpy(),
-        nearest_distance=nearest.distance.numpy(), nearest_boxes=nearest.boxes.numpy(),
-    )  # fmt: skip
+        out_dir / "results.npz",
+        edits=vis.edits.cpu().numpy(),
+        boxes=vis.boxes.numpy(),
+        edit_activation=vis.edit_activation.cpu().numpy(),
+        timesteps=emergence.timesteps.numpy(),
+        emergence_edit=emergence.edit.numpy(),
+        emergence_reference=emergence.reference.numpy(),
+        emergence_t=emerged.numpy(),
+        nearest_image=nearest.image_index.numpy(),
+        nearest_distance=nearest.distance.numpy(),
+        nearest_boxes=nearest.boxes.numpy(),
+    )
     page = _page(png, results, prototypes, emergence, evaluations)
     path = out_dir / "report.html"
     path.write_text(page)
@@ -178,26 +268,42 @@ class _NetworkCounter:
 def _page(png, results, prototypes, emergence, evaluations) -> str:
     info = results["info"]
     rows = [
-        [p, f"{b:.2f}", results["best_image"][i], f"{results['best_activation'][i]:.2f}",
-         results["emergence_median_t"][i] if results["emergence_median_t"][i] is not None else "-",
-         f"{results['emergence_fraction_of_images'][i]:.0%}"]
+        [
+            p,
+            f"{b:.2f}",
+            results["best_image"][i],
+            f"{results['best_activation'][i]:.2f}",
+            results["emergence_median_t"][i]
+            if results["emergence_median_t"][i] is not None
+            else "-",
+            f"{results['emergence_fraction_of_images'][i]:.0%}",
+        ]
         for i, (p, b) in enumerate(zip(prototypes, results["bounds"], strict=True))
-    ]  # fmt: skip
+    ]
     opts = results["options"]
     bound_rule = (
         "the global maximum over the reference set (the original's rule)"
-        if opts["global_max"] else f"the {opts['quantile']:.0%} quantile of its activations over "
+        if opts["global_max"]
+        else f"the {opts['quantile']:.0%} quantile of its activations over "
         "a seeded sample of training images"
-    )  # fmt: skip
-    facts = _table(["fact", "value"], [[k, v] for k, v in info.items()] + [
-        ["respaced DDIM steps", opts["steps"]],
-        ["network evaluations per edit (inversion + decoding)",
-         f"{evaluations['per_edit']} (the original: {evaluations['original_per_edit']})"],
-        ["edits decoded", evaluations["edits"]],
-        ["network calls (batched) / image evaluations, whole report",
-         f"{evaluations['batched_network_calls']} / {evaluations['image_evaluations']}"],
-        ["report wall time", f"{results['wall_s']:.1f} s"],
-    ])  # fmt: skip
+    )
+    facts = _table(
+        ["fact", "value"],
+        [[k, v] for k, v in info.items()]
+        + [
+            ["respaced DDIM steps", opts["steps"]],
+            [
+                "network evaluations per edit (inversion + decoding)",
+                f"{evaluations['per_edit']} (the original: {evaluations['original_per_edit']})",
+            ],
+            ["edits decoded", evaluations["edits"]],
+            [
+                "network calls (batched) / image evaluations, whole report",
+                f"{evaluations['batched_network_calls']} / {evaluations['image_evaluations']}",
+            ],
+            ["report wall time", f"{results['wall_s']:.1f} s"],
+        ],
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Patronus report</title>
 <style>{STYLE}</style></head><body>
 <h1>Patronus interpretability report</h1>

@@ -81,5 +81,6 @@ def trace_emergence(
     steps = emergence_steps(edit - reference, fraction, min_gain)
     timestep_table = torch.tensor(timesteps)
     emergence_t = torch.where(steps >= 0, timestep_table[steps.clamp_min(0).cpu()], -1)
-    return Emergence(prototypes, timestep_table, edit.cpu(), reference.cpu(), steps.cpu(),
-                     emergence_t.cpu())  # fmt: skip
+    return Emergence(
+        prototypes, timestep_table, edit.cpu(), reference.cpu(), steps.cpu(), emergence_t.cpu()
+    )

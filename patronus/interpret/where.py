@@ -67,9 +67,12 @@ def localize(model: Patronus, images: torch.Tensor) -> Localization:
     size = (model.config.image_size, model.config.image_size)
     similarity = upsample_cells(cell_similarity, model.encoder.receptive_field, size)
     return Localization(
-        output.activations, cell_similarity, similarity, output.patch_index,
+        output.activations,
+        cell_similarity,
+        similarity,
+        output.patch_index,
         cell_boxes(model, output.patch_index.cpu()),
-    )  # fmt: skip
+    )
 
 
 def crop(image: torch.Tensor, box: torch.Tensor | tuple[int, int, int, int]) -> torch.Tensor:
