@@ -1,0 +1,230 @@
+"""Interpretability on the synthetic shapes, whose factors and object boxes are known."""
+
+import base64
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+from PIL import Image
+
+from patronus import Patronus
+from patronus.data import FACTOR_NAMES, FACTORS, SyntheticShapes
+from patronus.eval import factor_auroc
+from patronus.interpret import (
+    activation_bounds,
+    box_iou,
+    edited_activations,
+    emergence_steps,
+    invert_images,
+    localize,
+    nearest_patches,
+    slerp,
+    trace_emergence,
+    upsample_cells,
+    visualize_prototypes,
+)
+from patronus.interpret.report import ReportInputs, ReportOptions, build_report
+from patronus.interpret.where import cell_boxes
+from patronus.models.presets import PRESETS, get_preset
+from patronus.train import TrainConfig, Trainer
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny preset trained for 600 steps on 512 synthetic images (about a minute)."""
+    torch.manual_seed(0)
+    preset = get_preset("synthetic-tiny")
+    config = TrainConfig(max_steps=600, batch_size=32, learning_rate=2e-3, progress=False,
+                         log_every=100, checkpoint_every=10_000)  # fmt: skip
+    trainer = Trainer(Patronus(preset.model), SyntheticShapes(512, 24, 3), config,
+                      tmp_path_factory.mktemp("synthetic"), "cpu")  # fmt: skip
+    trainer.fit()
+    return trainer.model.eval()
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    data = SyntheticShapes(400, 24, 3, seed=1)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    boxes = torch.tensor([data.box(i) for i in range(len(data))])
+    return data, images, boxes
+
+
+def test_prototypes_are_tied_to_the_factors(trained, test_set, record_property):
+    data, images, _ = test_set
+    with torch.no_grad():
+        s = trained.encode(images)
+    best = {}
+    for column, name in enumerate(FACTOR_NAMES):
+        values = range(len(FACTORS[name]))
+        best[name] = max(
+            float(factor_auroc(s, data.factor_table[:, column] == v).max()) for v in values
+        )
+    record_property("best_prototype_auroc", json.dumps(best))
+    print("AUROC of each factor from its best prototype:", best)
+    assert best["colour"] > 0.7 and best["size"] > 0.65 and best["background"] > 0.65
+
+
+def test_where_boxes_overlap_the_object(trained, test_set):
+    _, images, boxes = test_set
+    located = localize(trained, images)
+    iou = box_iou(located.boxes, boxes[:, None, :])  # (N, P)
+    # the same prototypes' boxes on other images: the overlap expected by chance
+    chance = box_iou(located.boxes.roll(1, dims=0), boxes[:, None, :])
+    assert iou.mean() > 1.5 * chance.mean()
+
+
+def test_edits_change_the_marked_patch_more_than_elsewhere(trained, test_set):
+    _, images, _ = test_set
+    inversion = invert_images(trained, images[:16], STEPS)
+    with torch.no_grad():
+        bounds = activation_bounds(trained.encode(images[100:300]))
+        reference = trained.sample(inversion.activations, STEPS, x_T=inversion.x_T, clip_x0=True)
+    inside = outside = 0.0
+    for prototype in range(trained.num_prototypes):
+        s = edited_activations(inversion.activations, [prototype], bounds[[prototype]])
+        with torch.no_grad():
+            edit = trained.sample(s, STEPS, x_T=inversion.x_T, clip_x0=True)
+            index = trained.prototype_output(edit).patch_index[:, prototype]
+        change = (edit - reference).abs().mean(1)  # (n, H, W)
+        for image, box in enumerate(cell_boxes(trained, index)):
+            mask = torch.zeros_like(change[image], dtype=torch.bool)
+            mask[box[0] : box[2], box[1] : box[3]] = True
+            inside += float(change[image][mask].mean())
+            outside += float(change[image][~mask].mean())
+    assert inside > 1.2 * outside
+
+
+def test_unedited_decodes_have_flat_emergence_curves(trained, test_set):
+    _, images, _ = test_set
+    inversion = invert_images(trained, images[:4], STEPS)
+    prototypes = list(range(trained.num_prototypes))
+    own = inversion.activations[:, prototypes].t()  # (J, n): "edit" to the values it has
+    emergence = trace_emergence(trained, inversion, prototypes, own)
+    assert torch.equal(emergence.gap, torch.zeros_like(emergence.gap))
+    assert (emergence.emergence_t == -1).all()
+    assert emergence.timesteps.tolist() == sorted(emergence.timesteps.tolist(), reverse=True)
+
+
+def test_emergence_step_definition():
+    gap = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.6, 0.01], [0.4, 0.0], [0.9, 0.02], [1.0, 0.02]])
+    steps = emergence_steps(gap, fraction=0.5, min_gain=0.05)
+    # column 0: >= 0.5 from step 4 on (step 2 dips below at step 3); column 1: gain too small
+    assert steps.tolist() == [4, -1]
+
+
+def test_visualization_is_deterministic_and_consistent(trained, test_set):
+    _, images, _ = test_set
+    bounds = activation_bounds(trained.encode(images[100:300]).detach())
+    runs = [visualize_prototypes(trained, invert_images(trained, images[:4], STEPS), bounds,
+                                 [0, 3, 5], batch_size=8) for _ in range(2)]  # fmt: skip
+    assert torch.equal(runs[0].edits, runs[1].edits) and torch.equal(runs[0].best, runs[1].best)
+    vis = runs[0]
+    assert vis.edits.shape == (3, 4, 3, 24, 24) and vis.network_evaluations_per_edit == 2 * STEPS
+    # the kept edit is the one whose re-encoded s_J is highest
+    assert torch.equal(vis.best, vis.edit_activation.argmax(1).cpu())
+
+
+def test_nearest_patches_are_the_minimum_distances(trained, test_set):
+    _, images, _ = test_set
+    found = nearest_patches(trained, images[:100].split(33), k=3)
+    with torch.no_grad():
+        output = trained.prototype_output(images[:100])
+    expected = output.min_distances.t().sort(dim=1).values[:, :3]
+    torch.testing.assert_close(found.distance, expected.cpu())
+    assert torch.equal(found.boxes, cell_boxes(trained, output.patch_index.t()[
+        torch.arange(trained.num_prototypes)[:, None], found.image_index]))  # fmt: skip
+
+
+def test_bounds():
+    activations = torch.tensor([[0.0, 5.0], [1.0, 7.0], [2.0, 6.0]])
+    assert activation_bounds(activations, 1.0).tolist() == [2.0, 7.0]
+    assert activation_bounds(activations, 0.5).tolist() == [1.0, 6.0]
+    assert activation_bounds(activations, global_max=True).tolist() == [7.0, 7.0]
+    with pytest.raises(ValueError, match="quantile"):
+        activation_bounds(activations, 0.0)
+
+
+def test_upsampling_puts_cell_values_at_receptive_field_centres():
+    field = get_preset("fmnist32").model.encoder
+    from patronus.nn import receptive_field
+
+    rf = receptive_field(field.kernel_sizes, field.strides, field.paddings)  # start 6.5, jump 2
+    cells = torch.zeros(1, 10, 10)
+    cells[0, 3, 4] = 1.0
+    pixels = upsample_cells(cells, rf, (32, 32))[0]
+    # cell (3, 4) is centred on pixel centre (6.5 + 6, 6.5 + 8) = pixel (12, 14)
+    assert pixels[12, 14] == 1.0 and pixels.argmax() == 12 * 32 + 14
+    assert pixels[11, 14] == pixels[13, 14] == 0.5  # halfway to the neighbouring centres
+    edge = upsample_cells(torch.arange(10.0).expand(1, 10, 10), rf, (32, 32))[0]
+    assert (edge[:, :7] == 0).all() and (edge[:, 25:] == 9).all()  # constant beyond the centres
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_boxes_of_every_preset_follow_the_geometry(name):
+    """Box of cell k along an axis: [floor(start + k jump - size / 2), + size), clamped."""
+    model = Patronus(PRESETS[name].model)
+    size = model.config.image_size
+    field = model.encoder.receptive_field
+    height, width = model.encoder.output_size((size, size))
+    for row, col in [(0, 0), (height // 2, width // 3), (height - 1, width - 1)]:
+        box = model.encoder.patch_box(row * width + col, (size, size))
+        for lo, hi, index in ((box[0], box[2], row), (box[1], box[3], col)):
+            edge = math.floor(field.start + index * field.jump - field.size / 2)
+            assert (lo, hi) == (max(0, edge), min(size, edge + field.size))
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+    path = slerp(a, b, torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[2], b)
+
+
+def _report(trained, test_set, out):
+    _, images, _ = test_set
+    inputs = ReportInputs(images[:4], images[100:228], images[228:300], {"model": "test"})
+    options = ReportOptions(num_images=4, steps=8, prototypes=(0, 1, 2), nearest_k=3)
+    return build_report(trained, inputs, out, options)
+
+
+def test_report_is_self_contained_and_every_figure_decodes(trained, test_set, tmp_path):
+    path = _report(trained, test_set, tmp_path / "report")
+    page = path.read_text()
+    assert 'src="http' not in page and "<script" not in page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 8
+    for encoded in images:
+        picture = Image.open(io.BytesIO(base64.b64decode(encoded))).convert("L")
+        colours = picture.getcolors(maxcolors=1 << 16)
+        assert picture.size[0] > 50 and len(colours) > 10  # drawn, not blank
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["network_evaluations"]["per_edit"] == 16
+    assert results["network_evaluations"]["original_per_edit"] == 2000
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian chromium is not installed (make test installs it)"
+)
+def test_report_renders_in_headless_chromium(trained, test_set, tmp_path):
+    path = _report(trained, test_set, tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+               "--window-size=1200,4000", f"--screenshot={shot}", f"file://{path}"]  # fmt: skip
+    subprocess.run(command, capture_output=True, timeout=120, check=True)
+    picture = Image.open(shot).convert("RGB")
+    colours = picture.getcolors(maxcolors=1_000_000)
+    assert picture.size == (1200, 4000)
+    assert colours is not None and len(colours) > 200  # text and figures, not a blank page
