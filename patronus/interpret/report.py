@@ -246,7 +246,7 @@ def build_report(
         nearest_distance=nearest.distance.numpy(),
         nearest_boxes=nearest.boxes.numpy(),
     )
-    page = _page(png, results, prototypes, emergence, evaluations)
+    page = _page(png, results, prototypes, evaluations)
     path = out_dir / "report.html"
     path.write_text(page)
     return path
@@ -265,7 +265,7 @@ class _NetworkCounter:
         self.images += int(inputs[0].shape[0])
 
 
-def _page(png, results, prototypes, emergence, evaluations) -> str:
+def _page(png, results, prototypes, evaluations) -> str:
     info = results["info"]
     rows = [
         [
