@@ -1,0 +1,59 @@
+"""Fréchet distance against scipy's float64 sqrtm and closed forms; KID's unbiasedness."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from patronus.eval.frechet import feature_statistics, frechet_distance, kernel_distance
+
+
+def scipy_frechet(mu1, sigma1, mu2, sigma2):
+    """The pytorch-fid formula with scipy.linalg.sqrtm, in float64."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    covmean = covmean.real
+    diff = mu1 - mu2
+    return diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+
+
+def test_matches_scipy_on_random_statistics():
+    generator = torch.Generator().manual_seed(0)
+    for dim in (3, 17, 64):
+        a = torch.randn(500, dim, generator=generator, dtype=torch.float64)
+        b = torch.randn(400, dim, generator=generator, dtype=torch.float64) @ torch.randn(
+            dim, dim, generator=generator, dtype=torch.float64) * 0.5 + 0.3  # fmt: skip
+        mu1, s1 = feature_statistics(a)
+        mu2, s2 = feature_statistics(b)
+        expected = scipy_frechet(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy())
+        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8, abs=1e-8)
+
+
+def test_closed_forms():
+    sigma = torch.tensor([[2.0, 0.3], [0.3, 1.0]], dtype=torch.float64)
+    mu = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-10)
+    shift = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    assert frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(25.0, abs=1e-10)
+    # isotropic Gaussians: d = ||mu||^2 + F (s1 + s2 - 2 sqrt(s1 s2))
+    eye = torch.eye(4, dtype=torch.float64)
+    value = frechet_distance(torch.zeros(4), 4 * eye, torch.zeros(4), 9 * eye)
+    assert value == pytest.approx(4 * (4 + 9 - 2 * 6), abs=1e-10)
+
+
+def test_statistics_are_unbiased_covariance():
+    features = torch.randn(50, 3, dtype=torch.float64)
+    mu, sigma = feature_statistics(features)
+    np.testing.assert_allclose(mu.numpy(), features.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma.numpy(), np.cov(features.numpy(), rowvar=False), rtol=1e-12)
+    with pytest.raises(ValueError, match="N >= 2"):
+        feature_statistics(torch.randn(1, 3))
+
+
+def test_kid_is_unbiased_for_one_distribution():
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(2000, 16, generator=generator)
+    b = torch.randn(2000, 16, generator=generator)
+    mean, std = kernel_distance(a, b, subsets=50, subset_size=500, generator=generator)
+    assert abs(mean) < 3 * std / np.sqrt(50) + 1e-3  # centred on 0, not biased upwards
+    shifted, _ = kernel_distance(a, b + 0.5, subsets=20, subset_size=500, generator=generator)
+    assert shifted > 10 * abs(mean) and shifted > 0.01
