@@ -1,0 +1,86 @@
+"""Linear probes, TAD and captured attributes on constructed activations with known answers."""
+
+import math
+
+import pytest
+import torch
+
+from patronus.eval.probes import (
+    entropy_reduction,
+    fold_indices,
+    linear_probes,
+    mutual_information,
+    tad,
+)
+from patronus.eval.roc import factor_auroc, roc_auc
+
+
+def constructed(n=1000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, 2, (n,), generator=generator)
+    b = torch.randint(0, 2, (n,), generator=generator)
+    noise = torch.randn(n, 5, generator=generator)
+    activations = torch.stack([
+        a + 0.01 * noise[:, 0],  # attribute a, perfectly
+        noise[:, 1],
+        noise[:, 2],
+        b + 0.01 * noise[:, 3],  # attribute b, twice equally well
+        b + 0.01 * noise[:, 4],
+    ], dim=1)  # fmt: skip
+    return activations, a, b
+
+
+def test_roc_auc_known_values():
+    assert float(roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))) == 0.75
+    assert float(roc_auc(torch.tensor([1.0, 1.0, 2.0, 2.0]), torch.tensor([0, 1, 0, 1]))) == 0.5
+    scores = torch.tensor([[0.0, 3.0], [1.0, 2.0], [2.0, 1.0]])
+    assert factor_auroc(scores, torch.tensor([0, 0, 1])).tolist() == [1.0, 1.0]
+    assert math.isnan(float(roc_auc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]))))
+
+
+def test_tad_on_constructed_activations():
+    activations, a, b = constructed()
+    copy = a.clone()  # an attribute fully determined by another: not captured
+    labels = torch.stack([a, b, copy], dim=1)
+    result = tad(activations, labels, ["a", "b", "copy"])
+    attributes = result["attributes"]
+    assert attributes["a"]["best_auroc"] > 0.99
+    assert attributes["a"]["gap"] == pytest.approx(0.5, abs=0.06)  # best 1.0, next random ~0.5
+    assert attributes["b"]["gap"] == pytest.approx(0.0, abs=0.02)  # two equally good prototypes
+    assert attributes["copy"]["entropy_reduction"] == pytest.approx(1.0)
+    assert result["captured"] == ["b"]  # a and copy determine each other: neither is captured
+    assert result["tad"] == pytest.approx(attributes["b"]["gap"])
+    independent = tad(activations, torch.stack([a, b], dim=1), ["a", "b"])
+    assert independent["captured"] == ["a", "b"]
+    assert independent["tad"] == pytest.approx(0.5, abs=0.06)
+
+
+def test_entropy_reduction_and_mutual_information():
+    a = torch.tensor([0, 0, 1, 1] * 50)
+    b = torch.tensor([0, 1, 0, 1] * 50)
+    assert mutual_information(a, b) == pytest.approx(0.0, abs=1e-12)
+    assert mutual_information(a, a) == pytest.approx(math.log(2))
+    assert entropy_reduction(torch.stack([a, b, a], 1)).tolist() == pytest.approx([1.0, 0.0, 1.0])
+
+
+def test_linear_probes_find_a_planted_prototype():
+    pytest.importorskip("sklearn", reason="scikit-learn is an optional extra")
+    activations, a, _ = constructed(600)
+    generator = torch.Generator().manual_seed(3)
+    classes = torch.randint(0, 4, (600,), generator=generator)
+    features = torch.cat([activations, classes[:, None] + 0.1 * torch.randn(600, 1,
+                          generator=generator)], dim=1)  # fmt: skip
+    noise_label = torch.randint(0, 2, (600,), generator=generator)
+    labels = torch.stack([a, classes, noise_label], dim=1)
+    result = linear_probes(features, labels, ["a", "class", "noise"])
+    assert result["a"]["metric"] == "roc_auc" and result["a"]["mean"] > 0.99
+    assert result["class"]["metric"] == "accuracy" and result["class"]["mean"] > 0.9
+    assert abs(result["noise"]["mean"] - 0.5) < 0.1 and result["noise"]["folds"] == 5
+
+
+def test_folds_partition_the_samples():
+    parts = fold_indices(23, 5, seed=1)
+    assert sorted(torch.cat(parts).tolist()) == list(range(23))
+    assert [len(p) for p in parts] == [5, 5, 5, 4, 4]
+    with pytest.raises(ValueError, match="at least 5"):
+        fold_indices(3)
