@@ -1,0 +1,50 @@
+"""Training of the activation prior on the activations of a trained model's training set."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from patronus.models.prior import ActivationPrior
+
+
+def train_prior(
+    prior: ActivationPrior,
+    activations: torch.Tensor,
+    epochs: int = 200,
+    batch_size: int = 128,
+    learning_rate: float = 1e-4,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Fit the normalisation to ``activations`` (N, P) and train with Adam on the noise MSE
+    (t uniform in [0, T)); returns the mean loss of every epoch."""
+    if activations.dim() != 2 or activations.shape[1] != prior.config.num_prototypes:
+        raise ValueError(
+            f"activations must be (N, {prior.config.num_prototypes}), got {tuple(activations.shape)}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    prior.fit_normalisation(activations)
+    data = prior.normalise(activations)
+    abar = prior.schedule.alphas_cumprod.float()
+    optimizer = torch.optim.Adam(prior.parameters(), lr=learning_rate)
+    prior.train()
+    losses = []
+    for _ in tqdm(range(epochs), desc="prior", disable=not progress):
+        order = torch.randperm(len(data), generator=generator)
+        total, batches = 0.0, 0
+        for start in range(0, len(data), batch_size):
+            x0 = data[order[start : start + batch_size]]
+            t = torch.randint(0, prior.config.timesteps, (len(x0),), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            a = abar[t][:, None, None]
+            loss = torch.nn.functional.mse_loss(
+                prior(a.sqrt() * x0 + (1 - a).sqrt() * noise, t), noise
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, batches = total + float(loss), batches + 1
+        losses.append(total / batches)
+    return losses
