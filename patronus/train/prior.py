@@ -20,9 +20,8 @@ def train_prior(
     """Fit the normalisation to ``activations`` (N, P) and train with Adam on the noise MSE
     (t uniform in [0, T)); returns the mean loss of every epoch."""
     if activations.dim() != 2 or activations.shape[1] != prior.config.num_prototypes:
-        raise ValueError(
-            f"activations must be (N, {prior.config.num_prototypes}), got {tuple(activations.shape)}"
-        )
+        expected = prior.config.num_prototypes
+        raise ValueError(f"activations must be (N, {expected}), got {tuple(activations.shape)}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     prior.fit_normalisation(activations)
