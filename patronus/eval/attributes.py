@@ -1,0 +1,56 @@
+"""Attribute tables of the datasets: which label columns are binary attributes (ROC-AUC, TAD)
+and which are class labels (accuracy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from patronus.data.synthetic import FACTORS
+
+
+@dataclass(frozen=True)
+class Attributes:
+    names: list[str]
+    values: torch.Tensor  # (N, A) float: {0, 1} for binary columns, class indices, NaN = missing
+    binary: list[bool]
+
+    def binary_only(self) -> Attributes:
+        keep = [i for i, b in enumerate(self.binary) if b]
+        return Attributes([self.names[i] for i in keep], self.values[:, keep], [True] * len(keep))
+
+
+def attribute_table(
+    dataset: str, labels: torch.Tensor, names: list[str] | None = None
+) -> Attributes:
+    """Labels as the loaders return them -> attributes.
+
+    Class-labelled sets (Fashion-MNIST, CIFAR-10, folders): one class column. Synthetic shapes:
+    each factor as a class column, and each value of each factor as a binary attribute
+    ("colour=red"), so TAD and diagnosis can use them. CelebA: its 40 binary attributes (``names``
+    from the loader). CheXpert: 14 observations, positive = 1, negative = 0, uncertain or not
+    mentioned = missing.
+    """
+    if dataset == "synthetic":
+        columns, kinds, values = [], [], []
+        for index, (factor, options) in enumerate(FACTORS.items()):
+            columns.append(factor)
+            kinds.append(len(options) == 2)
+            values.append(labels[:, index].float())
+        for index, (factor, options) in enumerate(FACTORS.items()):
+            if len(options) == 2:
+                continue
+            for value, option in enumerate(options):
+                columns.append(f"{factor}={option}")
+                kinds.append(True)
+                values.append((labels[:, index] == value).float())
+        return Attributes(columns, torch.stack(values, dim=1), kinds)
+    if dataset in ("celeba", "chexpert"):
+        values = labels.float().clone()
+        if dataset == "chexpert":
+            values[values < 0] = float("nan")  # uncertain
+        count = values.shape[1]
+        return Attributes(list(names or [f"attribute_{i}" for i in range(count)]), values,
+                          [True] * count)  # fmt: skip
+    return Attributes(["class"], labels.float().reshape(-1, 1), [False])

@@ -1,0 +1,58 @@
+"""Generation quality: samples written as PNG, and their Fréchet and kernel distances to a
+reference set in the features of a classifier the project trains itself (or a user-supplied
+feature extractor)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from patronus.data.images import save_image, to_uint8
+from patronus.eval.frechet import feature_statistics, frechet_distance, kernel_distance
+from patronus.models import Patronus
+
+Features = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def generate(
+    model: Patronus,
+    activations: torch.Tensor,
+    steps: int = 50,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Decode one sample per activation vector (N, P) -> (N, C, H, W) on the CPU."""
+    chunks = activations.split(batch_size)
+    samples = [
+        model.sample(s.to(model.device), steps, generator=generator, clip_x0=True).cpu()
+        for s in tqdm(chunks, desc="generating", disable=not progress)
+    ]
+    return torch.cat(samples)
+
+
+def write_pngs(images: torch.Tensor, folder: Path) -> Path:
+    """One lossless PNG per image (00000.png, ...)."""
+    for index, pixels in enumerate(to_uint8(images).permute(0, 2, 3, 1)):
+        save_image(pixels, folder / f"{index:05d}.png")
+    return folder
+
+
+@torch.no_grad()
+def features_of(extractor: Features, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([extractor(chunk).double() for chunk in images.split(batch_size)])
+
+
+def distances(
+    extractor: Features, generated: torch.Tensor, reference: torch.Tensor, seed: int = 0
+) -> dict[str, float]:
+    """Fréchet distance and KID (mean, std) between generated and reference images."""
+    fake, real = features_of(extractor, generated), features_of(extractor, reference)
+    fid = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
+    kid, kid_std = kernel_distance(fake, real, generator=torch.Generator().manual_seed(seed))
+    return {"fid": fid, "kid": kid, "kid_std": kid_std, "generated": len(generated),
+            "reference": len(reference)}  # fmt: skip
