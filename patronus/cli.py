@@ -246,6 +246,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--eta", type=float, default=0.0)
     parser.add_argument("--variations", type=int, default=1, help="samples per conditioning")
     parser.add_argument("--clip", action="store_true", help="clip predicted x0 to [-1, 1]")
+    parser.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="draw --num activation vectors from the prior (patronus train-prior)",
+    )
     parser.set_defaults(handler=_cmd_sample)
 
 
@@ -255,7 +260,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     model = _load_model(args)
     originals = None
-    if args.activations:
+    if args.unconditional:
+        from patronus.checkpoint import resolve_checkpoint
+        from patronus.eval.cli import _load_prior
+        from patronus.models.prior import sample_prior
+
+        prior = _load_prior(resolve_checkpoint(args.checkpoint)).to(args.device)
+        prior_generator = torch.Generator(args.device).manual_seed(args.seed)
+        s = sample_prior(prior, args.num, generator=prior_generator)
+    elif args.activations:
         s = read_activations(args.activations).to(args.device)
     else:
         originals = _load_images(args, model)
@@ -433,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_invert(sub)
     _add_interpret(sub)
+    from patronus.eval.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -15,10 +15,16 @@ class Attributes:
     names: list[str]
     values: torch.Tensor  # (N, A) float: {0, 1} for binary columns, class indices, NaN = missing
     binary: list[bool]
+    groups: list[str]  # attributes of one group (values of one factor) are not compared for TAD
 
     def binary_only(self) -> Attributes:
         keep = [i for i, b in enumerate(self.binary) if b]
-        return Attributes([self.names[i] for i in keep], self.values[:, keep], [True] * len(keep))
+        return Attributes(
+            [self.names[i] for i in keep],
+            self.values[:, keep],
+            [True] * len(keep),
+            [self.groups[i] for i in keep],
+        )
 
 
 def attribute_table(
@@ -33,11 +39,12 @@ def attribute_table(
     mentioned = missing.
     """
     if dataset == "synthetic":
-        columns, kinds, values = [], [], []
+        columns, kinds, values, groups = [], [], [], []
         for index, (factor, options) in enumerate(FACTORS.items()):
             columns.append(factor)
             kinds.append(len(options) == 2)
             values.append(labels[:, index].float())
+            groups.append(factor)
         for index, (factor, options) in enumerate(FACTORS.items()):
             if len(options) == 2:
                 continue
@@ -45,12 +52,13 @@ def attribute_table(
                 columns.append(f"{factor}={option}")
                 kinds.append(True)
                 values.append((labels[:, index] == value).float())
-        return Attributes(columns, torch.stack(values, dim=1), kinds)
+                groups.append(factor)
+        return Attributes(columns, torch.stack(values, dim=1), kinds, groups)
     if dataset in ("celeba", "chexpert"):
         values = labels.float().clone()
         if dataset == "chexpert":
             values[values < 0] = float("nan")  # uncertain
         count = values.shape[1]
-        return Attributes(list(names or [f"attribute_{i}" for i in range(count)]), values,
-                          [True] * count)  # fmt: skip
-    return Attributes(["class"], labels.float().reshape(-1, 1), [False])
+        columns = list(names or [f"attribute_{i}" for i in range(count)])
+        return Attributes(columns, values, [True] * count, columns)
+    return Attributes(["class"], labels.float().reshape(-1, 1), [False], ["class"])

@@ -35,10 +35,14 @@ class SmallClassifier(nn.Module):
 
         def block(c_in: int, c_out: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
-                nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
                 nn.MaxPool2d(2),
-            )  # fmt: skip
+            )
 
         self.body = nn.Sequential(block(config.channels, w), block(w, 2 * w), block(2 * w, 4 * w))
         self.features = nn.Sequential(nn.Linear(4 * w, config.feature_dim), nn.ReLU())

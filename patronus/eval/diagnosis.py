@@ -91,8 +91,14 @@ def diagnose(
         correlation = phi(labels[:, t], labels[:, a])
         flagged = overlap >= min_overlap and abs(correlation) >= min_phi
         suspects.append(Suspect(name, shared, overlap, correlation, flagged))
-    return Diagnosis(target, top[t].tolist(), matrix.tolist(), names, suspects,
-                     {"top_k": top_k, "min_overlap": min_overlap, "min_phi": min_phi})  # fmt: skip
+    return Diagnosis(
+        target,
+        top[t].tolist(),
+        matrix.tolist(),
+        names,
+        suspects,
+        {"top_k": top_k, "min_overlap": min_overlap, "min_phi": min_phi},
+    )
 
 
 @torch.no_grad()
@@ -141,14 +147,29 @@ def confirm(
     for suspect in diagnosis.suspects:
         if suspect.flagged:
             a = diagnosis.attributes.index(suspect.attribute)
-            effect = intervene(model, images, activations, labels[:, t], suspect.shared_prototypes,
-                               classifier, a, steps)  # fmt: skip
-            suspect = Suspect(**{**asdict(suspect), "effect": effect,
-                                 "confirmed": effect >= min_effect})  # fmt: skip
+            effect = intervene(
+                model,
+                images,
+                activations,
+                labels[:, t],
+                suspect.shared_prototypes,
+                classifier,
+                a,
+                steps,
+            )
+            suspect = Suspect(
+                **{**asdict(suspect), "effect": effect, "confirmed": effect >= min_effect}
+            )
         suspects.append(suspect)
     thresholds = {**diagnosis.thresholds, "min_effect": min_effect}
-    return Diagnosis(diagnosis.target, diagnosis.top_prototypes, diagnosis.auroc,
-                     diagnosis.attributes, suspects, thresholds)  # fmt: skip
+    return Diagnosis(
+        diagnosis.target,
+        diagnosis.top_prototypes,
+        diagnosis.auroc,
+        diagnosis.attributes,
+        suspects,
+        thresholds,
+    )
 
 
 def write_diagnosis(diagnosis: Diagnosis, folder: Path) -> Path:

@@ -54,5 +54,10 @@ def distances(
     fake, real = features_of(extractor, generated), features_of(extractor, reference)
     fid = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
     kid, kid_std = kernel_distance(fake, real, generator=torch.Generator().manual_seed(seed))
-    return {"fid": fid, "kid": kid, "kid_std": kid_std, "generated": len(generated),
-            "reference": len(reference)}  # fmt: skip
+    return {
+        "fid": fid,
+        "kid": kid,
+        "kid_std": kid_std,
+        "generated": len(generated),
+        "reference": len(reference),
+    }

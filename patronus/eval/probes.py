@@ -69,18 +69,23 @@ def linear_probes(
             model = LogisticRegression(max_iter=2000).fit(scaler.transform(x[train]), y_train)
             x_test = scaler.transform(x[test])
             if binary:
-                score = float(roc_auc(torch.from_numpy(model.decision_function(x_test)),
-                                      torch.from_numpy(y_test)))  # fmt: skip
+                score = float(
+                    roc_auc(
+                        torch.from_numpy(model.decision_function(x_test)), torch.from_numpy(y_test)
+                    )
+                )
             else:
                 score = float((model.predict(x_test) == y_test).mean())
             if not math.isnan(score):
                 scores.append(score)
         if scores:
             values = torch.tensor(scores, dtype=torch.float64)
-            results[name] = {"metric": "roc_auc" if binary else "accuracy",
-                             "mean": float(values.mean()),
-                             "std": float(values.std()) if len(scores) > 1 else 0.0,
-                             "folds": len(scores)}  # fmt: skip
+            results[name] = {
+                "metric": "roc_auc" if binary else "accuracy",
+                "mean": float(values.mean()),
+                "std": float(values.std()) if len(scores) > 1 else 0.0,
+                "folds": len(scores),
+            }
     return results
 
 
@@ -95,16 +100,18 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor) -> float:
     return entropy(a) + entropy(b) - entropy(joint)
 
 
-def entropy_reduction(labels: torch.Tensor) -> torch.Tensor:
-    """(N, A) binary labels -> (A,) max_k I(y_i; y_k) / H(y_i) over the other attributes."""
+def entropy_reduction(labels: torch.Tensor, groups: Sequence[str] | None = None) -> torch.Tensor:
+    """(N, A) binary labels -> (A,) max_k I(y_i; y_k) / H(y_i) over the other attributes
+    (attributes of one group, e.g. the one-vs-rest values of one factor, are not compared)."""
     count = labels.shape[1]
+    groups = list(groups) if groups is not None else list(range(count))
     result = torch.zeros(count, dtype=torch.float64)
     for i in range(count):
         h = entropy(labels[:, i])
-        if h == 0 or count == 1:
+        others = [k for k in range(count) if groups[k] != groups[i]]
+        if h == 0 or not others:
             continue
-        result[i] = max(mutual_information(labels[:, i], labels[:, k]) / h
-                        for k in range(count) if k != i)  # fmt: skip
+        result[i] = max(mutual_information(labels[:, i], labels[:, k]) / h for k in others)
     return result
 
 
@@ -121,12 +128,14 @@ def tad(
     seed: int = 0,
     min_auroc: float = 0.75,
     max_entropy_reduction: float = 0.2,
+    groups: Sequence[str] | None = None,
 ) -> dict:
-    """TAD, the captured attributes and the per-attribute gaps, on held-out folds."""
+    """TAD, the captured attributes and the per-attribute gaps, on held-out folds (``groups``:
+    see :func:`entropy_reduction`)."""
     if activations.shape[1] < 2:
         raise ValueError(f"TAD needs at least 2 prototypes, got {activations.shape[1]}")
     labels = labels.long()
-    reduction = entropy_reduction(labels)
+    reduction = entropy_reduction(labels, groups)
     gaps = torch.zeros(folds, labels.shape[1], dtype=torch.float64)
     best = torch.zeros_like(gaps)
     for fold, held_out in enumerate(fold_indices(len(labels), folds, seed)):
@@ -142,8 +151,12 @@ def tad(
         "tad": float(gap[captured].sum()),
         "captured": [name for name, c in zip(names, captured.tolist(), strict=True) if c],
         "attributes": {
-            name: {"best_auroc": float(best_auroc[i]), "gap": float(gap[i]),
-                   "entropy_reduction": float(reduction[i]), "captured": bool(captured[i])}
+            name: {
+                "best_auroc": float(best_auroc[i]),
+                "gap": float(gap[i]),
+                "entropy_reduction": float(reduction[i]),
+                "captured": bool(captured[i]),
+            }
             for i, name in enumerate(names)
         },
-    }  # fmt: skip
+    }

@@ -51,11 +51,13 @@ class ActivationPrior(nn.Module):
         c = config.channels
         self.time_embedding = TimeEmbedding(config.timesteps, c, 2 * c)
         self.stem = nn.Conv1d(1, c, 3, padding=1)
-        self.down = nn.ModuleList([_Block(c * 2**i, c * 2 ** (i + 1), 2 * c)
-                                   for i in range(config.levels)])  # fmt: skip
+        self.down = nn.ModuleList(
+            [_Block(c * 2**i, c * 2 ** (i + 1), 2 * c) for i in range(config.levels)]
+        )
         self.middle = _Block(c * 2**config.levels, c * 2**config.levels, 2 * c)
-        self.up = nn.ModuleList([_Block(c * 2 ** (i + 2), c * 2**i, 2 * c)
-                                 for i in reversed(range(config.levels))])  # fmt: skip
+        self.up = nn.ModuleList(
+            [_Block(c * 2 ** (i + 2), c * 2**i, 2 * c) for i in reversed(range(config.levels))]
+        )
         self.head = nn.Conv1d(c, 1, 3, padding=1)
         self.register_buffer("mean", torch.zeros(config.num_prototypes))
         self.register_buffer("std", torch.ones(config.num_prototypes))
