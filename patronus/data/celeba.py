@@ -60,14 +60,37 @@ def read_partition(path: Path) -> dict[str, int]:
         raise DataLayoutError("CelebA", f"{path} is malformed: {error}", LAYOUT) from error
 
 
+def biased_subset(
+    files: list[str], attributes: dict[str, list[int]], names: list[str]
+) -> list[str]:
+    """The paper's biased subset: (Blond_Hair or Brown_Hair) and Smiling, or Black_Hair and not
+    Smiling (other hair colours dropped)."""
+    missing = {"Blond_Hair", "Brown_Hair", "Black_Hair", "Smiling"} - set(names)
+    if missing:
+        raise DataLayoutError("CelebA", f"the attribute file lacks {sorted(missing)}", LAYOUT)
+    blond, brown, black, smiling = (
+        names.index(n) for n in ("Blond_Hair", "Brown_Hair", "Black_Hair", "Smiling")
+    )
+
+    def keep(row: list[int]) -> bool:
+        if row[smiling]:
+            return bool(row[blond] or row[brown]) and not row[black]
+        return bool(row[black]) and not (row[blond] or row[brown])
+
+    return [name for name in files if keep(attributes[name])]
+
+
 class CelebA(Dataset):
     """Items ``(image (3, size, size) in [-1, 1], attributes (40,) int64 in {0, 1})``.
 
     Images are resized from 178x218 to ``image_size`` squared (the paper's preprocessing).
-    ``split`` is "train", "valid", "test" or "all".
+    ``split`` is "train", "valid", "test" or "all". ``biased`` keeps the paper's shortcut subset
+    (PAPER.md section 8): blond and brown hair only when smiling, black hair only when not.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", image_size: int = 64) -> None:
+    def __init__(
+        self, root: str | Path, split: str = "train", image_size: int = 64, biased: bool = False
+    ) -> None:
         if split not in (*SPLITS, "all"):
             raise ValueError(f"split must be one of {[*SPLITS, 'all']}, got {split!r}")
         if not Path(root).is_dir():
@@ -81,6 +104,8 @@ class CelebA(Dataset):
         self.files = sorted(
             name for name in attributes if split == "all" or partition.get(name) == SPLITS[split]
         )
+        if biased:
+            self.files = biased_subset(self.files, attributes, self.attribute_names)
         self.attributes = torch.tensor([attributes[name] for name in self.files], dtype=torch.long)
         self.image_size = image_size
 

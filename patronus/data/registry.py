@@ -14,7 +14,20 @@ from patronus.data.fashion_mnist import FashionMNIST
 from patronus.data.image_folder import FFHQ, ImageFolder
 from patronus.data.synthetic import SyntheticShapes
 
-DATASETS = ("fashion-mnist", "cifar10", "celeba", "ffhq", "chexpert", "folder", "synthetic")
+DATASETS = (
+    "fashion-mnist",
+    "cifar10",
+    "celeba",
+    "celeba-biased",
+    "ffhq",
+    "chexpert",
+    "folder",
+    "synthetic",
+    "synthetic-shortcut",
+)
+# the planted shortcut: an object's colour follows its shape (square red, circle green, triangle
+# blue) in 95% of the images
+SHORTCUT = {"correlate": ("shape", "colour"), "correlation": 0.95}
 
 
 def _require_dir(name: str, data_dir: str | Path | None) -> Path:
@@ -38,15 +51,19 @@ def build_dataset(
     uses ``seed`` and has ``limit`` images (default 10000); ``limit`` keeps the first images of the
     others. Fashion-MNIST finds the Debian package by itself when ``data_dir`` is None.
     """
-    if name == "synthetic":
+    if name in ("synthetic", "synthetic-shortcut"):
         split_seed = seed if split == "train" else seed + 1  # other splits: other images
-        return SyntheticShapes(limit or 10000, image_size or 32, channels or 3, split_seed)
+        planted = SHORTCUT if name == "synthetic-shortcut" else {}
+        return SyntheticShapes(
+            limit or 10000, image_size or 32, channels or 3, split_seed, **planted
+        )
     if name == "fashion-mnist":
         return FashionMNIST(data_dir, split, image_size or 32, limit)
     if name == "cifar10":
         dataset: Dataset = CIFAR10(_require_dir(name, data_dir), split)
-    elif name == "celeba":
-        dataset = CelebA(_require_dir(name, data_dir), split, image_size or 64)
+    elif name in ("celeba", "celeba-biased"):
+        biased = name == "celeba-biased"
+        dataset = CelebA(_require_dir(name, data_dir), split, image_size or 64, biased=biased)
     elif name == "ffhq":
         dataset = FFHQ(_require_dir(name, data_dir), image_size or 64)
     elif name == "chexpert":

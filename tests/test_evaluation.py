@@ -1,0 +1,301 @@
+"""Shortcut diagnosis, the activation prior, the biased CelebA subset and the evaluation CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from patronus import Patronus
+from patronus.cli import main
+from patronus.data import CelebA, SyntheticShapes
+from patronus.data.registry import SHORTCUT
+from patronus.eval.attributes import attribute_table
+from patronus.eval.classifier import (
+    ClassifierConfig,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from patronus.eval.diagnosis import confirm, diagnose
+from patronus.models.presets import get_preset
+from patronus.models.prior import ActivationPrior, PriorConfig, sample_prior
+from patronus.train import TrainConfig, Trainer
+
+
+def trained_on(dataset, tmp_path, steps=500):
+    torch.manual_seed(0)
+    config = TrainConfig(
+        max_steps=steps, batch_size=32, learning_rate=2e-3, progress=False, checkpoint_every=10_000
+    )
+    trainer = Trainer(
+        Patronus(get_preset("synthetic-tiny").model), dataset, config, tmp_path, "cpu"
+    )
+    trainer.fit()
+    return trainer.model.eval()
+
+
+@pytest.fixture(scope="module")
+def shortcut_models(tmp_path_factory):
+    biased = SyntheticShapes(512, 24, 3, seed=0, **SHORTCUT)
+    unbiased = SyntheticShapes(512, 24, 3, seed=0)
+    tests = {
+        "biased": SyntheticShapes(600, 24, 3, seed=1, **SHORTCUT),
+        "unbiased": SyntheticShapes(600, 24, 3, seed=1),
+    }
+    return {
+        "biased": (trained_on(biased, tmp_path_factory.mktemp("b")), tests["biased"]),
+        "unbiased": (trained_on(unbiased, tmp_path_factory.mktemp("u")), tests["unbiased"]),
+    }
+
+
+def encoded(model, data):
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        activations = model.encode(images)
+    table = attribute_table("synthetic", data.factor_table).binary_only()
+    return images, activations, table
+
+
+def test_diagnosis_flags_the_planted_shortcut_only(shortcut_models, record_property):
+    results = {}
+    for name, (model, data) in shortcut_models.items():
+        _, activations, table = encoded(model, data)
+        diagnosis = diagnose(activations, table.values.long(), table.names, "shape=square")
+        results[name] = diagnosis
+        record_property(f"{name}_flagged", diagnosis.flagged)
+    assert "colour=red" in results["biased"].flagged
+    assert results["unbiased"].flagged == []
+    red = next(s for s in results["biased"].suspects if s.attribute == "colour=red")
+    assert red.phi > 0.8 and red.overlap >= 2 / 3
+
+
+def test_intervention_measures_the_other_attribute(shortcut_models, record_property):
+    model, data = shortcut_models["biased"]
+    images, activations, table = encoded(model, data)
+    values = table.values.long()
+    config = ClassifierConfig(3, 24, len(table.names), multilabel=True)
+    batches = list(zip(images.split(64), values.float().split(64), strict=True))
+    classifier = train_classifier(config, batches, 150)
+    diagnosis = diagnose(activations, values, table.names, "shape=square")
+    confirmed = confirm(
+        diagnosis, model, images[:24], activations[:24], values[:24], classifier, steps=10
+    )
+    red = next(s for s in confirmed.suspects if s.attribute == "colour=red")
+    record_property("red_effect", red.effect)
+    print("intervention effect on P(red):", red.effect)
+    assert red.effect is not None and red.effect >= 0 and red.confirmed is not None
+    assert "min_effect" in confirmed.thresholds
+
+
+def test_biased_celeba_subset(tmp_path):
+    from test_data import write_celeba
+
+    write_celeba(tmp_path, count=8)
+    names = (tmp_path / "list_attr_celeba.txt").read_text().splitlines()[1].split()
+    lines = (tmp_path / "list_attr_celeba.txt").read_text().splitlines()
+    renamed = {8: "Black_Hair", 9: "Blond_Hair", 11: "Brown_Hair", 31: "Smiling"}
+    names = [renamed.get(i, n) for i, n in enumerate(names)]
+    cases = [  # (black, blond, brown, smiling) -> kept
+        ((0, 1, 0, 1), True),
+        ((0, 0, 1, 1), True),
+        ((1, 0, 0, 0), True),
+        ((1, 0, 0, 1), False),
+        ((0, 1, 0, 0), False),
+        ((0, 0, 0, 1), False),
+        ((0, 0, 1, 0), False),
+        ((0, 0, 0, 0), False),
+    ]
+    rows = []
+    for line, (flags, _) in zip(lines[2:], cases, strict=True):
+        fields = line.split()
+        values = [-1] * 40
+        for column, flag in zip((8, 9, 11, 31), flags, strict=True):
+            values[column] = 1 if flag else -1
+        rows.append(" ".join([fields[0], *map(str, values)]))
+    (tmp_path / "list_attr_celeba.txt").write_text("\n".join([lines[0], " ".join(names), *rows]))
+    kept = CelebA(tmp_path, "all", biased=True).files
+    assert kept == [f"{i + 1:06d}.jpg" for i, (_, keep) in enumerate(cases) if keep]
+
+
+def toy_eps(x, t):
+    return torch.tanh(x * 0.5) * torch.cos(t.double() / 30).reshape(-1, 1, 1).to(x.dtype)
+
+
+def test_prior_ddim_matches_float64_equations():
+    prior = ActivationPrior(PriorConfig(num_prototypes=6))
+    prior.forward = toy_eps  # the network replaced by a known function
+    prior.mean.fill_(0.5)
+    prior.std.fill_(2.0)
+    generator = torch.Generator().manual_seed(0)
+    drawn = sample_prior(prior, 4, steps=10, generator=generator)
+    x = torch.randn((4, 1, 6), generator=torch.Generator().manual_seed(0)).double().numpy()
+    abar = np.cumprod(1 - np.linspace(1e-3, 0.2, 100))
+    levels = [round(i * 99 / 9) for i in range(10)][::-1]
+    for i, t in enumerate(levels):
+        prev = abar[levels[i + 1]] if i + 1 < len(levels) else 1.0
+        eps = toy_eps(torch.from_numpy(x), torch.full((4,), t)).numpy()
+        x0 = (x - np.sqrt(1 - abar[t]) * eps) / np.sqrt(abar[t])
+        x = np.sqrt(prev) * x0 + np.sqrt(1 - prev) * eps
+    np.testing.assert_allclose(drawn.numpy(), x[:, 0, :] * 2.0 + 0.5, rtol=1e-4, atol=1e-4)
+
+
+def test_prior_original_sampler_renoises_with_fresh_noise():
+    prior = ActivationPrior(
+        PriorConfig(num_prototypes=3, timesteps=5, beta_start=0.1, beta_end=0.5)
+    )
+    prior.forward = toy_eps
+    drawn = sample_prior(prior, 2, generator=torch.Generator().manual_seed(1), sampler="original")
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn((2, 1, 3), generator=generator)
+    abar = torch.cumprod(1 - torch.linspace(0.1, 0.5, 5, dtype=torch.float64), 0)
+    for t in range(4, -1, -1):
+        eps = toy_eps(x, torch.full((2,), t))
+        prev = float(abar[t - 1]) if t > 0 else 1.0
+        x0 = (x - (1 - float(abar[t])) ** 0.5 * eps) / float(abar[t]) ** 0.5
+        noise = torch.randn(x.shape, generator=generator) if t > 0 else 0.0
+        x = prev**0.5 * x0 + (1 - prev) ** 0.5 * noise
+    torch.testing.assert_close(drawn, x[:, 0, :])
+    with pytest.raises(ValueError, match="sampler must be"):
+        sample_prior(prior, 1, sampler="euler")
+
+
+def test_classifier_round_trip(tmp_path):
+    config = ClassifierConfig(1, 16, 3)
+    images, labels = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    model = train_classifier(config, [(images, labels)], 3)
+    loaded = load_classifier(save_classifier(model, tmp_path / "c"))
+    torch.testing.assert_close(loaded(images), model(images))
+    assert loaded.embed(images).shape == (8, 128)
+
+
+@pytest.fixture(scope="module")
+def shortcut_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli_run")
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "synthetic-tiny",
+                "--dataset",
+                "synthetic-shortcut",
+                "--limit",
+                "256",
+                "--steps",
+                "40",
+                "--batch-size",
+                "32",
+                "--lr",
+                "2e-3",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    return run
+
+
+def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
+    run = str(shortcut_run)
+    assert (
+        main(
+            [
+                "evaluate",
+                "probes",
+                run,
+                "--limit",
+                "200",
+                "--out",
+                str(tmp_path / "p"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    probes = json.loads((tmp_path / "p" / "probes.json").read_text())
+    assert probes["probes"]["colour"]["metric"] == "accuracy"
+    assert probes["probes"]["background"]["metric"] == "roc_auc" and "tad" in probes
+    assert (
+        main(
+            [
+                "diagnose",
+                run,
+                "--target",
+                "shape=square",
+                "--limit",
+                "300",
+                "--num-images",
+                "8",
+                "--steps",
+                "4",
+                "--classifier-steps",
+                "10",
+                "--out",
+                str(tmp_path / "d"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "d" / "diagnosis.html").is_file()
+    assert main(["train-prior", run, "--epochs", "2", "--limit", "128", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                run,
+                "--unconditional",
+                "--num",
+                "4",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "u"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "fid",
+                run,
+                "--num",
+                "32",
+                "--steps",
+                "3",
+                "--unconditional",
+                "--classifier-steps",
+                "5",
+                "--out",
+                str(tmp_path / "f"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    fid = json.loads((tmp_path / "f" / "fid.json").read_text())
+    assert fid["fid"] >= 0 and fid["generated"] == 32
+    assert len(list((tmp_path / "f" / "samples").glob("*.png"))) == 32
+    capsys.readouterr()
+
+
+def test_evaluation_errors(shortcut_run, tiny_run, capsys):
+    assert main(["diagnose", str(shortcut_run), "--target", "hair=blond", "--limit", "50"]) == 2
+    assert "unknown binary attribute" in capsys.readouterr().err
+    assert main(["evaluate", "fid", str(tiny_run), "--unconditional", "--num", "4"]) == 2
+    assert "train-prior" in capsys.readouterr().err
+    from patronus import load_model, save_model
+
+    missing = shortcut_run.parent / "missing_data"
+    save_model(
+        load_model(tiny_run),
+        missing,
+        metadata={"data": {"name": "celeba", "data_dir": "/nonexistent", "seed": 0}},
+    )
+    assert main(["evaluate", "probes", str(missing), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
