@@ -57,3 +57,27 @@ def test_kid_is_unbiased_for_one_distribution():
     assert abs(mean) < 3 * std / np.sqrt(50) + 1e-3  # centred on 0, not biased upwards
     shifted, _ = kernel_distance(a, b + 0.5, subsets=20, subset_size=500, generator=generator)
     assert shifted > 10 * abs(mean) and shifted > 0.01
+
+
+def test_fid_inception_architecture_and_weight_loading(tmp_path):
+    from patronus.eval.inception import FIDInception, load_fid_inception
+
+    torch.manual_seed(0)
+    network = FIDInception().eval()
+    with torch.no_grad():
+        features = network(torch.rand(2, 1, 32, 32) * 2 - 1)
+    assert features.shape == (2, 2048) and (features >= 0).all()  # pool3 of ReLU outputs
+    state = network.state_dict()
+    assert state["fc.weight"].shape == (1008, 2048)  # the FID weights' 1008-class head
+    assert state["Mixed_7c.branch_pool.conv.weight"].shape == (192, 2048, 1, 1)
+    torch.save(state, tmp_path / "weights.pth")
+    loaded = load_fid_inception(tmp_path / "weights.pth")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(torch.zeros(1, 3, 40, 40)), network(torch.zeros(1, 3, 40, 40))
+        )
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not an Inception-v3 FID weight file"):
+        load_fid_inception(tmp_path / "other.pth")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        load_fid_inception(tmp_path / "missing.pth")
