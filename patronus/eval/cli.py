@@ -35,6 +35,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=2000,
         help="training steps of the feature classifier when none is saved",
     )
+    fid.add_argument(
+        "--inception-weights",
+        type=Path,
+        help="pytorch-fid's pt_inception-2015-12-05 weights: the standard FID "
+        "(default: the project's own classifier features)",
+    )
     fid.set_defaults(handler=_cmd_fid)
 
     diagnose = sub.add_parser("diagnose", help="shortcut diagnosis for a target attribute")
@@ -169,10 +175,16 @@ def _cmd_fid(args: argparse.Namespace) -> int:
     write_pngs(generated, out / "samples")
     test = dataset("test")
     reference = torch.stack([test[i][0] for i in range(min(len(test), args.num))])
-    classifier = _classifier(folder, model, dataset, args.classifier_steps, args.seed)
-    result = distances(classifier.embed, generated, reference, args.seed)
+    if args.inception_weights:
+        from patronus.eval.inception import load_fid_inception
+
+        extractor, features = load_fid_inception(args.inception_weights), "Inception-v3 pool3"
+    else:
+        classifier = _classifier(folder, model, dataset, args.classifier_steps, args.seed)
+        extractor, features = classifier.embed, "patronus classifier (penultimate layer)"
+    result = distances(extractor, generated, reference, args.seed)
     result.update(
-        features="patronus classifier (penultimate layer)",
+        features=features,
         steps=args.steps,
         conditioning="prior" if args.unconditional else "training images",
     )
