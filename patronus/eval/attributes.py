@@ -38,7 +38,7 @@ def attribute_table(
     from the loader). CheXpert: 14 observations, positive = 1, negative = 0, uncertain or not
     mentioned = missing.
     """
-    if dataset == "synthetic":
+    if dataset in ("synthetic", "synthetic-shortcut"):
         columns, kinds, values, groups = [], [], [], []
         for index, (factor, options) in enumerate(FACTORS.items()):
             columns.append(factor)
@@ -54,7 +54,7 @@ def attribute_table(
                 values.append((labels[:, index] == value).float())
                 groups.append(factor)
         return Attributes(columns, torch.stack(values, dim=1), kinds, groups)
-    if dataset in ("celeba", "chexpert"):
+    if dataset in ("celeba", "celeba-biased", "chexpert"):
         values = labels.float().clone()
         if dataset == "chexpert":
             values[values < 0] = float("nan")  # uncertain
