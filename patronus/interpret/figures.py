@@ -106,7 +106,7 @@ def emergence_figure(emergence: Emergence, path: Path | None = None, columns: in
         axis.tick_params(labelsize=6)
     for index in range(count, rows * columns):
         axes[index // columns, index % columns].axis("off")
-    figure.supxlabel("timestep t (denoising runs right to left)", fontsize=8)
+    figure.supxlabel("timestep t (denoising runs left to right, from noise to image)", fontsize=8)
     figure.supylabel("s_J(edit) - s_J(reference)", fontsize=8)
     figure.tight_layout()
     return save(figure, path)

@@ -70,14 +70,14 @@ table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;paddi
 
 
 def _prepare(model: Patronus, inputs: ReportInputs, options: ReportOptions):
-    """(prototypes, images, bounds (P,), inversion of the images)."""
+    """(prototypes, reference activations (N, P), bounds (P,), inversion of the images)."""
     model.eval()
     device = model.device
     prototypes = list(options.prototypes or range(model.num_prototypes))
     images = inputs.images[: options.num_images].to(device)
     reference = model.encode(inputs.reference.to(device))
     bounds = activation_bounds(reference, options.quantile, options.global_max)
-    return prototypes, images, bounds, invert_images(model, images, options.steps)
+    return prototypes, reference, bounds, invert_images(model, images, options.steps)
 
 
 def _what(model: Patronus, inputs: ReportInputs, options: ReportOptions, setup):
@@ -161,7 +161,8 @@ def build_report(
     started = time.perf_counter()
     counter = _NetworkCounter(model)
     setup = _prepare(model, inputs, options)
-    prototypes, images, bounds, inversion = setup
+    prototypes, reference, bounds, inversion = setup
+    images = inversion.images
     vis, nearest, edit_maps = _what(model, inputs, options, setup)
     emergence = trace_emergence(
         model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
@@ -171,7 +172,9 @@ def build_report(
     varied = analyses.variations(model, inversion, 4, generator)
     interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
     strongest = prototypes[int(vis.edit_activation.max(1).values.argmax())]
-    values = torch.linspace(0, 1.5 * float(bounds[strongest]), 8)
+    # from its lowest observed activation to half the observed range beyond the bound
+    low, high = float(reference[:, strongest].min()), float(bounds[strongest])
+    values = torch.linspace(low, high + 0.5 * (high - low), 8)
     extrapolated = analyses.extrapolation(model, inversion, strongest, values)
     consistent = analyses.consistency(model, inversion, strongest, float(bounds[strongest]))
 
@@ -193,7 +196,9 @@ def build_report(
             [interpolated], ["image 0 -> 1"], out_dir / "interpolation.png"
         ),
         "extrapolation": figures.grid_figure(
-            [extrapolated], [f"s_{strongest}: 0 .. 1.5 bound"], out_dir / "extrapolation.png"
+            [extrapolated],
+            [f"s_{strongest}: {float(values[0]):.1f} .. {float(values[-1]):.1f}"],
+            out_dir / "extrapolation.png",
         ),
         "consistency": figures.grid_figure(
             [images, consistent.edits],
@@ -336,9 +341,9 @@ receptive field), the patch, and J's similarity over the edit.</p>
 <h2>When: emergence during denoising</h2>
 <p class="note">While decoding each edit and the unedited reference from the same x_T, the
 predicted clean image of every step is encoded. Curves show s_J(edit) - s_J(reference) against the
-timestep (denoising runs from t = 999 on the left of the data to 0; the axis is reversed). A
-prototype emerges at the first step from which this gap stays above {opts["emergence_fraction"]:.0%}
-of its final value (red lines); it does not emerge where the final gap is below 0.05.</p>
+timestep, from t = 999 (pure noise, left) to 0 (the image, right). A prototype emerges at the
+first step from which this gap stays above {opts["emergence_fraction"]:.0%} of its final value (red
+lines); it does not emerge where the final gap is below 10% of the requested change.</p>
 {_img(png["when"], "emergence curves")}
 <h2>Reconstruction</h2>
 <p class="note">DDIM inversion then decoding; mean MSE

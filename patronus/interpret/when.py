@@ -3,9 +3,11 @@
 While decoding an edit (prototype J's activation raised) and the unedited reference from the same
 x_T, the predicted clean image x0_hat(t) of every step is encoded and every prototype's activation
 recorded. Prototype J's emergence curve is the gap g(t) = s_J(edit x0_hat(t)) - s_J(reference
-x0_hat(t)). Definition: J emerges in an image when its final gap exceeds ``min_gain``; the emergence
-step is the first step from which the gap stays at or above ``fraction`` (default 1/2) of its final
-value until the end. Edits and references of all images and prototypes are decoded in one batch.
+x0_hat(t)). Definition: J emerges in an image when its final gap reaches ``min_share`` (default
+10%) of the requested change (the edit's target value minus the reference's final s_J); the
+emergence step is the first step from which the gap stays at or above ``fraction`` (default 1/2)
+of its final value until the end. Edits and references of all images and prototypes are decoded in
+one batch.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ class Emergence:
 
 
 def emergence_steps(
-    gap: torch.Tensor, fraction: float = 0.5, min_gain: float = 0.05
+    gap: torch.Tensor, fraction: float = 0.5, min_gain: float | torch.Tensor = 0.0
 ) -> torch.Tensor:
     """gap (S, ...) -> (...) first step index from which gap >= fraction * final gap up to the
-    end; -1 where the final gap is at most ``min_gain``."""
+    end; -1 where the final gap is at most ``min_gain`` (a number or a (...) tensor)."""
     final = gap[-1]
     above = gap >= fraction * final
     # stays above from step k on: reverse cumulative AND
@@ -55,7 +57,7 @@ def trace_emergence(
     prototypes: Sequence[int],
     values: torch.Tensor,
     fraction: float = 0.5,
-    min_gain: float = 0.05,
+    min_share: float = 0.1,
 ) -> Emergence:
     """Decode each prototype's edit (s_J := values, (J,) or (J, n)) and the reference together,
     tracing every prototype's activation of x0_hat at every step."""
@@ -78,7 +80,8 @@ def trace_emergence(
     reference = activations[:, :n, :][:, :, index].permute(0, 2, 1)  # (S, J, n)
     edits = activations[:, n:, :].reshape(len(timesteps), len(prototypes), n, -1)
     edit = torch.stack([edits[:, j, :, p] for j, p in enumerate(prototypes)], dim=1)  # (S, J, n)
-    steps = emergence_steps(edit - reference, fraction, min_gain)
+    requested = values.to(edit).reshape(len(prototypes), -1) - reference[-1]  # (J, n)
+    steps = emergence_steps(edit - reference, fraction, (min_share * requested).clamp_min(0))
     timestep_table = torch.tensor(timesteps)
     emergence_t = torch.where(steps >= 0, timestep_table[steps.clamp_min(0).cpu()], -1)
     return Emergence(

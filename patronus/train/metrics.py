@@ -58,13 +58,15 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: Path, smoothing: int = 20)
     steps = [row["step"] for row in rows]
     losses = [row["loss"] for row in rows]
     window = max(1, min(smoothing, len(losses) // 5))
-    smoothed = [
-        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-        for i in range(len(losses))
-    ]
+    weight = 2 / (window + 1)  # an exponential moving average, bias-corrected at the start
+    smoothed, average, total = [], 0.0, 0.0
+    for loss in losses:
+        average = (1 - weight) * average + weight * loss
+        total = (1 - weight) * total + weight
+        smoothed.append(average / total)
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     axis.plot(steps, losses, alpha=0.35, label="loss (logged steps)")
-    axis.plot(steps, smoothed, label=f"running mean ({window})")
+    axis.plot(steps, smoothed, label=f"moving average (span {window})")
     axis.set_xlabel("step")
     axis.set_ylabel("noise-prediction MSE")
     axis.set_yscale("log")
