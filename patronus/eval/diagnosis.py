@@ -5,11 +5,12 @@
    among its own top-k (the overlap) and the attributes' correlation in the data (phi).
 3. Suspected shortcut: overlap >= ``min_overlap`` (default 2 of 3) and |phi| >= ``min_phi``
    (default 0.3): the model encodes both attributes with the same prototypes and the data lets it.
-4. Confirmation by intervention: move the shared prototypes' activations from their mean over
-   target-negative images to their mean over target-positive images (and back), decode from each
-   image's own x_T, and measure how much an attribute classifier's probability of the *other*
-   attribute changes. The shortcut is confirmed when that change is at least ``min_effect``
-   (default 0.1) — editing what should be the target changes the other attribute.
+4. Confirmation by intervention: set the shared prototypes' activations of every image to a
+   typical value of the other target group (its 95% quantile on the side away from the first
+   group's mean: a target-negative image gets what target-positive images show strongly, and back),
+   decode from each image's own x_T, and measure how much an attribute classifier's probability of
+   the *other* attribute changes. The shortcut is confirmed when that change is at least
+   ``min_effect`` (default 0.1) — editing what should be the target changes the other attribute.
 """
 
 from __future__ import annotations
@@ -113,12 +114,19 @@ def intervene(
     steps: int = 50,
 ) -> float:
     """Mean |change| of the classifier's probability of attribute ``attribute_index`` when the
-    ``prototypes`` of each image are moved to the other target group's mean activations."""
+    ``prototypes`` of each image are moved to the other target group's typical strong values."""
     if not prototypes:
         return 0.0
     index = torch.tensor(list(prototypes))
-    positive = activations[target_labels.bool()][:, index].mean(0)
-    negative = activations[~target_labels.bool()][:, index].mean(0)
+    group_positive = activations[target_labels.bool()][:, index]
+    group_negative = activations[~target_labels.bool()][:, index]
+    upward = group_positive.mean(0) > group_negative.mean(0)  # per prototype
+
+    def typical(group: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        return torch.where(high, group.quantile(0.95, dim=0), group.quantile(0.05, dim=0))
+
+    positive = typical(group_positive, upward)
+    negative = typical(group_negative, ~upward)
     inversion = invert_images(model, images, steps)
     edited = inversion.activations.clone()
     flip = target_labels.bool()
