@@ -85,3 +85,50 @@ def test_learned_variance_falls_back_to_diffusers():
 def test_step_before_set_timesteps_is_an_error():
     with pytest.raises(ValueError, match="set_timesteps"):
         PatronusDDIMScheduler().step(torch.zeros(1, 1), 10, torch.zeros(1, 1))
+
+
+def _tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("pass_scheduler", [False, True])
+def test_a_saved_pipeline_loads_back_with_its_patronus_scheduler(tmp_path, pass_scheduler):
+    """diffusers' own loading path: save_pretrained, then DiffusionPipeline.from_pretrained."""
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    pipe = DDPMPipeline(unet=_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=20))
+    pipe.scheduler = PatronusDDPMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path)
+    extra = {}
+    if pass_scheduler:
+        extra["scheduler"] = PatronusDDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, **extra)
+    assert type(loaded.scheduler) is PatronusDDPMScheduler
+    images = [
+        p(
+            batch_size=2,
+            generator=torch.Generator().manual_seed(0),
+            num_inference_steps=20,
+            output_type="np",
+        ).images
+        for p in (pipe, loaded)
+    ]
+    assert (images[0] == images[1]).all()
+
+
+def test_ddim_pipeline_converts_its_scheduler_to_the_stock_class():
+    """Documented in diffusers_schedulers: DDIMPipeline.__init__ replaces any scheduler by a stock
+    DDIMScheduler, so the fused one must be set after constructing the pipeline."""
+    from diffusers import DDIMPipeline
+
+    pipe = DDIMPipeline(unet=_tiny_unet(), scheduler=PatronusDDIMScheduler())
+    assert type(pipe.scheduler) is DDIMScheduler
+    pipe.scheduler = PatronusDDIMScheduler.from_config(pipe.scheduler.config)
+    assert type(pipe.scheduler) is PatronusDDIMScheduler

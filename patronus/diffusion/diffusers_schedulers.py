@@ -8,6 +8,12 @@ the same ``generator`` calls (or ``variance_noise``) as in diffusers. Swap them 
 
     pipe.scheduler = PatronusDDIMScheduler.from_config(pipe.scheduler.config)
 
+A pipeline saved with one of them records this module in its ``model_index.json``; diffusers
+loads such components only from modules already imported, so import this module before
+``DiffusionPipeline.from_pretrained``. Pipelines whose ``__init__`` converts the scheduler
+(``DDIMPipeline`` turns any scheduler into a stock ``DDIMScheduler``) drop the fused step: set
+``pipe.scheduler`` after constructing or loading those.
+
 Cases the fused step does not cover run diffusers' own ``step`` (DDPM with learned or log
 variances). diffusers is an optional dependency (``pip install diffusers``).
 """
@@ -17,7 +23,7 @@ from __future__ import annotations
 import torch
 
 try:
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, SchedulerMixin
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
@@ -27,6 +33,10 @@ except ImportError as error:  # pragma: no cover - exercised without diffusers o
     ) from error
 
 from patronus.ops.scheduler_step import scheduler_step
+
+# diffusers' pipeline loader finds a component's loading method by looking the base classes it
+# knows (``SchedulerMixin`` among them) up by name in the component's module: keep it here.
+__all__ = ["PatronusDDIMScheduler", "PatronusDDPMScheduler", "SchedulerMixin"]
 
 _FUSED_DDPM_VARIANCES = {"fixed_small": "posterior", "fixed_large": "beta"}
 
