@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from patronus.models import Patronus, PatronusConfig
@@ -91,8 +91,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a patronus checkpoint: no {CONFIG_FILE}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is corrupt: {error}") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT or "model" not in data:
         raise CheckpointError(f"{path} is not a patronus checkpoint config")
@@ -149,11 +149,36 @@ def load_model(
         raise CheckpointError(
             f"{folder / CONFIG_FILE} has an invalid model config: {error}"
         ) from error
-    model = Patronus(config)
     weights = folder / (EMA_FILE if ema and (folder / EMA_FILE).is_file() else MODEL_FILE)
+    _check_shapes(weights, config)
+    model = Patronus(config)
     state = load_tensors(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(f"{weights} does not fit its config: {error}") from error
     return model.to(map_location)
+
+
+def _check_shapes(weights: Path, config: PatronusConfig) -> None:
+    """Compare the weights file's header with the model the config describes, before allocating
+    anything (a config asking for 10**9 prototypes fails here, not in the allocator)."""
+    if not weights.is_file():
+        raise CheckpointError(f"missing {weights}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Patronus(config).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            names = handle.keys()  # safe_open handles are not iterable
+            found = {k: tuple(handle.get_slice(k).get_shape()) for k in names}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights} is corrupt or not a safetensors file: {error}") from error
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [k for k in sorted(set(expected) & set(found)) if expected[k] != found[k]]
+    if missing or unexpected or wrong:
+        details = [f"{k}: {found[k]} in the file, {expected[k]} by the config" for k in wrong[:3]]
+        raise CheckpointError(
+            f"{weights} does not fit its config: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}{'; ' if details else ''}{'; '.join(details)}"
+        )

@@ -76,3 +76,37 @@ def test_weights_that_do_not_fit_the_config(tmp_path, tiny_config):
 
 def test_run_folder_resolves_to_latest(tiny_run):
     assert resolve_checkpoint(tiny_run).name == "step_0000030"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_prototypes", 8.0, r"num_prototypes must be int, got 8\.0"),
+        ("image_size", "24", r"image_size must be int, got '24'"),
+        ("num_prototypes", 10**9, r"prototype_layer\.prototypes: \(8, 16\) in the file"),
+        ("image_size", 0, "image_size and num_prototypes must be >= 1"),
+        (
+            "encoder",
+            {"channels": [8, 8.5]},
+            r"EncoderConfig\.channels must be tuple\[int, \.\.\.\]",
+        ),
+        ("unet", {"attention": [0, 1]}, r"attention must be tuple\[bool, \.\.\.\]"),
+    ],
+)
+def test_config_json_with_wrong_types_names_the_field(tmp_path, tiny_config, field, value, message):
+    folder = save_model(Patronus(tiny_config), tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    if isinstance(value, dict):
+        config["model"][field].update(value)
+    else:
+        config["model"][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(folder)
+
+
+def test_config_json_that_is_not_utf8_is_named(tmp_path, tiny_config):
+    folder = save_model(Patronus(tiny_config), tmp_path / "ckpt")
+    (folder / "config.json").write_bytes(b'{"format": "patronus\xff"}')
+    with pytest.raises(CheckpointError, match=r"config\.json is corrupt"):
+        load_model(folder)

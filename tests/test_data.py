@@ -266,3 +266,48 @@ def test_build_dataset(tmp_path):
         build_dataset("celeba")
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("imagenet")
+
+
+def _python2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as Python 2's cPickle (protocol 2) wrote CIFAR-10: py2 str keys and raw bytes
+    (SHORT_BINSTRING / BINSTRING), numpy.core globals, the dtype's 8-tuple state."""
+    import struct
+
+    def string(value: bytes) -> bytes:
+        if len(value) < 256:
+            return b"U" + bytes([len(value)]) + value
+        return b"T" + struct.pack("<i", len(value)) + value
+
+    def integer(value: int) -> bytes:
+        return b"K" + bytes([value]) if 0 <= value < 256 else b"J" + struct.pack("<i", value)
+
+    rows, columns = data.shape
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + integer(0) + b"\x85"
+        + string(b"b") + b"\x87R"
+        + b"(" + integer(1) + integer(rows) + b"M" + struct.pack("<H", columns) + b"\x86"
+        + b"cnumpy\ndtype\n" + string(b"u1") + integer(0) + integer(1) + b"\x87R"
+        + b"(" + integer(3) + string(b"|") + b"NNN" + integer(-1) + integer(-1) + integer(0)
+        + b"tb" + b"\x89" + string(data.tobytes()) + b"tb"
+    )  # fmt: skip
+    label_list = b"]" + b"(" + b"".join(integer(v) for v in labels) + b"e"
+    return (
+        b"\x80\x02}(" + string(b"data") + array + string(b"labels") + label_list
+        + string(b"batch_label") + string(b"testing batch 1 of 1") + b"u."
+    )  # fmt: skip
+
+
+def test_cifar10_reads_python2_pickles(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    (folder / "test_batch").write_bytes(_python2_cifar_pickle(data, [1, 7, 9]))
+    assert pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")[b"labels"] == [
+        1, 7, 9
+    ]  # fmt: skip
+    test = CIFAR10(tmp_path, "test")
+    image, label = test[1]
+    assert label.item() == 7
+    expected = torch.from_numpy(data[1].reshape(3, 32, 32)).float() / 127.5 - 1
+    torch.testing.assert_close(image, expected)

@@ -1,43 +1,23 @@
 """Importing the original implementation's checkpoints."""
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from original_config import original_config, write_original_config
 from original_patronus import OriginalPatronus
 
 from patronus import load_reference_checkpoint
 from patronus.checkpoint import CheckpointError
-from patronus.reference_checkpoint import translate_key
+from patronus.reference_checkpoint import original_key, translate_key
 
 # the original's state-dict keys and shapes (a copy of shared/reference/ckpt-keys-fmnist32.tsv)
 KEYS_FILE = Path(__file__).resolve().parent / "fixtures" / "ckpt-keys-fmnist32.tsv"
 
-CONFIG = {
-    "BaseConfig": {"DATASET": "FashionMNIST"},
-    "ModelConfig": {
-        "BASE_CH": 64,
-        "BASE_CH_MULT": (1, 2, 4, 4),
-        "APPLY_ATTENTION": (False,) * 4,
-        "ATTENTION_TYPE": "ori_att",
-        "DROPOUT_RATE": 0.1,
-        "TIME_EMB_MULT": 4,
-    },
-    "TrainingConfig": {
-        "TIMESTEPS": 1000,
-        "IMG_SHAPE": (1, 32, 32),
-        "NUM_PROTOS": 30,
-        "P_VECTOR_SHAPE": (128, 1, 1),
-        "plb_channel_inputs": [1, 32, 64, 64],
-        "plb_layer_filter_sizes": [3, 3, 3, 3],
-        "plb_layer_strides": [2, 1, 1, 1],
-        "plb_layer_paddings": [1, 0, 0, 0],
-    },
-}
 
-
-def write_original(folder: Path, model: torch.nn.Module, config=CONFIG) -> Path:
+def write_original(folder: Path, model: torch.nn.Module, config="default") -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     scaler = torch.amp.GradScaler("cpu")
     path = folder / "ckpt.tar"
@@ -46,7 +26,7 @@ def write_original(folder: Path, model: torch.nn.Module, config=CONFIG) -> Path:
         path,
     )
     if config is not None:
-        (folder / "config.pickle").write_bytes(pickle.dumps(config))
+        write_original_config(folder, original_config() if config == "default" else config)
     return path
 
 
@@ -78,6 +58,9 @@ def test_every_original_key_has_a_home(original, tiny_config):
     ignored = {"proactBlock.ones", "time_embeddings.time_blocks.0.weight"}
     translated = {translate_key(k) for k in original.state_dict() if k not in ignored}
     assert translated == target
+    assert all(
+        original_key(translate_key(k)) == k for k in original.state_dict() if k not in ignored
+    )
 
 
 def test_imported_model_computes_the_same_activations_and_noise(original, tmp_path):
@@ -136,8 +119,7 @@ def test_config_pickle_with_code_is_refused(original, tmp_path):
 
 
 def test_inconsistent_config_and_bad_files(original, tmp_path):
-    bad = {**CONFIG, "TrainingConfig": {**CONFIG["TrainingConfig"], "NUM_PROTOS": 31}}
-    path = write_original(tmp_path, original, bad)
+    path = write_original(tmp_path, original, original_config(NUM_PROTOS=31))
     with pytest.raises(CheckpointError, match="NUM_PROTOS=31"):
         load_reference_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint file"):
@@ -147,3 +129,81 @@ def test_inconsistent_config_and_bad_files(original, tmp_path):
         load_reference_checkpoint(tmp_path / "junk.tar")
     with pytest.raises(CheckpointError, match="no original Patronus state dict"):
         load_reference_checkpoint({"model": {"weight": torch.zeros(1)}})
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_the_config_pickle_the_original_writes_is_read(original, tmp_path, protocol, device):
+    """config.pickle as save_config_train_diffusion writes it: asdict of the original's
+    dataclasses (a torch.device in BaseConfig, P_VECTOR_SHAPE = (1, 128))."""
+    path = write_original(tmp_path, original, config=None)
+    write_original_config(tmp_path, original_config(device=device), protocol)
+    model = load_reference_checkpoint(path)
+    assert model.config.image_size == 32 and model.config.prototype_dim == 128
+    assert model.config.encoder.strides == (2, 1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"NUM_PROTOS": 31}, "NUM_PROTOS=31"),
+        ({"P_VECTOR_SHAPE": (2, 128)}, r"P_VECTOR_SHAPE.*first entry must be 1"),
+        ({"plb_channel_inputs": (1, 32, 64, 64, 64)}, "plb_channel_inputs"),
+        ({"plb_layer_filter_sizes": (5, 5, 5, 5)}, "plb_layer_filter_sizes"),
+        ({"plb_layer_strides": (2, 1, 1)}, "plb_layer_strides"),
+        ({"IMG_SHAPE": (3, 32, 32)}, r"IMG_SHAPE=\(3, 32, 32\), the weights take 1 channel"),
+        ({"TIMESTEPS": 500}, "TIMESTEPS=500"),
+        ({"IMG_SHAPE": "32"}, "IMG_SHAPE"),
+        ({"NUM_PROTOS": 30.0}, "NUM_PROTOS"),
+    ],
+)
+def test_config_pickle_disagreeing_with_the_weights_is_named(original, tmp_path, change, message):
+    path = write_original(tmp_path, original, original_config(**change))
+    with pytest.raises(CheckpointError, match=message):
+        load_reference_checkpoint(path)
+
+
+def test_model_config_fields_are_checked_against_the_weights(original, tmp_path):
+    config = original_config()
+    config["ModelConfig"]["APPLY_ATTENTION"] = (False, True, False, False)
+    path = write_original(tmp_path, original, config)
+    with pytest.raises(CheckpointError, match="APPLY_ATTENTION"):
+        load_reference_checkpoint(path)
+    config["ModelConfig"].update(APPLY_ATTENTION=(False,) * 4, TIME_EMB_MULT=2)
+    write_original_config(tmp_path, config)
+    with pytest.raises(CheckpointError, match="TIME_EMB_MULT=2"):
+        load_reference_checkpoint(path)
+
+
+def test_a_state_dict_missing_keys_is_a_checkpoint_error(original):
+    state = dict(original.state_dict())
+    for key in ("first.weight", "time_embeddings.time_blocks.0.weight", "final.2.bias"):
+        broken = {k: v for k, v in state.items() if k != key}
+        with pytest.raises(CheckpointError, match=re.escape(key)):
+            load_reference_checkpoint({"model": broken}, original_config())
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        # 63 bytes of allow-listed globals that would build a set of 2**31 - 1 integers
+        (b"\x80\x04cbuiltins\nset\ncbuiltins\nrange\nJ\xff\xff\xff\x7f\x85R\x85R.", "range"),
+        # an allowed constructor called with bad arguments
+        (b"\x80\x04ccollections\nOrderedDict\nK\x05\x85R.", "OrderedDict"),
+        (b"\x80\x04ctorch\ndevice\nK\x05\x85R.", "device"),
+        (b"\x80\x04}(", "malformed"),  # truncated
+        (b"\x80\x04(" * 200_000, "malformed"),  # deep nesting
+    ],
+)
+def test_config_pickles_build_only_bounded_plain_data(original, tmp_path, payload, message):
+    path = write_original(tmp_path, original, config=None)
+    (tmp_path / "config.pickle").write_bytes(payload)
+    with pytest.raises(CheckpointError, match=message):
+        load_reference_checkpoint(path)
+
+
+def test_oversized_config_pickle_is_refused_before_reading(original, tmp_path):
+    path = write_original(tmp_path, original, config=None)
+    (tmp_path / "config.pickle").write_bytes(pickle.dumps({"TrainingConfig": {"x": "a" * 2**21}}))
+    with pytest.raises(CheckpointError, match="bytes"):
+        load_reference_checkpoint(path)

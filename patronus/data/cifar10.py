@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from patronus.data.errors import DataLayoutError
-from patronus.data.safe_pickle import NUMPY_GLOBALS, PLAIN_GLOBALS, safe_load
+from patronus.data.safe_pickle import numpy_globals, safe_load
 
 CLASSES = (
     "airplane",
@@ -43,7 +43,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataLayoutError("CIFAR-10", f"missing {path}", LAYOUT)
     try:
-        batch = safe_load(path.read_bytes(), PLAIN_GLOBALS | NUMPY_GLOBALS, encoding="bytes")
+        batch = safe_load(path.read_bytes(), numpy_globals(), max_bytes=1 << 26, encoding="bytes")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32)

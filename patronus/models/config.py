@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +80,14 @@ class PatronusConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
+    def __post_init__(self) -> None:
+        if min(self.image_channels, self.image_size, self.num_prototypes) < 1:
+            raise ValueError("image_channels, image_size and num_prototypes must be >= 1")
+        if self.activation not in ("log", "linear"):
+            raise ValueError(f"activation must be 'log' or 'linear', got {self.activation!r}")
+        if not self.activation_eps > 0:
+            raise ValueError(f"activation_eps must be > 0, got {self.activation_eps}")
+
     @property
     def prototype_dim(self) -> int:
         return self.encoder.channels[-1]
@@ -97,6 +107,31 @@ class PatronusConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value has the annotated type (int is not bool; a float field takes ints)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(annotation))
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return type(value) in (int, float)
+    return type(value) is annotation
+
+
+def check_field_types(cls: type, data: dict[str, Any]) -> None:
+    """Raise ValueError naming the first entry of ``data`` whose type its field does not admit."""
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if name in hints and not _matches(value, hints[name]):
+            hint = hints[name]
+            expected = str(hint) if typing.get_origin(hint) else hint.__name__
+            raise ValueError(f"{cls.__name__}.{name} must be {expected}, got {value!r}")
+
+
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Build a (nested) frozen dataclass from plain data, turning lists into tuples."""
     if not isinstance(data, dict):
@@ -110,7 +145,9 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
         nested = fields[name].default_factory
         if isinstance(nested, type) and dataclasses.is_dataclass(nested):
             value = _from_dict(nested, value)
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            check_field_types(cls, {name: value})
+            if isinstance(value, list):
+                value = tuple(value)
         values[name] = value
     return cls(**values)

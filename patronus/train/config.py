@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from patronus.models.config import check_field_types
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -52,6 +54,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"TrainConfig must be a mapping, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        check_field_types(cls, data)
         return cls(**data)
 
     def replace(self, **changes: Any) -> TrainConfig:
