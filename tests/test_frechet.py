@@ -59,6 +59,22 @@ def test_kid_is_unbiased_for_one_distribution():
     assert shifted > 10 * abs(mean) and shifted > 0.01
 
 
+def test_kid_returns_float64_values():
+    """Documented as float64: the mean over subsets is not rounded through float32."""
+    a = torch.randn(50, 4, dtype=torch.float64)
+    b = torch.randn(50, 4, dtype=torch.float64) + 0.3
+    mean, _ = kernel_distance(a, b, subsets=3, subset_size=20, generator=torch.Generator())
+    generator = torch.Generator()
+    values = []
+    for _ in range(3):
+        x = a[torch.randperm(50, generator=generator)[:20]]
+        y = b[torch.randperm(50, generator=generator)[:20]]
+        k_xx, k_yy, k_xy = ((u @ v.t() / 4 + 1) ** 3 for u, v in ((x, x), (y, y), (x, y)))
+        same = (k_xx.sum() - k_xx.trace() + k_yy.sum() - k_yy.trace()) / (20 * 19)
+        values.append(float(same - 2 * k_xy.mean()))
+    assert mean == pytest.approx(sum(values) / 3, rel=1e-14, abs=0)
+
+
 def test_fid_inception_architecture_and_weight_loading(tmp_path):
     from patronus.eval.inception import FIDInception, load_fid_inception
 

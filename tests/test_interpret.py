@@ -128,8 +128,51 @@ def test_visualization_is_deterministic_and_consistent(trained, test_set):
     assert torch.equal(runs[0].edits, runs[1].edits) and torch.equal(runs[0].best, runs[1].best)
     vis = runs[0]
     assert vis.edits.shape == (3, 4, 3, 24, 24) and vis.network_evaluations_per_edit == 2 * STEPS
-    # the kept edit is the one whose re-encoded s_J is highest
-    assert torch.equal(vis.best, vis.edit_activation.argmax(1).cpu())
+    # the kept edit is the one whose s_J rose most from the image's own value
+    with torch.no_grad():
+        assert torch.equal(vis.before, trained.encode(images[:4])[:, [0, 3, 5]].t())
+    assert torch.equal(vis.best, (vis.edit_activation - vis.before).argmax(1).cpu())
+    kept = vis.best_after() - vis.best_before()
+    assert (kept >= (vis.edit_activation - vis.before).max(1).values).all()
+
+
+def test_every_unedited_decode_is_the_reconstruction(trained, test_set):
+    """Frame 0 of an interpolation, an extrapolation to the image's own value, an "edit" to the
+    value an image already has: each must be the reconstruction shown beside it."""
+    from patronus.interpret import consistency, extrapolation, interpolation, reconstruction
+
+    _, images, _ = test_set
+    inversion = invert_images(trained, images[:4], STEPS)
+    reconstructed, _ = reconstruction(trained, inversion)
+    own = inversion.activations
+
+    def same(a, b):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+
+    frames = interpolation(trained, inversion, 0, 1, 4)
+    same(frames[0], reconstructed[0])
+    same(frames[-1], reconstructed[1])
+    same(extrapolation(trained, inversion, 2, torch.stack([own[0, 2], own[0, 2] + 3]))[0],
+         reconstructed[0])  # fmt: skip
+    same(consistency(trained, inversion, 5, float(own[3, 5])).edits[3], reconstructed[3])
+    vis = visualize_prototypes(trained, inversion, own[1], [0, 4])
+    same(vis.reconstructions, reconstructed)
+    same(vis.edits[:, 1], reconstructed[1].expand(2, -1, -1, -1))
+    traced = trace_emergence(trained, inversion, [0, 4], own[:, [0, 4]].t())
+    with torch.no_grad():
+        final = trained.encode(reconstructed)[:, [0, 4]].t()
+    same(traced.reference[-1], final)
+
+
+def test_variations_are_sampled_like_samples(trained, test_set):
+    from patronus.interpret import variations
+
+    _, images, _ = test_set
+    inversion = invert_images(trained, images[:2], STEPS)
+    varied = variations(trained, inversion, 3, torch.Generator().manual_seed(0))
+    s = inversion.activations.repeat_interleave(3, 0)
+    expected = trained.sample(s, STEPS, generator=torch.Generator().manual_seed(0), clip_x0=True)
+    assert torch.equal(varied.reshape(expected.shape), expected)
 
 
 def test_nearest_patches_are_the_minimum_distances(trained, test_set):
@@ -208,6 +251,17 @@ def test_report_is_self_contained_and_every_figure_decodes(trained, test_set, tm
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["network_evaluations"]["per_edit"] == 16
     assert results["network_evaluations"]["original_per_edit"] == 2000
+    # what a reader is told of each kept edit: s_J before (the image's own), after, the target
+    _, images, _ = test_set
+    with torch.no_grad():
+        own = trained.encode(images[:4])
+    for i, p in enumerate(results["prototypes"]):
+        assert results["best_before"][i] == pytest.approx(float(own[results["best_image"][i], p]))
+        reached = results["best_after"][i] >= results["bounds"][i]
+        assert results["best_reached_bound"][i] == reached
+    assert "s_J before" in page and "every activation is negative" in page
+    if not all(results["best_reached_bound"]):
+        assert "no edit reached the value s_J was set to" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,6 +1,22 @@
-"""Evaluation: ROC-AUC and factor-prototype association (probes, TAD, FID come with the
-evaluation issue)."""
+"""Evaluation: generation quality (Fréchet distance and KID on extracted features), prototype
+quality (linear probes, TAD, factor-prototype ROC-AUC) and shortcut diagnosis."""
 
+from patronus.eval.diagnosis import Diagnosis, confirm, diagnose, intervene
+from patronus.eval.frechet import feature_statistics, frechet_distance, kernel_distance
+from patronus.eval.probes import auroc_matrix, linear_probes, tad
 from patronus.eval.roc import factor_auroc, roc_auc
 
-__all__ = ["factor_auroc", "roc_auc"]
+__all__ = [
+    "Diagnosis",
+    "auroc_matrix",
+    "confirm",
+    "diagnose",
+    "factor_auroc",
+    "feature_statistics",
+    "frechet_distance",
+    "intervene",
+    "kernel_distance",
+    "linear_probes",
+    "roc_auc",
+    "tad",
+]

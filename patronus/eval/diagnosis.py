@@ -132,8 +132,8 @@ def intervene(
     flip = target_labels.bool()
     edited[flip.nonzero()[:, 0][:, None], index] = negative.to(edited)
     edited[(~flip).nonzero()[:, 0][:, None], index] = positive.to(edited)
-    reference = model.sample(inversion.activations, steps, x_T=inversion.x_T, clip_x0=True)
-    changed = model.sample(edited, steps, x_T=inversion.x_T, clip_x0=True)
+    reference = inversion.decode(model, inversion.activations)
+    changed = inversion.decode(model, edited)
     before = classifier.probabilities(reference)[:, attribute_index]
     after = classifier.probabilities(changed)[:, attribute_index]
     return float((after - before).abs().mean())

@@ -61,5 +61,5 @@ def kernel_distance(
         k_ab = (a @ b.t() / dim + 1) ** 3
         off_diagonal = (k_aa.sum() - k_aa.trace() + k_bb.sum() - k_bb.trace()) / (size * (size - 1))
         values.append(float(off_diagonal - 2 * k_ab.mean()))
-    result = torch.tensor(values)
+    result = torch.tensor(values, dtype=torch.float64)
     return float(result.mean()), float(result.std()) if subsets > 1 else 0.0

@@ -1,5 +1,9 @@
-"""The paper's analyses (PAPER.md section 6): reconstruction, variations, interpolation,
-extrapolation and consistency. Each returns tensors; ``patronus.interpret.figures`` draws them."""
+"""The paper's analyses: reconstruction, variations, interpolation, extrapolation and consistency.
+Each returns tensors; ``patronus.interpret.figures`` draws them.
+
+Everything decoded from an inversion uses the inversion's own settings (:meth:`Inversion.decode`),
+so an unedited decode is the reconstruction. Variations start from fresh noise instead and are
+sampled as samples are (predicted x0 clipped to [-1, 1])."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from patronus.models import Patronus
 def reconstruction(model: Patronus, inversion: Inversion) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every image from its own x_T and activations: (reconstructions (n, C, H, W), per-image
     MSE (n,))."""
-    decoded = model.sample(inversion.activations, inversion.steps, x_T=inversion.x_T)
+    decoded = inversion.decode(model, inversion.activations)
     mse = (decoded - inversion.images).square().flatten(1).mean(1)
     return decoded, mse
 
@@ -25,10 +29,11 @@ def reconstruction(model: Patronus, inversion: Inversion) -> tuple[torch.Tensor,
 def variations(
     model: Patronus, inversion: Inversion, count: int = 4, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The same activations decoded from ``count`` fresh x_T each: (n, count, C, H, W)."""
+    """The same activations sampled from ``count`` fresh x_T each, with x0 clipped as in sampling:
+    (n, count, C, H, W)."""
     n = inversion.images.shape[0]
     s = inversion.activations.repeat_interleave(count, 0)
-    samples = model.sample(s, inversion.steps, generator=generator)
+    samples = model.sample(s, inversion.steps, generator=generator, clip_x0=True)
     return samples.reshape(n, count, *samples.shape[1:])
 
 
@@ -56,7 +61,7 @@ def interpolation(
     s_a, s_b = inversion.activations[first], inversion.activations[second]
     s = s_a[None] + weight[:, None] * (s_b - s_a)[None]
     x_T = slerp(inversion.x_T[first], inversion.x_T[second], weight)
-    return model.sample(s, inversion.steps, x_T=x_T, clip_x0=True)
+    return inversion.decode(model, s, x_T)
 
 
 @torch.no_grad()
@@ -68,7 +73,7 @@ def extrapolation(
     s = inversion.activations[image : image + 1].repeat(len(values), 1)
     s[:, prototype] = values.to(s)
     x_T = inversion.x_T[image : image + 1].repeat(len(values), 1, 1, 1)
-    return model.sample(s, inversion.steps, x_T=x_T, clip_x0=True)
+    return inversion.decode(model, s, x_T)
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Consistency:
 @torch.no_grad()
 def consistency(model: Patronus, inversion: Inversion, prototype: int, value: float) -> Consistency:
     s = edited_activations(inversion.activations, [prototype], torch.tensor([value]))
-    edits = model.sample(s, inversion.steps, x_T=inversion.x_T, clip_x0=True)
+    edits = inversion.decode(model, s)
     output = model.prototype_output(edits)
     boxes = cell_boxes(model, output.patch_index[:, prototype].cpu())
     return Consistency(prototype, edits, boxes, output.activations[:, prototype])

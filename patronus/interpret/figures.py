@@ -57,28 +57,48 @@ def save(figure, path: Path | None) -> bytes:
     return data
 
 
+def _map(figure, axis, values: torch.Tensor, title: str, cmap: str, vmin=None, vmax=None) -> None:
+    """A (H, W) map with its own colour bar."""
+    shown = axis.imshow(values.cpu().numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+    bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+    bar.ax.tick_params(labelsize=5)
+    axis.set_title(title, fontsize=7)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
 def gallery_figure(
     vis: PrototypeVisualization, similarity: torch.Tensor | None = None, path: Path | None = None
 ) -> bytes:
-    """One row per prototype: the original image, the kept edit with the prototype's patch boxed,
-    the crop, and (given (J, H, W) maps of the edits) where the prototype responds."""
+    """One row per prototype: the original image with s_J before the edit, the kept edit with the
+    prototype's patch boxed and s_J after it (against the value it was set to; red when the edit
+    fell short), the crop, what the edit changed (|edit - unedited decode|, one colour scale for
+    all rows), and (given (J, H, W) maps of the edits) where the prototype responds."""
     plt = _pyplot()
-    columns = 4 if similarity is not None else 3
+    columns = 5 if similarity is not None else 4
     rows = len(vis.prototypes)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.45 * rows), squeeze=False)
     edits, boxes = vis.best_edits().cpu(), vis.best_boxes()
+    before, after, reached = vis.best_before(), vis.best_after(), vis.reached()
+    change = vis.best_pixel_change().cpu()
+    change_max = max(float(change.max()), 1e-6)
     for row, prototype in enumerate(vis.prototypes):
         best = int(vis.best[row])
-        score = float(vis.edit_activation[row, best])
-        _show(axes[row, 0], vis.originals[best].cpu(), title=f"p{prototype}: image {best}")
-        _show(axes[row, 1], edits[row], boxes[row], title=f"edit, s={score:.2f}")
+        _show(
+            axes[row, 0], vis.originals[best].cpu(),
+            title=f"p{prototype}, image {best}\ns_J before {float(before[row]):.2f}",
+        )  # fmt: skip
+        _show(
+            axes[row, 1], edits[row], boxes[row],
+            title=f"edit: s_J {float(after[row]):.2f}\n(set to {float(vis.bounds[row]):.2f})",
+        )  # fmt: skip
+        if not bool(reached[row]):
+            axes[row, 1].title.set_color("tab:red")
         top, left, bottom, right = (int(v) for v in boxes[row])
         _show(axes[row, 2], edits[row][:, top:bottom, left:right], title="patch")
+        _map(figure, axes[row, 3], change[row], "|edit - unedited|", "viridis", 0.0, change_max)
         if similarity is not None:
-            axes[row, 3].imshow(similarity[row].cpu().numpy(), cmap="magma")
-            axes[row, 3].set_title("similarity", fontsize=7)
-            axes[row, 3].set_xticks([])
-            axes[row, 3].set_yticks([])
+            _map(figure, axes[row, 4], similarity[row], "similarity s_J", "magma")
     figure.tight_layout()
     return save(figure, path)
 
@@ -117,8 +137,10 @@ def grid_figure(
     labels: Sequence[str],
     path: Path | None = None,
     boxes: Sequence[torch.Tensor | None] | None = None,
+    titles: Sequence[Sequence[str] | None] | None = None,
 ) -> bytes:
-    """Rows of images (each (K, C, H, W)), labelled, optional boxes per row ((K, 4) or None)."""
+    """Rows of images (each (K, C, H, W)), labelled, optional boxes per row ((K, 4) or None) and
+    optional titles per image (a list of K strings, or None, per row)."""
     plt = _pyplot()
     columns = max(row.shape[0] for row in rows)
     figure, axes = plt.subplots(
@@ -129,7 +151,8 @@ def grid_figure(
         for c in range(columns):
             if c < row.shape[0]:
                 box = row_boxes[c] if row_boxes is not None else None
-                _show(axes[r, c], row[c].cpu(), box)
+                row_titles = titles[r] if titles is not None else None
+                _show(axes[r, c], row[c].cpu(), box, row_titles[c] if row_titles else None)
             else:
                 axes[r, c].axis("off")
         axes[r, 0].set_ylabel(labels[r], fontsize=7)

@@ -105,10 +105,7 @@ def write_visualization(
     )
     numbers = {
         "prototypes": prototypes,
-        "bounds": vis.bounds.tolist(),
-        "best_image": vis.best.tolist(),
-        "best_activation": vis.edit_activation.max(1).values.tolist(),
-        "best_boxes": vis.best_boxes().tolist(),
+        **_kept_edit_numbers(vis),
         "nearest_image": nearest.image_index.tolist(),
         "nearest_distance": nearest.distance.tolist(),
         "nearest_boxes": nearest.boxes.tolist(),
@@ -119,8 +116,24 @@ def write_visualization(
         edits=vis.edits.cpu().numpy(),
         boxes=vis.boxes.numpy(),
         edit_activation=vis.edit_activation.cpu().numpy(),
+        before=vis.before.cpu().numpy(),
     )
     return path
+
+
+def _kept_edit_numbers(vis) -> dict[str, list]:
+    """What the gallery shows of each prototype's kept edit, as numbers."""
+    before, after = vis.best_before(), vis.best_after()
+    requested = vis.bounds.to(before) - before
+    return {
+        "bounds": vis.bounds.tolist(),
+        "best_image": vis.best.tolist(),
+        "best_before": before.tolist(),
+        "best_after": after.tolist(),
+        "best_share_of_request": ((after - before) / requested).tolist(),
+        "best_reached_bound": vis.reached().tolist(),
+        "best_boxes": vis.best_boxes().tolist(),
+    }
 
 
 @torch.no_grad()
@@ -171,7 +184,7 @@ def build_report(
     generator = torch.Generator(model.device).manual_seed(options.seed)
     varied = analyses.variations(model, inversion, 4, generator)
     interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
-    strongest = prototypes[int(vis.edit_activation.max(1).values.argmax())]
+    strongest = prototypes[int(vis.best_after().sub(vis.best_before()).argmax())]
     # from its lowest observed activation to half the observed range beyond the bound
     low, high = float(reference[:, strongest].min()), float(bounds[strongest])
     values = torch.linspace(low, high + 0.5 * (high - low), 8)
@@ -197,14 +210,16 @@ def build_report(
         ),
         "extrapolation": figures.grid_figure(
             [extrapolated],
-            [f"s_{strongest}: {float(values[0]):.1f} .. {float(values[-1]):.1f}"],
+            [f"image 0, s_{strongest} set to"],
             out_dir / "extrapolation.png",
+            titles=[[f"{float(v):.2f}" for v in values]],
         ),
         "consistency": figures.grid_figure(
             [images, consistent.edits],
-            ["original", f"p{strongest} high"],
+            ["original", f"p{strongest} set to {float(bounds[strongest]):.2f}"],
             out_dir / "consistency.png",
             [None, consistent.boxes],
+            [None, [f"s_J {float(v):.2f}" for v in consistent.activation]],
         ),
     }
     counter.handle.remove()
@@ -225,15 +240,14 @@ def build_report(
     results = {
         "options": asdict(options),
         "info": inputs.info,
+        "activation": model.config.activation,
         "prototypes": prototypes,
-        "bounds": bounds[prototypes].tolist(),
-        "best_image": vis.best.tolist(),
-        "best_activation": vis.edit_activation.max(1).values.tolist(),
-        "best_boxes": vis.best_boxes().tolist(),
+        **_kept_edit_numbers(vis),
         "emergence_median_t": median_t,
         "emergence_fraction_of_images": (emerged >= 0).float().mean(1).tolist(),
         "reconstruction_mse": mse.tolist(),
         "strongest_prototype": strongest,
+        "extrapolation_values": values.tolist(),
         "network_evaluations": evaluations,
         "wall_s": wall,
     }
@@ -243,6 +257,7 @@ def build_report(
         edits=vis.edits.cpu().numpy(),
         boxes=vis.boxes.numpy(),
         edit_activation=vis.edit_activation.cpu().numpy(),
+        before=vis.before.cpu().numpy(),
         timesteps=emergence.timesteps.numpy(),
         emergence_edit=emergence.edit.numpy(),
         emergence_reference=emergence.reference.numpy(),
@@ -270,14 +285,27 @@ class _NetworkCounter:
         self.images += int(inputs[0].shape[0])
 
 
+ACTIVATION_NOTES = {
+    "linear": "This model's activation is s_J = -d_J, minus the squared distance between prototype "
+    "J and its closest image patch: every activation is negative, and a value closer to 0 means a "
+    "patch more similar to the prototype.",
+    "log": "This model's activation is s_J = log((d_J + 1) / (d_J + 1e-4)) of the squared distance "
+    "d_J between prototype J and its closest image patch: positive, up to 9.2 for a patch equal "
+    "to the prototype, and higher means more similar.",
+}
+
+
 def _page(png, results, prototypes, evaluations) -> str:
     info = results["info"]
     rows = [
         [
             p,
-            f"{b:.2f}",
             results["best_image"][i],
-            f"{results['best_activation'][i]:.2f}",
+            f"{results['best_before'][i]:.2f}",
+            f"{results['best_after'][i]:.2f}",
+            f"{b:.2f}",
+            f"{results['best_share_of_request'][i]:.0%}",
+            "yes" if results["best_reached_bound"][i] else "no",
             results["emergence_median_t"][i]
             if results["emergence_median_t"][i] is not None
             else "-",
@@ -285,6 +313,14 @@ def _page(png, results, prototypes, evaluations) -> str:
         ]
         for i, (p, b) in enumerate(zip(prototypes, results["bounds"], strict=True))
     ]
+    short = [p for p, ok in zip(prototypes, results["best_reached_bound"], strict=True) if not ok]
+    shortfall = (
+        f"<p><b>{len(short)} of {len(prototypes)} prototypes: no edit reached the value s_J was "
+        f"set to</b> (red titles; prototypes {', '.join(map(str, short))}). Their rows show the "
+        "largest change the decoder made, which may be small.</p>"
+        if short
+        else "<p>Every prototype's kept edit reached the value s_J was set to.</p>"
+    )
     opts = results["options"]
     bound_rule = (
         "the global maximum over the reference set (the original's rule)"
@@ -309,25 +345,34 @@ def _page(png, results, prototypes, evaluations) -> str:
             ["report wall time", f"{results['wall_s']:.1f} s"],
         ],
     )
+    values = results["extrapolation_values"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Patronus report</title>
 <style>{STYLE}</style></head><body>
 <h1>Patronus interpretability report</h1>
 {facts}
+<p class="note">{ACTIVATION_NOTES[results["activation"]]}</p>
 <h2>What and where: prototype visualisations</h2>
 <p class="note">Each prototype J is edited into {opts["num_images"]} test images: invert each image
 with its own activations, set s_J to {
         bound_rule
-    }, decode from the same x_T, re-encode. The row shows
-the image whose edit reached the highest s_J, the edit with J's winning patch boxed (its exact
-receptive field), the patch, and J's similarity over the edit.</p>
+    }, decode from the same x_T with the inversion's settings (so an unedited decode is the
+reconstruction), re-encode. Each row keeps the image whose s_J rose most and shows it with s_J
+before the edit, the edit with J's winning patch boxed (its exact receptive field) and s_J
+re-encoded from it against the value it was set to, the patch, what the edit changed in pixels
+(|edit - unedited decode|, one colour scale for all rows: a dark map means the edit changed
+little), and J's similarity over the edit.</p>
+{shortfall}
 {_img(png["what"], "prototype gallery")}
 {
         _table(
             [
                 "prototype",
-                "bound",
-                "best image",
-                "s_J of the edit",
+                "kept image",
+                "s_J before",
+                "s_J after edit",
+                "set to",
+                "share of the requested change",
+                "reached",
                 "median emergence t",
                 "emerges in",
             ],
@@ -350,12 +395,19 @@ lines); it does not emerge where the final gap is below 10% of the requested cha
 {float(np.mean(results["reconstruction_mse"])):.4f}.</p>
 {_img(png["reconstruction"], "reconstructions")}
 <h2>Variations (same activations, new x_T)</h2>
+<p class="note">Sampled from fresh noise like any sample (predicted x0 clipped to [-1, 1]).</p>
 {_img(png["variations"], "variations")}
 <h2>Interpolation (activations linear, x_T spherical)</h2>
+<p class="note">From test image 0 (left: its reconstruction) to test image 1 (right).</p>
 {_img(png["interpolation"], "interpolation")}
 <h2>Extrapolation of prototype {results["strongest_prototype"]}</h2>
+<p class="note">Test image 0 decoded from its own x_T with s_{results["strongest_prototype"]} set
+to each value above the frame, from its lowest value over the reference set
+({values[0]:.2f}) to beyond its bound ({values[-1]:.2f}); the other activations stay.</p>
 {_img(png["extrapolation"], "extrapolation")}
 <h2>Consistency: prototype {results["strongest_prototype"]} edited into every image</h2>
+<p class="note">The box is the prototype's winning patch in each edit, the title its re-encoded
+activation.</p>
 {_img(png["consistency"], "consistency")}
 </body></html>
 """

@@ -1,19 +1,24 @@
 """What: the distribution-aligned visualisation of each prototype, and its nearest real patches.
 
-Visualisation (PAPER.md section 6, with the original's defects fixed): invert n images with their
-own activations, set prototype J's activation to an upper bound (a per-prototype quantile of its
+Visualisation (the paper's, with the original's defects fixed): invert n images with their own
+activations, set prototype J's activation to an upper bound (a per-prototype quantile of its
 activations over a seeded reference set, or the original's global maximum), decode every image
-from its own x_T, re-encode the edits, keep the one where s_J is highest, and box its winning patch.
+from its own x_T, re-encode the edits, keep the one whose s_J rose most, and box its winning patch.
 All prototypes and images are decoded together in batches, with respaced steps.
+
+Decoding uses exactly the settings of the inversion (DDIM, eta 0, the same steps, no clipping of
+the predicted x0), so that decoding an image's own activations returns its reconstruction and
+every difference an edit shows comes from the edit, not from the decoder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from patronus.diffusion.samplers import SamplerStep
 from patronus.interpret.where import cell_boxes
 from patronus.models import Patronus
 
@@ -43,6 +48,19 @@ class Inversion:
     activations: torch.Tensor  # (n, P)
     x_T: torch.Tensor  # (n, C, H, W)
     steps: int
+
+    def decode_steps(
+        self, model: Patronus, s: torch.Tensor, x_T: torch.Tensor | None = None
+    ) -> Iterator[SamplerStep]:
+        """Trajectory of :meth:`decode` (call within ``torch.no_grad()``, model in eval mode)."""
+        return model.sample_steps(s, self.steps, x_T=self.x_T if x_T is None else x_T)
+
+    def decode(
+        self, model: Patronus, s: torch.Tensor, x_T: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decode activations s (B, P) from x_T (B, C, H, W; default this inversion's) with the
+        inversion's own settings, so that ``decode(model, activations)`` is the reconstruction."""
+        return model.sample(s, self.steps, x_T=self.x_T if x_T is None else x_T)
 
 
 @torch.no_grad()
@@ -76,19 +94,46 @@ class PrototypeVisualization:
 
     prototypes: list[int]
     originals: torch.Tensor  # (n, C, H, W)
+    reconstructions: torch.Tensor  # (n, C, H, W) the unedited decodes
     edits: torch.Tensor  # (J, n, C, H, W)
+    before: torch.Tensor  # (J, n) s_J of each image before the edit
     edit_activation: torch.Tensor  # (J, n) s_J re-encoded from each edit
     boxes: torch.Tensor  # (J, n, 4) winning patch of prototype J in each edit
-    best: torch.Tensor  # (J,) index of the edit with the highest s_J
+    best: torch.Tensor  # (J,) index of the edit whose s_J rose most
     bounds: torch.Tensor  # (J,) the value s_J was set to
     network_evaluations_per_edit: int  # inversion + decoding steps for one edited image
 
+    @property
+    def achieved(self) -> torch.Tensor:
+        """(J, n) how far each edit moved s_J (re-encoded edit minus the image's own)."""
+        return self.edit_activation - self.before
+
+    def _kept(self, values: torch.Tensor) -> torch.Tensor:
+        return values[torch.arange(len(self.prototypes)), self.best]
+
     def best_edits(self) -> torch.Tensor:
         """(J, C, H, W) the kept edit of every prototype."""
-        return self.edits[torch.arange(len(self.prototypes)), self.best]
+        return self._kept(self.edits)
 
     def best_boxes(self) -> torch.Tensor:
-        return self.boxes[torch.arange(len(self.prototypes)), self.best]
+        return self._kept(self.boxes)
+
+    def best_before(self) -> torch.Tensor:
+        """(J,) s_J of the kept edit's image before editing."""
+        return self._kept(self.before)
+
+    def best_after(self) -> torch.Tensor:
+        """(J,) s_J re-encoded from the kept edit."""
+        return self._kept(self.edit_activation)
+
+    def reached(self) -> torch.Tensor:
+        """(J,) bool: the kept edit's s_J reached the value it was set to."""
+        return self.best_after() >= self.bounds
+
+    def best_pixel_change(self) -> torch.Tensor:
+        """(J, H, W) mean |kept edit - its image's unedited decode| over channels."""
+        unedited = self.reconstructions[self.best.to(self.reconstructions.device)]
+        return (self.best_edits() - unedited).abs().mean(1)
 
 
 @torch.no_grad()
@@ -99,19 +144,21 @@ def visualize_prototypes(
     prototypes: Sequence[int] | None = None,
     batch_size: int = 256,
 ) -> PrototypeVisualization:
-    """Edit each prototype's activation to its bound in every image, decode, keep the best edit.
+    """Edit each prototype's activation to its bound in every image, decode, keep the edit whose
+    s_J rose most (re-encoded edit minus the image's own s_J).
 
     bounds: (P,) upper bounds (see :func:`activation_bounds`).
     """
     prototypes = list(range(model.num_prototypes)) if prototypes is None else list(prototypes)
     n = inversion.images.shape[0]
     per_chunk = max(1, batch_size // n)
+    reconstructions = inversion.decode(model, inversion.activations)
     edits, scores, boxes = [], [], []
     for chunk in _chunks(prototypes, per_chunk):
         values = bounds[chunk].to(inversion.activations)
         s = edited_activations(inversion.activations, chunk, values)
         x_T = inversion.x_T.repeat(len(chunk), 1, 1, 1)
-        decoded = model.sample(s, inversion.steps, x_T=x_T, clip_x0=True)
+        decoded = inversion.decode(model, s, x_T)
         output = model.prototype_output(decoded)
         columns = torch.tensor(chunk, device=decoded.device).repeat_interleave(n)
         rows = torch.arange(len(columns), device=decoded.device)
@@ -119,13 +166,16 @@ def visualize_prototypes(
         scores.append(output.activations[rows, columns].reshape(len(chunk), n))
         boxes.append(cell_boxes(model, output.patch_index[rows, columns].cpu()).reshape(-1, n, 4))
     scores_all = torch.cat(scores)
+    before = inversion.activations[:, prototypes].t()
     return PrototypeVisualization(
         prototypes=prototypes,
         originals=inversion.images,
+        reconstructions=reconstructions,
         edits=torch.cat(edits),
+        before=before,
         edit_activation=scores_all,
         boxes=torch.cat(boxes),
-        best=scores_all.argmax(dim=1).cpu(),
+        best=(scores_all - before).argmax(dim=1).cpu(),
         bounds=bounds[prototypes].cpu(),
         network_evaluations_per_edit=2 * inversion.steps,
     )

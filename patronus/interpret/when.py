@@ -70,7 +70,7 @@ def trace_emergence(
     was_training = model.training
     model.eval()
     try:
-        for step in model.sample_steps(s, inversion.steps, x_T=x_T, clip_x0=True):
+        for step in inversion.decode_steps(model, s, x_T):
             traced.append(model.encode(step.pred_x0))
             timesteps.append(step.t)
     finally:
