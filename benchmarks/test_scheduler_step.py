@@ -16,7 +16,7 @@ from conftest import device_name, synchronize
 from patronus import Patronus
 from patronus.diffusion import NoiseSchedule
 from patronus.models.presets import get_preset
-from patronus.ops.scheduler_step import scheduler_step
+from patronus.ops.scheduler import scheduler_step
 
 STEP_SHAPES = {"64x3x64x64": (64, 3, 64, 64), "16x1x224x224": (16, 1, 224, 224),
                "256x4x64x64": (256, 4, 64, 64)}  # fmt: skip

@@ -1,12 +1,14 @@
 """Triton kernels: patch-to-prototype squared distances, min-pooled, and their gradients.
 
 Features arrive as a (B, N, D) strided view (NCHW, channels_last or patch-major: no copy);
-prototypes as (P, D). Distances are ``||z||^2 - 2 z.p + ||p||^2`` from a tiled matrix product
-accumulated in float32 (half inputs multiply in their own precision on tensor cores), with an
-online min/argmin over the patch tiles: the (B, P, N) tensor is never written. The winning
-distance is then recomputed as ``sum((z - p)^2)`` in float32 from the winning patch. A NaN
-distance wins the min (so NaN inputs propagate, as in the reference); ties go to the smallest
-index.
+prototypes as (P, D). Distances are ``||z - c||^2 - 2 (z - c).(p - c) + ||p - c||^2`` (c the
+prototypes' mean for float32 features, 0 for half ones: features are centred as they are loaded,
+so a large common offset does not cancel) from a tiled matrix product accumulated in float32 (half inputs multiply in their own
+precision on tensor cores), with an online min/argmin over the patch tiles: the (B, P, N) tensor
+is never written. The winning distance is then recomputed as ``sum((z - p)^2)`` in float32 from
+the winning patch. A NaN distance wins the min (so NaN inputs propagate, as in the reference);
+inf - inf from an infinite input reads as +inf; ties go to the smallest index. The backward
+kernels mask any patch index outside [0, N) (it contributes nothing, nothing is read).
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) the kernels run with one large-block configuration and
 multiply in float32 without tl.dot (the interpreter multiplies bf16 bit patterns, and its BLAS
@@ -81,36 +83,47 @@ def _dot_accumulate(z, p, acc, DOT_DTYPE: tl.constexpr):
 
 @triton.jit
 def _distance_tile(
-    z_base, PROTO, offs_n, offs_p, mask_n, mask_p,
-    D, stride_zn, stride_zd, stride_pp, stride_pd,
+    z_base, CENTRED, CENTER, offs_n, offs_p, mask_n, mask_p,
+    D, stride_zn, stride_zd,
     DOT_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """(z.p for a patch x prototype tile, ||z||^2 of its patches), accumulated over channels."""
+    """((z - c).(p - c) for a patch x prototype tile, ||z - c||^2 of its patches), accumulated
+    over channels. CENTRED: the centred prototypes p - c, (P, D) float32 contiguous."""
     cross = tl.zeros([BLOCK_N, BLOCK_P], tl.float32)
     patch_norm = tl.zeros([BLOCK_N], tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
+        mask_z = mask_n[:, None] & mask_d[None, :]
         z = tl.load(
             z_base + offs_n[:, None] * stride_zn + offs_d[None, :] * stride_zd,
-            mask=mask_n[:, None] & mask_d[None, :],
+            mask=mask_z,
             other=0.0,
         )
+        center = tl.load(CENTER + offs_d, mask=mask_d, other=0.0)
         p = tl.load(
-            PROTO + offs_p[None, :] * stride_pp + offs_d[:, None] * stride_pd,
+            CENTRED + offs_p[None, :] * D + offs_d[:, None],
             mask=mask_p[None, :] & mask_d[:, None],
             other=0.0,
         )
-        z32 = z.to(tl.float32)
+        z32 = tl.where(mask_z, z.to(tl.float32) - center[None, :], 0.0)
         patch_norm += tl.sum(z32 * z32, axis=1)
-        cross = _dot_accumulate(z, p, cross, DOT_DTYPE)
+        cross = _dot_accumulate(z32.to(z.dtype), p, cross, DOT_DTYPE)
     return cross, patch_norm
+
+
+@triton.jit
+def _expanded_distance(patch_norm, cross, proto_norm):
+    """(BLOCK_N, BLOCK_P) distances; inf - inf (an infinite input) reads as +inf."""
+    dist = patch_norm[:, None] - 2.0 * cross + proto_norm[None, :]
+    finite_inputs = (patch_norm == patch_norm)[:, None] & (proto_norm == proto_norm)[None, :]
+    return tl.where((dist != dist) & finite_inputs, float("inf"), dist)
 
 
 @_autotune(_FORWARD_CONFIGS, key=["N", "D", "NUM_P", "DOT_DTYPE"])
 @triton.jit
 def _min_distance_fwd_kernel(
-    Z, PROTO, PROTO_NORM, OUT_DIST, OUT_INDEX,
+    Z, PROTO, CENTRED, CENTER, PROTO_NORM, OUT_DIST, OUT_INDEX,
     N, D, NUM_P,
     stride_zb, stride_zn, stride_zd,
     stride_pp, stride_pd,
@@ -129,11 +142,11 @@ def _min_distance_fwd_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         cross, patch_norm = _distance_tile(
-            z_base, PROTO, offs_n, offs_p, mask_n, mask_p,
-            D, stride_zn, stride_zd, stride_pp, stride_pd,
+            z_base, CENTRED, CENTER, offs_n, offs_p, mask_n, mask_p,
+            D, stride_zn, stride_zd,
             DOT_DTYPE, BLOCK_N, BLOCK_P, BLOCK_D,
         )  # fmt: skip
-        dist = patch_norm[:, None] - 2.0 * cross + proto_norm[None, :]
+        dist = _expanded_distance(patch_norm, cross, proto_norm)
         dist = tl.where(dist != dist, float("-inf"), dist)  # NaN wins the min
         dist = tl.where(mask_n[:, None], dist, float("inf"))
         tile_best = tl.min(dist, axis=0)
@@ -186,6 +199,7 @@ def _grad_features_kernel(
         mask_p = offs_p < NUM_P
         index = tl.load(INDEX + b * NUM_P + offs_p, mask=mask_p, other=-1)
         grad = tl.load(GRAD + b * NUM_P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        # an index outside [0, N) matches no patch: it contributes nothing
         selection = tl.where(offs_n[:, None] == index[None, :], grad[None, :], 0.0)
         p = tl.load(
             PROTO + offs_p[:, None] * stride_pp + offs_d[None, :] * stride_pd,
@@ -221,8 +235,8 @@ def _grad_features_atomic_kernel(
     pid_p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < NUM_P
-    index = tl.load(INDEX + b * NUM_P + offs_p, mask=mask_p, other=0)
+    index = tl.load(INDEX + b * NUM_P + offs_p, mask=offs_p < NUM_P, other=0)
+    mask_p = (offs_p < NUM_P) & (index >= 0) & (index < N)
     grad = tl.load(GRAD + b * NUM_P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -244,7 +258,7 @@ def _grad_features_atomic_kernel(
 @triton.jit
 def _grad_prototypes_kernel(
     Z, PROTO, GRAD, INDEX, OUT,
-    BATCH, D, NUM_P,
+    BATCH, N, D, NUM_P,
     stride_zb, stride_zn, stride_zd,
     stride_pp, stride_pd,
     BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -262,23 +276,23 @@ def _grad_prototypes_kernel(
     acc = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
     for b in range(0, BATCH):
         index = tl.load(INDEX + b * NUM_P + offs_p, mask=mask_p, other=0)
-        grad = tl.load(GRAD + b * NUM_P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        valid = mask_p & (index >= 0) & (index < N)
+        grad = tl.load(GRAD + b * NUM_P + offs_p, mask=valid, other=0.0).to(tl.float32)
         winner = tl.load(
             Z + b * stride_zb + index[:, None] * stride_zn + offs_d[None, :] * stride_zd,
-            mask=mask,
+            mask=mask & valid[:, None],
             other=0.0,
         ).to(tl.float32)
-        acc -= 2.0 * grad[:, None] * (winner - p)
+        acc -= 2.0 * grad[:, None] * tl.where(valid[:, None], winner - p, 0.0)
     tl.store(OUT + offs_p[:, None] * D + offs_d[None, :], acc, mask=mask)
 
 
 @_autotune(_FORWARD_CONFIGS, key=["N", "D", "NUM_P", "DOT_DTYPE"])
 @triton.jit
 def _distance_map_kernel(
-    Z, PROTO, PROTO_NORM, OUT,
+    Z, CENTRED, CENTER, PROTO_NORM, OUT,
     N, D, NUM_P,
     stride_zb, stride_zn, stride_zd,
-    stride_pp, stride_pd,
     DOT_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -291,12 +305,13 @@ def _distance_map_kernel(
     mask_n = offs_n < N
     mask_p = offs_p < NUM_P
     cross, patch_norm = _distance_tile(
-        Z + b * stride_zb, PROTO, offs_n, offs_p, mask_n, mask_p,
-        D, stride_zn, stride_zd, stride_pp, stride_pd,
+        Z + b * stride_zb, CENTRED, CENTER, offs_n, offs_p, mask_n, mask_p,
+        D, stride_zn, stride_zd,
         DOT_DTYPE, BLOCK_N, BLOCK_P, BLOCK_D,
     )  # fmt: skip
     proto_norm = tl.load(PROTO_NORM + offs_p, mask=mask_p, other=0.0)
-    dist = tl.maximum(patch_norm[:, None] - 2.0 * cross + proto_norm[None, :], 0.0)
+    dist = _expanded_distance(patch_norm, cross, proto_norm)
+    dist = tl.where(dist < 0.0, 0.0, dist)  # clamp at 0, keeping NaN
     target = OUT + b * NUM_P * N + offs_p[None, :] * N + offs_n[:, None]
     tl.store(target, dist, mask=mask_n[:, None] & mask_p[None, :])
 
@@ -306,6 +321,22 @@ def _dot_dtype(patches: torch.Tensor) -> str:
     if INTERPRET:
         return "exact"
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(patches.dtype, "fp32")
+
+
+def _centred(
+    patches: torch.Tensor, prototypes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p - c (P, D) float32 contiguous, c (D,), ||p - c||^2 (P,)) with c the prototypes' mean
+    for float32 features. Half-precision features are not centred (c = 0): their products are
+    exact in float32 on tensor cores, centred values would be rounded to half precision, and a
+    half-precision feature cannot hold small differences on a large offset anyway."""
+    p = prototypes.float()
+    if patches.dtype == torch.float32:
+        center = p.mean(0)
+    else:
+        center = torch.zeros_like(p[0])
+    centred = (p - center).contiguous()
+    return centred, center, centred.square().sum(1)
 
 
 def min_distance_forward(
@@ -318,13 +349,13 @@ def min_distance_forward(
     index = torch.empty((batch, num_prototypes), device=patches.device, dtype=torch.int64)
     if batch == 0:
         return min_dist, index
-    proto_norm = prototypes.float().square().sum(1)
+    centred, center, proto_norm = _centred(patches, prototypes)
 
     def grid(meta):
         return (triton.cdiv(num_prototypes, meta["BLOCK_P"]), batch)
 
     _min_distance_fwd_kernel[grid](
-        patches, prototypes, proto_norm, min_dist, index,
+        patches, prototypes, centred, center, proto_norm, min_dist, index,
         num_patches, dim, num_prototypes,
         *patches.stride(), *prototypes.stride(),
         DOT_DTYPE=_dot_dtype(patches), **_meta(),
@@ -381,7 +412,7 @@ def min_distance_backward(
 
     _grad_prototypes_kernel[prototypes_grid](
         patches, prototypes, grad, index, grad_prototypes,
-        batch, dim, num_prototypes,
+        batch, num_patches, dim, num_prototypes,
         *patches.stride(), *prototypes.stride(),
         **_meta(),
     )  # fmt: skip
@@ -397,7 +428,7 @@ def distance_map(patches: torch.Tensor, prototypes: torch.Tensor) -> torch.Tenso
     )
     if batch == 0:
         return out
-    proto_norm = prototypes.float().square().sum(1)
+    centred, center, proto_norm = _centred(patches, prototypes)
 
     def grid(meta):
         return (
@@ -407,9 +438,9 @@ def distance_map(patches: torch.Tensor, prototypes: torch.Tensor) -> torch.Tenso
         )
 
     _distance_map_kernel[grid](
-        patches, prototypes, proto_norm, out,
+        patches, centred, center, proto_norm, out,
         num_patches, dim, num_prototypes,
-        *patches.stride(), *prototypes.stride(),
+        *patches.stride(),
         DOT_DTYPE=_dot_dtype(patches), **_meta(),
     )  # fmt: skip
     return out

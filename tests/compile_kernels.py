@@ -11,8 +11,16 @@ from triton.runtime.autotuner import Autotuner
 from patronus.kernels import prototype_distance as K
 
 POINTERS = {
-    "_min_distance_fwd_kernel": ["Z", "PROTO", "PROTO_NORM", "OUT_DIST", "OUT_INDEX"],
-    "_distance_map_kernel": ["Z", "PROTO", "PROTO_NORM", "OUT"],
+    "_min_distance_fwd_kernel": [
+        "Z",
+        "PROTO",
+        "CENTRED",
+        "CENTER",
+        "PROTO_NORM",
+        "OUT_DIST",
+        "OUT_INDEX",
+    ],
+    "_distance_map_kernel": ["Z", "CENTRED", "CENTER", "PROTO_NORM", "OUT"],
     "_grad_features_kernel": ["Z", "PROTO", "GRAD", "INDEX", "OUT"],
     "_grad_features_atomic_kernel": ["Z", "PROTO", "GRAD", "INDEX", "OUT32"],
     "_grad_prototypes_kernel": ["Z", "PROTO", "GRAD", "INDEX", "OUT"],

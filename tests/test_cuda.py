@@ -64,7 +64,7 @@ def test_cuda_graph_sampling_matches_eager(tiny_config, sampler):
 
 def test_scheduler_step_cuda_matches_cpu():
     from patronus.diffusion import NoiseSchedule
-    from patronus.ops.scheduler_step import scheduler_step
+    from patronus.ops.scheduler import scheduler_step
 
     table = NoiseSchedule.from_name("linear", 1000).alphas_cumprod
     for dtype in (torch.float32, torch.float16, torch.bfloat16):

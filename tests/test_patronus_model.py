@@ -120,7 +120,7 @@ def test_sampling_and_inversion_are_the_same_without_the_extension(
     """Sampling and inversion with the extension's fused step and with its PyTorch reference give
     bit-identical images (everything else unchanged)."""
     from patronus import _backend
-    from patronus.ops import scheduler_step as step_module
+    from patronus.ops import scheduler as step_module
 
     if _backend.load_extension()[0] is None:
         pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")

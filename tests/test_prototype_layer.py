@@ -25,6 +25,9 @@ def test_activation_bounds_and_linear_variant():
     zero = torch.zeros(1)
     assert distance_to_activation(zero).item() == pytest.approx(math.log(1e4), rel=1e-6)
     assert distance_to_activation(torch.tensor([3.0]), "linear").item() == -3.0
+    for eps in (0.0, -1e-4, float("nan")):
+        with pytest.raises(ValueError, match="eps must be > 0"):
+            PrototypeLayer(3, 4, eps=eps)
     with pytest.raises(ValueError, match="activation must be one of"):
         distance_to_activation(zero, "exp")
     with pytest.raises(ValueError, match="activation must be one of"):

@@ -359,3 +359,73 @@ def _backend_choices_cpu():
     from patronus.ops.prototype_distance import backend_choices
 
     return backend_choices(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0, 1e3, -5e3])
+@pytest.mark.parametrize("seed", range(3))
+def test_winner_is_right_under_a_large_common_offset(backend, offset, seed):
+    """Features with a large common offset and prototypes close to some of their patches: the
+    expanded form cancels in float32 unless the inputs are centred first."""
+    generator = torch.Generator().manual_seed(seed)
+    features = offset + 0.05 * torch.randn(8, 128, 13, 13, generator=generator)
+    prototypes = features[0].flatten(1).t()[:16] + 0.002 * torch.randn(16, 128, generator=generator)
+    min_dist, index = prototype_min_distance(features, prototypes)
+    expected, expected_index, _ = oracle(features, prototypes)
+    assert torch.equal(index, expected_index)
+    torch.testing.assert_close(min_dist.double(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(index[0], torch.arange(16))  # each prototype finds its own patch
+
+
+def test_infinite_patches_never_win_a_finite_minimum(backend):
+    features = torch.randn(2, 6, 4, 5)
+    prototypes = torch.rand(3, 6)
+    features[0, 2, 0, 0] = float("inf")  # patch 0 of image 0
+    features[1, :, 1, 1] = float("-inf")  # patch 6 of image 1
+    features[1, 0, 2, 3] = 1e30  # patch 13 of image 1: its distance overflows float32
+    min_dist, index = prototype_min_distance(features, prototypes)
+    finite = features.clone()
+    finite[0, :, 0, 0] = finite[1, :, 1, 1] = finite[1, :, 2, 3] = 1e6  # far: never the winner
+    expected, expected_index, _ = oracle(finite, prototypes)
+    assert torch.isfinite(min_dist).all()
+    assert torch.equal(index, expected_index)
+    torch.testing.assert_close(min_dist.double(), expected, **tolerance(torch.float32))
+
+
+def test_all_infinite_distances_give_inf_at_the_smallest_index(backend):
+    features = torch.full((1, 4, 3, 3), 1e20)
+    features[0, 0, 1, 2] = -1e20  # every distance to prototypes near 0 overflows float32
+    min_dist, index = prototype_min_distance(features, torch.rand(2, 4))
+    assert torch.isinf(min_dist).all() and (min_dist > 0).all()
+    assert index.tolist() == [[0, 0]]
+
+
+def test_huge_features_near_their_prototypes_stay_finite(backend):
+    features = 1e20 * (1 + 1e-3 * torch.randn(2, 8, 3, 3))  # rounded to float32
+    prototypes = features[1].flatten(1).t()[[4, 7]].clone()
+    min_dist, index = prototype_min_distance(features, prototypes)
+    assert index[1].tolist() == [4, 7] and min_dist[1].tolist() == [0.0, 0.0]
+
+
+def test_public_backward_op_checks_its_index(backend):
+    features, prototypes = torch.randn(2, 3, 4, 4), torch.rand(5, 3)
+    grad = torch.ones(2, 5)
+    for bad in (16, -1):
+        index = torch.zeros(2, 5, dtype=torch.int64)
+        index[1, 3] = bad
+        with pytest.raises((IndexError, RuntimeError), match=f"{bad}.*outside"):
+            torch.ops.patronus.prototype_min_distance_backward(
+                grad, features, prototypes, index, True
+            )
+    with pytest.raises(ValueError, match=r"\(B, P\)"):
+        torch.ops.patronus.prototype_min_distance_backward(
+            grad, features, prototypes, torch.zeros(2, 4, dtype=torch.int64), True
+        )
+
+
+def test_double_backward(backend):
+    """Gradient penalties need the backward to be differentiable (like the distance map's)."""
+    features = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    prototypes = torch.rand(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda f, p: prototype_min_distance(f, p)[0], (features, prototypes)
+    )

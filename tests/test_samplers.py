@@ -15,7 +15,7 @@ from patronus.diffusion import (
     respaced_timesteps,
     run_sampler,
 )
-from patronus.ops.scheduler_step import philox_normal
+from patronus.ops.scheduler import philox_normal
 
 SCHEDULE = NoiseSchedule.from_name("linear", 1000)
 ABAR = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))

@@ -7,7 +7,7 @@ from scipy import stats
 
 from patronus import _backend
 from patronus.diffusion import NoiseSchedule
-from patronus.ops.scheduler_step import (
+from patronus.ops.scheduler import (
     MODES,
     PREDICTIONS,
     VARIANCES,
@@ -180,6 +180,36 @@ def test_errors(backend):
         scheduler_step(x, x, torch.tensor([1000, 5]), c - 1, TABLE)
     with pytest.raises(ValueError, match="mode must be one of"):
         scheduler_step(x, x, c, c - 1, TABLE, mode="euler")
+
+
+def test_scheduler_step_is_the_op_the_readme_names():
+    import patronus.ops
+
+    assert patronus.ops.scheduler_step is scheduler_step and callable(patronus.ops.scheduler_step)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        ({"threshold": torch.tensor([2.0, 0.0])}, ValueError, "threshold values"),
+        ({"threshold": torch.tensor([-1.0, 2.0])}, ValueError, "threshold values"),
+        ({"threshold": torch.tensor([float("nan"), 2.0])}, ValueError, "threshold values"),
+        ({"clip": 0.0}, ValueError, "clip must be finite and > 0"),
+        ({"clip": -1.0}, ValueError, "clip must be finite and > 0"),
+        ({"eta": float("nan")}, ValueError, "eta must be"),
+        ({"timestep": 5.5}, TypeError, "timestep must be an int"),
+        ({"timestep": torch.tensor([5.0, 5.0])}, TypeError, "integer levels"),
+        ({"prev_timestep": torch.tensor([1, 2, 3])}, ValueError, r"\(B,\)"),
+        ({"mode": "ddpm", "timestep": -1, "prev_timestep": -1}, ValueError, "cleaner one"),
+        ({"mode": "ddpm", "timestep": 3, "prev_timestep": 7}, ValueError, "cleaner one"),
+    ],
+)
+def test_invalid_arguments_are_refused_on_every_backend(backend, change, error, match):
+    x = torch.randn(2, 3)
+    args = {"timestep": 5, "prev_timestep": 4, "noise": torch.randn(2, 3), **change}
+    timestep, prev = args.pop("timestep"), args.pop("prev_timestep")
+    with pytest.raises(error, match=match):
+        scheduler_step(x, x, timestep, prev, TABLE, **args)
 
 
 def test_opcheck():

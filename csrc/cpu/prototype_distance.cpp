@@ -3,7 +3,12 @@
 //
 // Forward, per (batch element, block of 8 prototypes): the cross products with every patch into an
 // 8 x N buffer that stays in cache, then a fused pass over it for the min and argmin (ties ->
-// smallest index; NaN wins, so it propagates), then the winning distance recomputed exactly as sum((z - p)^2). No (B, P, N) tensor is ever allocated.
+// smallest index; NaN wins, so it propagates), then the winning distance recomputed exactly as
+// sum((z - p)^2). No (B, P, N) tensor is ever allocated. The search runs on inputs centred on the
+// prototypes' mean c (distances do not change), ||z - c||^2 - 2 (z - c).(p - c) + ||p - c||^2,
+// so that a large common offset of features and prototypes does not cancel away the differences
+// that pick the winner. A distance that is NaN only because an input is infinite (inf - inf) is
+// +inf: a patch holding +-inf never wins while a finite one exists.
 // Backward: the gradient of a min reaches the winning patch only; both gradients are sums in a
 // fixed order (no atomics), so they are bit-for-bit reproducible.
 #include <ATen/Dispatch.h>
@@ -69,9 +74,12 @@ scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
     scalar_t acc[kProtoBlock][WIDTH] = {};                                                 \
     for (int64_t d = 0; d < dim; ++d) {                                                    \
       const scalar_t* row = z + d * num_patches + n0;                                      \
+      scalar_t centred[WIDTH];                                                             \
+      for (int64_t w = 0; w < (WIDTH); ++w) centred[w] = row[w] - center[d];               \
       for (int64_t k = 0; k < kProtoBlock; ++k) {                                          \
         const scalar_t weight = protos[k * dim + d];                                       \
-        for (int64_t w = 0; w < (WIDTH); ++w) acc[k][w] = std::fma(weight, row[w], acc[k][w]); \
+        for (int64_t w = 0; w < (WIDTH); ++w)                                              \
+          acc[k][w] = std::fma(weight, centred[w], acc[k][w]);                             \
       }                                                                                    \
     }                                                                                      \
     for (int64_t k = 0; k < kProtoBlock; ++k)                                              \
@@ -79,20 +87,33 @@ scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
   }                                                                                        \
   for (int64_t n = n0; n < num_patches; ++n) {                                             \
     scalar_t acc[kProtoBlock] = {};                                                        \
-    for (int64_t d = 0; d < dim; ++d)                                                      \
+    for (int64_t d = 0; d < dim; ++d) {                                                    \
+      const scalar_t centred = z[d * num_patches + n] - center[d];                         \
       for (int64_t k = 0; k < kProtoBlock; ++k)                                            \
-        acc[k] = std::fma(protos[k * dim + d], z[d * num_patches + n], acc[k]);            \
+        acc[k] = std::fma(protos[k * dim + d], centred, acc[k]);                           \
+    }                                                                                      \
     for (int64_t k = 0; k < kProtoBlock; ++k) cross[k * num_patches + n] = acc[k];         \
   }
 
-PATRONUS_CLONES void cross_products(const float* z, const float* protos, int64_t num_patches,
-                                    int64_t dim, float* cross) {
+// protos: kProtoBlock centred prototypes (p - c); z: raw channel-major patches, centred on load.
+PATRONUS_CLONES void cross_products(const float* z, const float* protos, const float* center,
+                                    int64_t num_patches, int64_t dim, float* cross) {
   PATRONUS_CROSS_PRODUCTS(float, 32)
 }
 
-PATRONUS_CLONES void cross_products(const double* z, const double* protos, int64_t num_patches,
-                                    int64_t dim, double* cross) {
+PATRONUS_CLONES void cross_products(const double* z, const double* protos, const double* center,
+                                    int64_t num_patches, int64_t dim, double* cross) {
   PATRONUS_CROSS_PRODUCTS(double, 16)
+}
+
+// The expanded distance, with inf - inf (an infinite input) read as +inf; NaN inputs stay NaN.
+template <typename scalar_t>
+scalar_t expanded_distance(scalar_t patch_norm, scalar_t cross, scalar_t proto_norm) {
+  const scalar_t dist = patch_norm - 2 * cross + proto_norm;
+  if (std::isnan(dist) && !std::isnan(patch_norm) && !std::isnan(proto_norm)) {
+    return std::numeric_limits<scalar_t>::infinity();
+  }
+  return dist;
 }
 
 std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& features,
@@ -111,16 +132,24 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
   }
   const at::Tensor protos = prototypes.to(opmath).contiguous();
   const int64_t prototype_blocks = (num_prototypes + kProtoBlock - 1) / kProtoBlock;
-  const at::Tensor padded = at::zeros({prototype_blocks * kProtoBlock, dim}, protos.options());
-  padded.narrow(0, 0, num_prototypes).copy_(protos);
   // channel-major patches (B, D, N): free for NCHW features, one copy for other layouts
   const at::Tensor z = patches.transpose(1, 2).to(opmath).contiguous();
   AT_DISPATCH_FLOATING_TYPES(opmath, "prototype_min_distance_cpu", [&] {
     const scalar_t* p_ptr = protos.const_data_ptr<scalar_t>();
     const scalar_t* z_ptr = z.const_data_ptr<scalar_t>();
+    // c = the prototypes' mean; q = p - c, zero-padded to whole blocks of prototypes
+    std::vector<scalar_t> center(dim, scalar_t(0));
+    for (int64_t p = 0; p < num_prototypes; ++p)
+      for (int64_t d = 0; d < dim; ++d) center[d] += p_ptr[p * dim + d];
+    for (int64_t d = 0; d < dim; ++d) center[d] /= static_cast<scalar_t>(num_prototypes);
+    std::vector<scalar_t> centred(prototype_blocks * kProtoBlock * dim, scalar_t(0));
+    for (int64_t p = 0; p < num_prototypes; ++p)
+      for (int64_t d = 0; d < dim; ++d) centred[p * dim + d] = p_ptr[p * dim + d] - center[d];
+    const scalar_t* c_ptr = center.data();
+    const scalar_t* q_ptr = centred.data();
     std::vector<scalar_t> proto_norms(num_prototypes);
     for (int64_t p = 0; p < num_prototypes; ++p) {
-      proto_norms[p] = squared_norm(p_ptr + p * dim, dim, 1);
+      proto_norms[p] = squared_norm(q_ptr + p * dim, dim, 1);
     }
     std::vector<scalar_t> patch_norms(batch * num_patches, scalar_t(0));
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
@@ -128,13 +157,15 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
         scalar_t* norms = patch_norms.data() + b * num_patches;
         for (int64_t d = 0; d < dim; ++d) {
           const scalar_t* row = z_ptr + (b * dim + d) * num_patches;
-          for (int64_t n = 0; n < num_patches; ++n) norms[n] += row[n] * row[n];
+          for (int64_t n = 0; n < num_patches; ++n) {
+            const scalar_t centred_value = row[n] - c_ptr[d];
+            norms[n] += centred_value * centred_value;
+          }
         }
       }
     });
     scalar_t* out_ptr = min_dist.mutable_data_ptr<scalar_t>();
     int64_t* idx_ptr = index.mutable_data_ptr<int64_t>();
-    const scalar_t* padded_ptr = padded.const_data_ptr<scalar_t>();
     at::parallel_for(0, batch * prototype_blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> cross(kProtoBlock * num_patches);
       for (int64_t job = begin; job < end; ++job) {
@@ -142,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
         const int64_t p0 = (job % prototype_blocks) * kProtoBlock;
         const int64_t count = std::min(kProtoBlock, num_prototypes - p0);
         const scalar_t* zb = z_ptr + b * dim * num_patches;
-        cross_products(zb, padded_ptr + p0 * dim, num_patches, dim, cross.data());
+        cross_products(zb, q_ptr + p0 * dim, c_ptr, num_patches, dim, cross.data());
         for (int64_t k = 0; k < count; ++k) {
           const int64_t p = p0 + k;
           const scalar_t* row = cross.data() + k * num_patches;
@@ -150,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
           scalar_t best = std::numeric_limits<scalar_t>::infinity();
           int64_t best_n = 0;
           for (int64_t n = 0; n < num_patches; ++n) {
-            const scalar_t dist = norms[n] - 2 * row[n] + proto_norms[p];
+            const scalar_t dist = expanded_distance(norms[n], row[n], proto_norms[p]);
             if (less_nan_first(dist, best)) {
               best = dist;
               best_n = n;
@@ -181,11 +212,19 @@ std::tuple<at::Tensor, at::Tensor> min_distance_backward_cpu(const at::Tensor& g
   TORCH_CHECK(grad.sizes() == index.sizes() && grad.size(0) == batch &&
                   grad.size(1) == num_prototypes,
               "prototype_min_distance backward: grad and index must be (B, P)");
+  const at::Tensor idx = index.contiguous();
+  TORCH_CHECK(idx.scalar_type() == at::kLong,
+              "prototype_min_distance backward: index must be int64, got ", idx.scalar_type());
+  const int64_t* checked = idx.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < idx.numel(); ++i) {
+    TORCH_CHECK(checked[i] >= 0 && checked[i] < num_patches,
+                "prototype_min_distance backward: patch index ", checked[i], " at position ", i,
+                " is outside [0, ", num_patches, ")");
+  }
   const at::ScalarType opmath = opmath_of(patches, prototypes);
   const at::Tensor z = patches.to(opmath);  // keeps the features' layout: no copy for fp32
   const at::Tensor protos = prototypes.to(opmath).contiguous();
   const at::Tensor g = grad.to(opmath).contiguous();
-  const at::Tensor idx = index.contiguous();
   at::Tensor grad_features = at::zeros_like(features, features.options().dtype(opmath));
   const at::Tensor grad_z = as_patches(grad_features);  // (B, N, D) view, the same strides
   at::Tensor grad_p = at::zeros({num_prototypes, dim}, protos.options());

@@ -32,7 +32,7 @@ except ImportError as error:  # pragma: no cover - exercised without diffusers o
         "patronus.diffusion.diffusers_schedulers needs diffusers: pip install diffusers"
     ) from error
 
-from patronus.ops.scheduler_step import scheduler_step
+from patronus.ops.scheduler import scheduler_step
 
 # diffusers' pipeline loader finds a component's loading method by looking the base classes it
 # knows (``SchedulerMixin`` among them) up by name in the component's module: keep it here.

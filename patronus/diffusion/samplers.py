@@ -29,7 +29,7 @@ import torch
 from patronus.diffusion.graphed_step import GraphedStep
 from patronus.diffusion.schedules import NoiseSchedule
 from patronus.diffusion.timesteps import respaced_timesteps
-from patronus.ops.scheduler_step import scheduler_step
+from patronus.ops.scheduler import scheduler_step
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -101,7 +101,7 @@ def _step(
         threshold = _thresholds(x, output, padded[current], options.dynamic_threshold)
     return scheduler_step(
         x, output, current, target, table, prediction=options.prediction,
-        clip=1.0 if options.clip_x0 else None, threshold=threshold, **kwargs,
+        clip=1.0 if options.clip_x0 else None, threshold=threshold, validate=False, **kwargs,
     )  # fmt: skip
 
 

@@ -57,6 +57,8 @@ class PrototypeLayer(nn.Module):
             raise ValueError(f"need num_prototypes >= 1 and dim >= 1, got {num_prototypes}, {dim}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if not eps > 0:  # also refuses NaN
+            raise ValueError(f"eps must be > 0 (the log activation divides by d + eps), got {eps}")
         self.activation = activation
         self.eps = eps
         self.check_finite = check_finite

@@ -11,11 +11,19 @@ device (``patronus._backend``):
 
 Float64 inputs never use Triton (the oracle precision comes from ``cpp`` or ``torch``). The
 references never broadcast to 5-D: distances come from one batched matrix product with the norms,
-``||z||^2 - 2 z.p + ||p||^2`` in float32 (float64 for float64 inputs), clamped at 0. Every backend
-recomputes the winning distance as ``sum((z - p)^2)`` from the winning patch, so near-zero
-distances, where the log activation is steepest, do not cancel. The gradient of a min reaches
-the winning patch only; it is deterministic unless ``torch.use_deterministic_algorithms`` is off
-*and* the Triton backend runs (then an atomic scatter is used for the features' gradient).
+``||z - c||^2 - 2 (z - c).(p - c) + ||p - c||^2`` in float32 (float64 for float64 inputs),
+clamped at 0, where c is the prototypes' mean: centring changes no distance but keeps a large
+common offset of features and prototypes from cancelling the differences that pick the winner.
+Every backend recomputes the winning distance as ``sum((z - p)^2)`` from the winning patch, so
+near-zero distances, where the log activation is steepest, do not cancel. The gradient of a min
+reaches the winning patch only; it is deterministic unless ``torch.use_deterministic_algorithms``
+is off *and* the Triton backend runs (then an atomic scatter is used for the features' gradient).
+
+Non-finite values, the same on every backend: a NaN in a patch (or a prototype) makes its
+distances NaN, and a NaN distance wins the min, so NaN propagates. A patch holding +-Inf, or
+whose distance overflows float32, is at distance +Inf: the min is the finite minimum wherever one
+exists, and where every distance is +Inf it is +Inf at the smallest patch index (ties go to the
+smallest index).
 """
 
 from __future__ import annotations
@@ -102,16 +110,19 @@ def distance_matrix_ref(patches: torch.Tensor, prototypes: torch.Tensor) -> torc
     """Squared distances of every patch to every prototype.
 
     patches (B, N, D), prototypes (P, D) -> (B, P, N) in float32 (float64 for float64 inputs),
-    computed as ||z||^2 - 2 z.p + ||p||^2 and clamped at 0.
+    computed as ||z - c||^2 - 2 (z - c).(p - c) + ||p - c||^2 with c the prototypes' mean, clamped
+    at 0; inf - inf (an infinite input) reads as +inf, NaN inputs give NaN.
     """
     dtype = opmath_dtype(patches, prototypes)
-    z = patches.to(dtype)
-    p = prototypes.to(dtype)
-    patch_norms = z.square().sum(-1)  # (B, N)
-    prototype_norms = p.square().sum(-1)  # (P,)
+    center = prototypes.to(dtype).mean(0)
+    z = patches.to(dtype) - center
+    p = prototypes.to(dtype) - center
+    patch_norms = z.square().sum(-1)[:, None, :]  # (B, 1, N)
+    prototype_norms = p.square().sum(-1)[None, :, None]  # (1, P, 1)
     cross = torch.matmul(p, z.transpose(1, 2))  # (B, P, N)
-    distances = patch_norms[:, None, :] - 2.0 * cross + prototype_norms[None, :, None]
-    return distances.clamp_min(0.0)
+    distances = patch_norms - 2.0 * cross + prototype_norms
+    overflowed = distances.isnan() & ~patch_norms.isnan() & ~prototype_norms.isnan()
+    return distances.masked_fill(overflowed, float("inf")).clamp_min(0.0)
 
 
 def prototype_min_distance_ref(
@@ -158,18 +169,20 @@ def _check_map_inputs(features: torch.Tensor, prototypes: torch.Tensor) -> None:
 def _min_distance_backward_torch(
     grad: torch.Tensor, features: torch.Tensor, prototypes: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The min's gradient with torch ops: 2 g (z_win - p) scattered to the winning patches."""
+    """The min's gradient with torch ops: 2 g (z_win - p) scattered to the winning patches.
+    Differentiable (double backward uses it directly); the op's torch backend copies the
+    features' gradient into the features' layout, as its fake kernel says."""
     patches = as_patches(features)
     dtype = opmath_dtype(patches, prototypes)
     batch, num_patches, dim = patches.shape
     gather_index = index.unsqueeze(-1).expand(batch, prototypes.shape[0], dim)
     winners = patches.gather(1, gather_index).to(dtype)
     contribution = 2.0 * grad.to(dtype).unsqueeze(-1) * (winners - prototypes.to(dtype))
-    grad_patches = torch.zeros((batch, num_patches, dim), dtype=dtype, device=features.device)
-    grad_patches.scatter_add_(1, gather_index, contribution)
-    grad_features = torch.empty_like(features)  # the features' layout, as the fake kernel says
-    as_patches(grad_features).copy_(grad_patches)
-    return grad_features, (-contribution.sum(0)).to(prototypes.dtype)
+    zeros = contribution.new_zeros((batch, num_patches, dim))
+    grad_patches = zeros.scatter_add(1, gather_index, contribution)
+    if features.dim() == 4:
+        grad_patches = grad_patches.transpose(1, 2).reshape(features.shape)
+    return grad_patches.to(features.dtype), (-contribution.sum(0)).to(prototypes.dtype)
 
 
 # ---------------------------------------------------------------------------- custom op: min
@@ -201,6 +214,7 @@ def _min_distance_backward_op(
     index: torch.Tensor,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_backward_inputs(grad, features, prototypes, index)
     backend = _choose(MIN_OP, features, prototypes)
     if backend == "triton":
         grad_features = torch.empty_like(features)
@@ -210,7 +224,31 @@ def _min_distance_backward_op(
         return grad_features, grad_prototypes.to(prototypes.dtype)
     if backend == "cpp":
         return torch.ops.patronus.prototype_min_distance_bwd(grad, features, prototypes, index)
-    return _min_distance_backward_torch(grad, features, prototypes, index)
+    grad_features, grad_prototypes = _min_distance_backward_torch(grad, features, prototypes, index)
+    return torch.empty_like(features).copy_(grad_features), grad_prototypes
+
+
+def _check_backward_inputs(
+    grad: torch.Tensor, features: torch.Tensor, prototypes: torch.Tensor, index: torch.Tensor
+) -> None:
+    """The backward op is public: check what it indexes with (the kernels also mask any index
+    out of range, so a CUDA graph capture, where this check is skipped, reads nothing out of
+    bounds)."""
+    batch, num_patches = as_patches(features).shape[:2]
+    shape = (batch, prototypes.shape[0])
+    if tuple(grad.shape) != shape or tuple(index.shape) != shape:
+        raise ValueError(
+            f"grad and index must be (B, P) = {shape}, got {tuple(grad.shape)} and "
+            f"{tuple(index.shape)}"
+        )
+    if index.dtype != torch.int64:
+        raise TypeError(f"index must be int64, got {index.dtype}")
+    if index.numel() == 0 or (index.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or high >= num_patches:
+        bad = low if low < 0 else high
+        raise IndexError(f"patch index {bad} is outside [0, {num_patches})")
 
 
 @_min_distance_backward_op.register_fake
@@ -226,6 +264,8 @@ def _min_distance_setup(ctx, inputs, output) -> None:
 
 def _min_distance_backward(ctx, grad_min, grad_index):
     features, prototypes, index = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+        return _min_distance_backward_torch(grad_min, features, prototypes, index)
     deterministic = torch.are_deterministic_algorithms_enabled() or not _atomic_allowed()
     grad_features, grad_prototypes = _min_distance_backward_op(
         grad_min, features, prototypes, index, deterministic

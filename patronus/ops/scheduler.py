@@ -38,12 +38,42 @@ def backend(device: torch.device) -> _backend.BackendChoice:
     return _backend.select("scheduler_step", device, _PROBES)
 
 
-def _levels(value: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    if isinstance(value, int):
-        return torch.full((batch,), value, dtype=torch.long, device=device)
-    if value.dim() == 0:
-        value = value.expand(batch)
-    return value.to(device=device, dtype=torch.long)
+def _levels(value: int | torch.Tensor, batch: int, device: torch.device, name: str) -> torch.Tensor:
+    """An int or an integer tensor (scalar or (B,)) -> (B,) int64; anything else is refused
+    (a float level would be truncated)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer levels, got a {value.dtype} tensor")
+        if value.dim() == 0:
+            value = value.expand(batch)
+        if value.shape != (batch,):
+            raise ValueError(
+                f"{name} must be an int or (B,) = ({batch},), got {tuple(value.shape)}"
+            )
+        return value.to(device=device, dtype=torch.long)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
+    return torch.full((batch,), value, dtype=torch.long, device=device)
+
+
+def _check_values(
+    mode: str,
+    timestep: torch.Tensor,
+    prev_timestep: torch.Tensor,
+    steps: int,
+    threshold: torch.Tensor | None,
+) -> None:
+    """Checks that read tensor values (a host synchronisation on a GPU)."""
+    for name, levels in (("timestep", timestep), ("prev_timestep", prev_timestep)):
+        if levels.numel() and (int(levels.min()) < -1 or int(levels.max()) >= steps):
+            raise ValueError(f"{name} must lie in [-1, {steps}) (-1: clean data)")
+    if mode == "ddpm" and bool((prev_timestep >= timestep).any()):
+        raise ValueError(
+            "DDPM steps go from a noisier level to a cleaner one: every timestep must be "
+            "greater than its prev_timestep"
+        )
+    if threshold is not None and not bool((torch.isfinite(threshold) & (threshold > 0)).all()):
+        raise ValueError("threshold values must be finite and > 0")
 
 
 def _choice(table: dict[str, int], name: str, what: str) -> int:
@@ -68,6 +98,7 @@ def scheduler_step(
     recompute_eps: bool = True,
     noise: torch.Tensor | None = None,
     rng_state: torch.Tensor | None = None,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of DDIM / DDPM / DDIM inversion for a batch.
 
@@ -84,14 +115,23 @@ def scheduler_step(
             clipped x0 (the DDIM convention of guided-diffusion; diffusers' default is False).
         noise: N(0, I) like ``sample``, used where the step adds noise; or
         rng_state: int64 [seed, offset] on the sample's device for in-kernel noise.
+        validate: check the levels' range (and, for DDPM, that each step goes to a cleaner
+            level) and that thresholds are finite and > 0. This reads tensor values, a host
+            synchronisation on a GPU: the samplers, which build valid levels, turn it off.
 
     Returns:
         (x at the target level, predicted x0 after clipping), both like ``sample``.
     """
     check_float("sample", sample)
     batch = sample.shape[0]
-    timestep = _levels(timestep, batch, sample.device)
-    prev_timestep = _levels(prev_timestep, batch, sample.device)
+    timestep = _levels(timestep, batch, sample.device, "timestep")
+    prev_timestep = _levels(prev_timestep, batch, sample.device, "prev_timestep")
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be finite and > 0 (None: no clipping), got {clip}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be finite and >= 0, got {eta}")
+    if validate:
+        _check_values(mode, timestep, prev_timestep, alphas_cumprod.shape[0], threshold)
     table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
     args = (
         _choice(MODES, mode, "mode"),
