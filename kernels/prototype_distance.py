@@ -3,12 +3,13 @@
 Features arrive as a (B, N, D) strided view (NCHW, channels_last or patch-major: no copy);
 prototypes as (P, D). Distances are ``||z - c||^2 - 2 (z - c).(p - c) + ||p - c||^2`` (c the
 prototypes' mean for float32 features, 0 for half ones: features are centred as they are loaded,
-so a large common offset does not cancel) from a tiled matrix product accumulated in float32 (half inputs multiply in their own
-precision on tensor cores), with an online min/argmin over the patch tiles: the (B, P, N) tensor
-is never written. The winning distance is then recomputed as ``sum((z - p)^2)`` in float32 from
-the winning patch. A NaN distance wins the min (so NaN inputs propagate, as in the reference);
-inf - inf from an infinite input reads as +inf; ties go to the smallest index. The backward
-kernels mask any patch index outside [0, N) (it contributes nothing, nothing is read).
+so a large common offset does not cancel) from a tiled matrix product accumulated in float32
+(half inputs multiply in their own precision on tensor cores), with an online min/argmin over
+the patch tiles: the (B, P, N) tensor is never written. The winning distance is then
+recomputed as ``sum((z - p)^2)`` in float32 from the winning patch. A NaN distance wins the min
+(so NaN inputs propagate, as in the reference); inf - inf from an infinite input reads as +inf;
+ties go to the smallest index. The backward kernels mask any patch index outside [0, N) (it
+contributes nothing, nothing is read).
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) the kernels run with one large-block configuration and
 multiply in float32 without tl.dot (the interpreter multiplies bf16 bit patterns, and its BLAS
@@ -331,10 +332,7 @@ def _centred(
     exact in float32 on tensor cores, centred values would be rounded to half precision, and a
     half-precision feature cannot hold small differences on a large offset anyway."""
     p = prototypes.float()
-    if patches.dtype == torch.float32:
-        center = p.mean(0)
-    else:
-        center = torch.zeros_like(p[0])
+    center = p.mean(0) if patches.dtype == torch.float32 else torch.zeros_like(p[0])
     centred = (p - center).contiguous()
     return centred, center, centred.square().sum(1)
 
