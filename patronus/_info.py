@@ -25,9 +25,10 @@ def _devices() -> list[torch.device]:
 
 
 def _op_backends(device: torch.device) -> dict[str, _backend.BackendChoice]:
-    from patronus.ops import noising, prototype_distance
+    from patronus.ops import noising, prototype_distance, scheduler
 
     choices = dict(prototype_distance.backend_choices(device))
+    choices["scheduler_step"] = scheduler.backend(device)
     choices["q_sample"] = noising.backend(device)
     return choices
 

@@ -8,14 +8,18 @@ A checkpoint is a folder::
     train_state.safetensors + train_state.json   (optional) optimizer and scaler, for --resume
 
 A run folder keeps them under ``checkpoints/step_XXXXXXX`` with a ``checkpoints/latest`` file
-naming the newest. Folders are written under a temporary name and renamed, so a crash never leaves
-a half-written checkpoint behind.
+naming the newest. Folders are written under a temporary name (``.step_X.tmp-PID``) and renamed,
+so a crash never leaves a half-written checkpoint behind; a folder being replaced is first moved
+aside (``.step_X.old-PID``) and deleted only once its successor is in place. What a killed process
+leaves behind is tidied by :func:`recover_interrupted_writes` (a moved-aside folder whose successor
+never arrived is moved back).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -50,8 +54,16 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+_STEP = re.compile(r"^step_(\d+)$")
+
+
 def write_atomically(path: Path, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer`` on a temporary sibling of ``path`` (file or folder), then rename it."""
+    """Call ``writer`` on a temporary sibling of ``path`` (file or folder), then rename it in.
+
+    A file is replaced atomically. A folder that exists is moved aside first and removed after
+    the new one is in place: a kill in between leaves it recoverable
+    (:func:`recover_interrupted_writes`), never lost."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -64,9 +76,48 @@ def write_atomically(path: Path, writer: Callable[[Path], None]) -> Path:
     for file in [temporary] if temporary.is_file() else sorted(temporary.iterdir()):
         _fsync(file)
     if path.is_dir():
-        shutil.rmtree(path)
-    os.replace(temporary, path)
+        aside = path.parent / f".{path.name}.old-{os.getpid()}"
+        _remove(aside)
+        os.replace(path, aside)
+        os.replace(temporary, path)
+        shutil.rmtree(aside)
+    else:
+        os.replace(temporary, path)
     return path
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted_writes(folder: Path) -> None:
+    """Tidy what killed writers left in ``folder``: remove their temporaries, and move a folder
+    that was moved aside back into place when its successor never arrived."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = _LEFTOVER.match(path.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        target = folder / match["name"]
+        if match["kind"] == "old" and not target.exists():
+            os.replace(path, target)
+        else:
+            _remove(path)
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a ``step_XXXXXXX`` checkpoint folder name, else None."""
+    match = _STEP.match(name)
+    return int(match.group(1)) if match else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -130,7 +181,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     latest = path / "checkpoints" / LATEST_FILE
     if latest.is_file():
-        return path / "checkpoints" / latest.read_text().strip()
+        name = latest.read_text(encoding="utf-8", errors="replace").strip()
+        if checkpoint_step(name) is None:
+            raise CheckpointError(
+                f"{latest} names {name!r}, not a checkpoint folder of this run (step_XXXXXXX)"
+            )
+        folder = path / "checkpoints" / name
+        if not folder.is_dir():
+            recover_interrupted_writes(folder.parent)
+        if not (folder / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{latest} names {name}, which is missing or incomplete")
+        return folder
     raise CheckpointError(
         f"{path} is neither a checkpoint folder (with {CONFIG_FILE}) nor a run folder "
         f"(with checkpoints/{LATEST_FILE})"

@@ -311,3 +311,16 @@ def test_cifar10_reads_python2_pickles(tmp_path):
     assert label.item() == 7
     expected = torch.from_numpy(data[1].reshape(3, 32, 32)).float() / 127.5 - 1
     torch.testing.assert_close(image, expected)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    from patronus.data.images import load_image
+
+    values = np.array([[0, 16384, 32768], [49152, 65535, 1000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as opened:
+        assert opened.mode.startswith("I")  # how Pillow opens a 16-bit grayscale PNG
+    image = load_image(tmp_path / "deep.png", 1, None)
+    torch.testing.assert_close(image[0], torch.from_numpy(values / 65535.0 * 2 - 1).float())
+    rgb = load_image(tmp_path / "deep.png", 3, 4)
+    assert rgb.shape == (3, 4, 4) and rgb.min() >= -1 and rgb.max() <= 1 and rgb.std() > 0.3

@@ -1,6 +1,7 @@
 """Shortcut diagnosis, the activation prior, the biased CelebA subset and the evaluation CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,6 +201,7 @@ def shortcut_run(tmp_path_factory):
 
 def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
     run = str(shortcut_run)
+    before = {p: p.stat().st_mtime for p in Path(run).rglob("*")}
     assert (
         main(
             [
@@ -241,13 +243,17 @@ def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "d" / "diagnosis.html").is_file()
-    assert main(["train-prior", run, "--epochs", "2", "--limit", "128", "--no-progress"]) == 0
+    prior = str(tmp_path / "prior")
+    assert main(["train-prior", run, "--epochs", "2", "--limit", "128", "--no-progress",
+                 "--out", prior]) == 0  # fmt: skip
     assert (
         main(
             [
                 "sample",
                 run,
                 "--unconditional",
+                "--prior",
+                prior,
                 "--num",
                 "4",
                 "--steps",
@@ -269,6 +275,8 @@ def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
                 "--steps",
                 "3",
                 "--unconditional",
+                "--prior",
+                prior,
                 "--classifier-steps",
                 "5",
                 "--out",
@@ -281,7 +289,11 @@ def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
     fid = json.loads((tmp_path / "f" / "fid.json").read_text())
     assert fid["fid"] >= 0 and fid["generated"] == 32
     assert len(list((tmp_path / "f" / "samples").glob("*.png"))) == 32
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert f"wrote 32 files in {tmp_path / 'f' / 'samples'}/" in printed
+    assert f"wrote {tmp_path / 'f' / 'fid.json'}" in printed
+    # nothing was written into the checkpoint's run folder
+    assert {p: p.stat().st_mtime for p in Path(run).rglob("*")} == before
 
 
 def test_evaluation_errors(shortcut_run, tiny_run, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from patronus.data.errors import DataLayoutError
+from patronus.data.errors import DataLayoutError, ImageFileError
 from patronus.data.images import IMAGE_SUFFIXES, load_image
 
 LAYOUT = """
@@ -69,8 +69,8 @@ class ImageFolder(Dataset):
         path = self.files[index]
         try:
             image = load_image(path, self.channels, self.image_size)
-        except OSError as error:
-            raise DataLayoutError(self.name, f"cannot read {path}: {error}", self.layout) from error
+        except ImageFileError as error:
+            raise DataLayoutError(self.name, f"cannot read {error}", self.layout) from error
         return image, self.labels[index]
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from patronus.interpret import analyses, figures
 from patronus.interpret.what import (
@@ -36,6 +39,10 @@ class ReportOptions:
     nearest_k: int = 6
     seed: int = 0
     batch_size: int = 256
+    progress: bool = False  # a progress bar over the network calls on stderr
+
+
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -69,35 +76,87 @@ table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;paddi
 """
 
 
-def _prepare(model: Patronus, inputs: ReportInputs, options: ReportOptions):
+def _prepare(model: Patronus, inputs: ReportInputs, options: ReportOptions, progress: _Progress):
     """(prototypes, reference activations (N, P), bounds (P,), inversion of the images)."""
     model.eval()
     device = model.device
     prototypes = list(options.prototypes or range(model.num_prototypes))
     images = inputs.images[: options.num_images].to(device)
+    progress.stage(f"encoding {len(inputs.reference)} reference images for the activation bounds")
     reference = model.encode(inputs.reference.to(device))
     bounds = activation_bounds(reference, options.quantile, options.global_max)
+    progress.stage(f"inverting {len(images)} images ({options.steps} DDIM steps)")
     return prototypes, reference, bounds, invert_images(model, images, options.steps)
 
 
-def _what(model: Patronus, inputs: ReportInputs, options: ReportOptions, setup):
+def _what(model: Patronus, inputs: ReportInputs, options: ReportOptions, setup, progress):
     prototypes, _, bounds, inversion = setup
+    n = inversion.images.shape[0]
+    progress.stage(f"what: editing {len(prototypes)} prototypes into {n} images")
     vis = visualize_prototypes(model, inversion, bounds, prototypes, options.batch_size)
     located = localize(model, vis.best_edits())
     edit_maps = located.similarity[torch.arange(len(prototypes)), torch.tensor(prototypes)]
+    progress.stage(f"what: the nearest patches among {len(inputs.pool)} training images")
     nearest = nearest_patches(model, inputs.pool.split(options.batch_size), options.nearest_k)
     return vis, nearest, edit_maps
 
 
+def _visualization_calls(options: ReportOptions, prototypes: int, images: int) -> int:
+    """Network calls of inversion + the unedited decode + the edits' decodes (in chunks)."""
+    chunks = math.ceil(prototypes / max(1, options.batch_size // images))
+    return options.steps * (2 + chunks)
+
+
+class _Progress:
+    """Counts the UNet's batched calls and the images they evaluate (a forward hook), advances a
+    progress bar over the expected calls, and writes stage messages."""
+
+    def __init__(self, model: Patronus, total: int, options: ReportOptions, log: Log | None):
+        self.calls = 0
+        self.images = 0
+        self.log = log
+        self.started = time.perf_counter()
+        self.bar = tqdm(
+            total=total, desc="network calls", unit="call", disable=not options.progress,
+            dynamic_ncols=True,
+        )  # fmt: skip
+        self.handle = model.unet.register_forward_hook(self._count)
+
+    def _count(self, module, inputs, output) -> None:
+        self.calls += 1
+        self.images += int(inputs[0].shape[0])
+        self.bar.update(1)
+
+    def stage(self, message: str) -> None:
+        if self.log is not None:
+            self.bar.clear()
+            self.log(f"[{time.perf_counter() - self.started:6.1f} s] {message}")
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.handle.remove()
+        self.bar.close()
+
+
 @torch.no_grad()
 def write_visualization(
-    model: Patronus, inputs: ReportInputs, out_dir: Path, options: ReportOptions = ReportOptions()
+    model: Patronus,
+    inputs: ReportInputs,
+    out_dir: Path,
+    options: ReportOptions = ReportOptions(),
+    log: Log | None = None,
 ) -> Path:
     """What + where: ``out_dir/what_where.png``, ``nearest_patches.png``, ``visualize.json`` and
-    ``visualize.npz``; returns the gallery's path."""
-    setup = _prepare(model, inputs, options)
-    prototypes = setup[0]
-    vis, nearest, edit_maps = _what(model, inputs, options, setup)
+    ``visualize.npz``; returns the gallery's path. ``log`` receives stage messages."""
+    count = len(options.prototypes or range(model.num_prototypes))
+    images = min(options.num_images, len(inputs.images))
+    progress = _Progress(model, _visualization_calls(options, count, images), options, log)
+    try:
+        setup = _prepare(model, inputs, options, progress)
+        prototypes = setup[0]
+        vis, nearest, edit_maps = _what(model, inputs, options, setup, progress)
+    finally:
+        progress.close()
     path = out_dir / "what_where.png"
     figures.gallery_figure(vis, edit_maps, path)
     figures.nearest_patches_figure(
@@ -138,14 +197,26 @@ def _kept_edit_numbers(vis) -> dict[str, list]:
 
 @torch.no_grad()
 def write_emergence(
-    model: Patronus, inputs: ReportInputs, out_dir: Path, options: ReportOptions = ReportOptions()
+    model: Patronus,
+    inputs: ReportInputs,
+    out_dir: Path,
+    options: ReportOptions = ReportOptions(),
+    log: Log | None = None,
 ) -> Path:
-    """When: ``out_dir/when.png``, ``emergence.json`` and ``emergence.npz``; returns the figure."""
+    """When: ``out_dir/when.png``, ``emergence.json`` and ``emergence.npz``; returns the figure.
+    ``log`` receives stage messages."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    prototypes, _, bounds, inversion = _prepare(model, inputs, options)
-    emergence = trace_emergence(
-        model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
-    )
+    progress = _Progress(model, 2 * options.steps, options, log)
+    try:
+        prototypes, _, bounds, inversion = _prepare(model, inputs, options, progress)
+        progress.stage(
+            f"when: tracing {len(prototypes)} prototypes in {len(inversion.images)} images"
+        )
+        emergence = trace_emergence(
+            model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
+        )
+    finally:
+        progress.close()
     path = out_dir / "when.png"
     figures.emergence_figure(emergence, path)
     numbers = {
@@ -167,29 +238,46 @@ def write_emergence(
 
 @torch.no_grad()
 def build_report(
-    model: Patronus, inputs: ReportInputs, out_dir: Path, options: ReportOptions = ReportOptions()
+    model: Patronus,
+    inputs: ReportInputs,
+    out_dir: Path,
+    options: ReportOptions = ReportOptions(),
+    log: Log | None = None,
 ) -> Path:
-    """Run every analysis and write ``out_dir/report.html`` (+ PNGs, results.json, results.npz)."""
+    """Run every analysis and write ``out_dir/report.html`` (+ PNGs, results.json, results.npz).
+    ``log`` receives stage messages; ``options.progress`` shows a bar over the network calls."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    counter = _NetworkCounter(model)
-    setup = _prepare(model, inputs, options)
-    prototypes, reference, bounds, inversion = setup
-    images = inversion.images
-    vis, nearest, edit_maps = _what(model, inputs, options, setup)
-    emergence = trace_emergence(
-        model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
-    )
-    reconstructed, mse = analyses.reconstruction(model, inversion)
-    generator = torch.Generator(model.device).manual_seed(options.seed)
-    varied = analyses.variations(model, inversion, 4, generator)
-    interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
-    strongest = prototypes[int(vis.best_after().sub(vis.best_before()).argmax())]
-    # from its lowest observed activation to half the observed range beyond the bound
-    low, high = float(reference[:, strongest].min()), float(bounds[strongest])
-    values = torch.linspace(low, high + 0.5 * (high - low), 8)
-    extrapolated = analyses.extrapolation(model, inversion, strongest, values)
-    consistent = analyses.consistency(model, inversion, strongest, float(bounds[strongest]))
+    count = len(options.prototypes or range(model.num_prototypes))
+    images = min(options.num_images, len(inputs.images))
+    # + emergence, reconstruction, variations, interpolation, extrapolation, consistency
+    total = _visualization_calls(options, count, images) + 6 * options.steps
+    progress = _Progress(model, total, options, log)
+    try:
+        setup = _prepare(model, inputs, options, progress)
+        prototypes, reference, bounds, inversion = setup
+        images = inversion.images
+        vis, nearest, edit_maps = _what(model, inputs, options, setup, progress)
+        progress.stage(f"when: tracing {len(prototypes)} prototypes in {len(images)} images")
+        emergence = trace_emergence(
+            model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
+        )
+        progress.stage("analyses: reconstruction, variations, interpolation")
+        reconstructed, mse = analyses.reconstruction(model, inversion)
+        generator = torch.Generator(model.device).manual_seed(options.seed)
+        varied = analyses.variations(model, inversion, 4, generator)
+        interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
+        strongest = prototypes[int(vis.best_after().sub(vis.best_before()).argmax())]
+        # from its lowest observed activation to half the observed range beyond the bound
+        low, high = float(reference[:, strongest].min()), float(bounds[strongest])
+        values = torch.linspace(low, high + 0.5 * (high - low), 8)
+        progress.stage(f"analyses: extrapolation and consistency of prototype {strongest}")
+        extrapolated = analyses.extrapolation(model, inversion, strongest, values)
+        consistent = analyses.consistency(model, inversion, strongest, float(bounds[strongest]))
+    finally:
+        progress.close()
+    if log is not None:
+        log("drawing the figures")
 
     png = {
         "what": figures.gallery_figure(vis, edit_maps, out_dir / "what_where.png"),
@@ -222,7 +310,6 @@ def build_report(
             [None, [f"s_J {float(v):.2f}" for v in consistent.activation]],
         ),
     }
-    counter.handle.remove()
     wall = time.perf_counter() - started
     emerged = emergence.emergence_t
     median_t = [
@@ -234,8 +321,8 @@ def build_report(
         "per_edit": vis.network_evaluations_per_edit,
         "original_per_edit": 2000,
         "edits": edits,
-        "batched_network_calls": counter.calls,
-        "image_evaluations": counter.images,
+        "batched_network_calls": progress.calls,
+        "image_evaluations": progress.images,
     }
     results = {
         "options": asdict(options),
@@ -270,19 +357,6 @@ def build_report(
     path = out_dir / "report.html"
     path.write_text(page)
     return path
-
-
-class _NetworkCounter:
-    """Counts the UNet's batched calls and the images they evaluate (a forward hook)."""
-
-    def __init__(self, model: Patronus) -> None:
-        self.calls = 0
-        self.images = 0
-        self.handle = model.unet.register_forward_hook(self._count)
-
-    def _count(self, module, inputs, output) -> None:
-        self.calls += 1
-        self.images += int(inputs[0].shape[0])
 
 
 ACTIVATION_NOTES = {

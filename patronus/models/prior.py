@@ -8,7 +8,9 @@ dropped them), T = 100 steps of linear beta from 1e-3 to 0.2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,3 +129,40 @@ def sample_prior(
         noise = torch.randn(x.shape, generator=generator, device=device) if t > 0 else 0.0
         x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * noise
     return prior.denormalise(x)
+
+
+PRIOR_CONFIG_FILE = "prior.json"
+PRIOR_WEIGHTS_FILE = "prior.safetensors"
+
+
+def save_prior(prior: ActivationPrior, folder: str | Path) -> list[Path]:
+    """Write ``prior.json`` and ``prior.safetensors`` into ``folder``; returns the paths."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / PRIOR_CONFIG_FILE
+    config_path.write_text(json.dumps(asdict(prior.config), indent=2) + "\n")
+    weights = folder / PRIOR_WEIGHTS_FILE
+    save_file({k: v.detach().contiguous().cpu() for k, v in prior.state_dict().items()}, weights)
+    return [config_path, weights]
+
+
+def load_prior(folder: str | Path) -> ActivationPrior:
+    """The activation prior saved in ``folder`` (by ``patronus train-prior``), in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / PRIOR_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"no activation prior in {folder} (no {PRIOR_CONFIG_FILE}): run "
+            "`patronus train-prior` first, and pass its output folder as --prior"
+        )
+    try:
+        config = PriorConfig(**json.loads((folder / PRIOR_CONFIG_FILE).read_text()))
+        prior = ActivationPrior(config)
+        prior.load_state_dict(load_file(str(folder / PRIOR_WEIGHTS_FILE)))
+    except (TypeError, ValueError, OSError, RuntimeError, SafetensorError) as error:
+        raise ValueError(f"{folder} holds no readable activation prior: {error}") from error
+    return prior.eval()

@@ -11,8 +11,11 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,10 @@ from patronus.checkpoint import (
     LATEST_FILE,
     MODEL_FILE,
     CheckpointError,
+    checkpoint_step,
     load_tensors,
     read_config,
+    recover_interrupted_writes,
     resolve_checkpoint,
     save_model,
     save_tensors,
@@ -42,11 +47,37 @@ from patronus.train.config import TrainConfig
 from patronus.train.distributed import setup_distributed
 from patronus.train.ema import EMA
 from patronus.train.metrics import MetricsLog, plot_loss_curve
+from patronus.train.run_folder import RunLock, holds_a_run
 from patronus.train.state import flatten_optimizer, unflatten_optimizer
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
 LOSS_CURVE_FILE = "loss_curve.png"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by a signal (SIGINT or SIGTERM) after saving a checkpoint."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """Within the block, SIGTERM interrupts like Ctrl-C (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number, frame):
+        raise TrainingInterrupted(number)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Objective(nn.Module):
@@ -152,6 +183,7 @@ class Trainer:
         self.noise_generator = torch.Generator(self.device)
         self.metrics = MetricsLog(self.run_dir)
         self.step = 0
+        self._resumed = False
 
     @staticmethod
     def _check_dataset(model: Patronus, dataset: Dataset) -> None:
@@ -215,10 +247,26 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-        """Train until ``config.max_steps``; returns a summary. Ctrl-C saves a checkpoint first.
+        """Train until ``config.max_steps``; returns a summary. Ctrl-C or SIGTERM save a
+        checkpoint first, then raise :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).
 
+        The run folder is locked while training (a second training of it fails at once), and a
+        folder that already holds a run must be resumed (:meth:`resume`) rather than trained anew.
         ``on_step(step, row)`` is called after every logged step with the metrics row.
         """
+        with ExitStack() as stack:
+            if self.dist.is_main:
+                stack.enter_context(RunLock(self.run_dir))
+                if not self._resumed and holds_a_run(self.run_dir):
+                    raise ValueError(
+                        f"{self.run_dir} already holds a run: resume it (Trainer.resume, "
+                        "`patronus train --resume`) or clear it first (`--overwrite`)"
+                    )
+                recover_interrupted_writes(self.checkpoints_dir)
+            stack.enter_context(_sigterm_interrupts())
+            return self._fit(on_step)
+
+    def _fit(self, on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
         config = self.config
         sampler = _StepBatches(
             len(self.dataset),
@@ -276,11 +324,13 @@ class Trainer:
                         saved_step = self.step
                     if config.sample_every and self.step % config.sample_every == 0:
                         self.write_samples()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             if self.dist.is_main and self.step > 0 and saved_step != self.step:
                 path = self.save_checkpoint()
                 print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}")
-            raise
+            if isinstance(interrupt, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted(signal.SIGINT) from None
         finally:
             bar.close()
         if saved_step != self.step:
@@ -326,7 +376,11 @@ class Trainer:
         return folder if self.dist.is_main else None
 
     def _prune_checkpoints(self) -> None:
-        folders = sorted(self.checkpoints_dir.glob("step_*"))
+        """Keep the newest ``keep_checkpoints`` by step number (the one just written among them)."""
+        folders = sorted(
+            (p for p in self.checkpoints_dir.glob("step_*") if checkpoint_step(p.name) is not None),
+            key=lambda p: checkpoint_step(p.name),
+        )
         for old in folders[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
 
@@ -351,6 +405,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(load_tensors(folder / EMA_FILE))
         self.step = int(data["step"])
+        self._resumed = True
         if self.dist.is_main:
             self.metrics.truncate_after(self.step)
         self.dist.barrier()

@@ -1,0 +1,105 @@
+"""Argument types and flags shared by the commands: every number is checked where it is parsed,
+so that no value silently falls back to a default (0 is never "the default")."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _number(
+    kind: type, low: float | None, high: float | None, closed: tuple[bool, bool], what: str
+):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        too_low = low is not None and (value < low if closed[0] else value <= low)
+        too_high = high is not None and (value > high if closed[1] else value >= high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _number(int, 1, None, (True, True), "an integer >= 1")
+nonnegative_int = _number(int, 0, None, (True, True), "an integer >= 0")
+at_least_two = _number(int, 2, None, (True, True), "an integer >= 2")
+positive_float = _number(float, 0, None, (False, True), "a number > 0")
+nonnegative_float = _number(float, 0, None, (True, True), "a number >= 0")
+quantile = _number(float, 0, 1, (False, True), "a number in (0, 1]")
+decay = _number(float, 0, 1, (False, False), "a number in (0, 1)")
+
+
+def device(text: str) -> str:
+    """A torch device string that exists on this machine."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "no CUDA build" if torch.version.cuda is None else "no visible GPU"
+            raise argparse.ArgumentTypeError(
+                f"{text}: CUDA is not available here (torch {torch.__version__}: {build})"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: there are {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: only cpu and cuda devices are supported")
+    return text
+
+
+def add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder")
+    parser.add_argument(
+        "--no-ema", action="store_true", help="use the raw weights, not the EMA ones"
+    )
+
+
+def add_device(parser: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    parser.add_argument(
+        "--device",
+        type=device,
+        default=default,
+        help="cpu, cuda or cuda:N" + (f" (default {default})" if default else ""),
+    )
+
+
+def add_seed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of every random choice (default 0)"
+    )
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (stage messages remain)"
+    )
+
+
+def add_output(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"output folder (default: a new folder {default} under runs/)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into --out even when it already holds files",
+    )
+
+
+Handler = Callable[[argparse.Namespace], int]

@@ -1,0 +1,334 @@
+"""``patronus evaluate probes | fid``, ``patronus diagnose`` and ``patronus train-prior``: each
+reads the checkpoint's dataset from its config and writes into its own output folder (never into
+the checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from patronus.cli import arguments as a
+from patronus.cli.loading import check_finite, dataset_builder, load_checkpoint, prior_folder
+from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+
+
+def _common(parser: argparse.ArgumentParser, default_out: str) -> None:
+    a.add_checkpoint(parser)
+    parser.add_argument("--data-dir", type=Path, help="default: the checkpoint's dataset")
+    a.add_seed(parser)
+    a.add_device(parser)
+    a.add_progress(parser)
+    a.add_output(parser, default_out)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="prototype quality (probes, TAD) or generation quality (FID, KID)",
+        description="Evaluate a trained model: `probes` (prototype quality) or `fid`.",
+    )
+    kinds = evaluate.add_subparsers(dest="evaluation", required=True)
+
+    probes = kinds.add_parser(
+        "probes",
+        help="5-fold linear probes, TAD, captured attributes",
+        description="Linear probes of the dataset's labels from the activations (cross-validated, "
+        "standardised per fold), TAD and captured attributes on held-out folds.",
+    )
+    _common(probes, "probes")
+    probes.add_argument(
+        "--limit",
+        type=a.positive_int,
+        default=10000,
+        help="the first N training images (default 10000)",
+    )
+    probes.add_argument(
+        "--folds", type=a.at_least_two, default=5, help="cross-validation folds (default 5)"
+    )
+    probes.set_defaults(handler=run_probes)
+
+    fid = kinds.add_parser(
+        "fid",
+        help="Fréchet distance and KID of generated images",
+        description="Generate images (conditioned on training images, or from the prior), write "
+        "them as PNG, and compare them with the test images: FID and KID.",
+    )
+    _common(fid, "fid")
+    fid.add_argument(
+        "--num", type=a.positive_int, default=10000, help="generated images (default 10000)"
+    )
+    fid.add_argument(
+        "--steps", type=a.positive_int, default=50, help="respaced DDIM steps (default 50)"
+    )
+    fid.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="activations from the prior (train-prior) instead of training images",
+    )
+    fid.add_argument("--prior", type=Path, help="the prior's folder (default CHECKPOINT/prior)")
+    fid.add_argument(
+        "--classifier",
+        type=Path,
+        help="a saved feature classifier (default CHECKPOINT/classifier when "
+        "present, else one is trained and saved in the output folder)",
+    )
+    fid.add_argument(
+        "--classifier-steps",
+        type=a.positive_int,
+        default=2000,
+        help="training steps of a new feature classifier (default 2000)",
+    )
+    fid.add_argument(
+        "--inception-weights",
+        type=Path,
+        help="pytorch-fid's pt_inception-2015-12-05 weights: the standard FID "
+        "(default: the project's own classifier features)",
+    )
+    fid.set_defaults(handler=run_fid)
+
+    diagnose = sub.add_parser(
+        "diagnose",
+        help="shortcut diagnosis for a target attribute",
+        description="Does the model encode the target attribute with the same prototypes as "
+        "another attribute? AUROC matrix, shared prototypes, flag and intervention.",
+    )
+    _common(diagnose, "diagnosis")
+    diagnose.add_argument("--target", required=True, help="a binary attribute, e.g. Smiling")
+    diagnose.add_argument(
+        "--limit", type=a.positive_int, default=5000, help="training images encoded (default 5000)"
+    )
+    diagnose.add_argument(
+        "--num-images",
+        type=a.positive_int,
+        default=64,
+        help="images edited by the intervention (default 64)",
+    )
+    diagnose.add_argument(
+        "--steps",
+        type=a.positive_int,
+        default=50,
+        help="respaced DDIM steps of the intervention (default 50)",
+    )
+    diagnose.add_argument(
+        "--classifier-steps",
+        type=a.positive_int,
+        default=1000,
+        help="training steps of the attribute classifier (default 1000)",
+    )
+    diagnose.set_defaults(handler=run_diagnose)
+
+    prior = sub.add_parser(
+        "train-prior",
+        help="the activation prior for unconditional sampling",
+        description="Train the activation prior (a small diffusion model over activation "
+        "vectors) on the training set's activations; `sample --unconditional --prior OUT` and "
+        "`evaluate fid --unconditional --prior OUT` use it.",
+    )
+    _common(prior, "prior")
+    prior.add_argument(
+        "--epochs", type=a.positive_int, default=200, help="training epochs (default 200)"
+    )
+    prior.add_argument("--limit", type=a.positive_int, help="the first N training images")
+    prior.set_defaults(handler=run_train_prior)
+
+
+def _finish(out: Path, name: str, data: dict, started: float) -> int:
+    (out / name).write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    report_written(out, started)
+    return 0
+
+
+def run_probes(args: argparse.Namespace) -> int:
+    from patronus.eval.attributes import attribute_table
+    from patronus.eval.encode import encode_dataset
+    from patronus.eval.probes import linear_probes, tad
+
+    started = now()
+    out = output_folder(args.out, "probes", args.overwrite)
+    model = load_checkpoint(args)
+    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    train = build("train")
+    say(f"encoding up to {args.limit} {spec['name']} training images")
+    activations, labels = encode_dataset(model, train, args.limit, progress=not args.no_progress)
+    table = attribute_table(spec["name"], labels, getattr(train, "attribute_names", None))
+    say(f"{args.folds}-fold linear probes")
+    result = {
+        "dataset": spec["name"],
+        "images": len(activations),
+        "folds": args.folds,
+        "probes": linear_probes(activations, table.values, table.names, args.folds, args.seed),
+    }
+    binary = table.binary_only()
+    if len(binary.names) >= 1 and model.num_prototypes >= 2:
+        complete = ~torch.isnan(binary.values).any(1)
+        result["tad"] = tad(
+            activations[complete],
+            binary.values[complete],
+            binary.names,
+            args.folds,
+            args.seed,
+            groups=binary.groups,
+        )
+    return _finish(out, "probes.json", result, started)
+
+
+def _classifier(args, model, build, out: Path):
+    """The feature classifier: --classifier, the checkpoint's, or a new one saved in ``out``."""
+    from patronus.checkpoint import resolve_checkpoint
+    from patronus.eval.classifier import (
+        ClassifierConfig,
+        load_classifier,
+        save_classifier,
+        train_classifier,
+    )
+
+    saved = args.classifier or resolve_checkpoint(args.checkpoint) / "classifier"
+    if (saved / "classifier.json").is_file():
+        say(f"feature classifier: {saved}")
+        return load_classifier(saved)
+    if args.classifier is not None:
+        raise FileNotFoundError(f"no feature classifier in {args.classifier}")
+    say(f"training a feature classifier ({args.classifier_steps} steps)")
+    train = build("train")
+    labels = torch.stack([torch.as_tensor(train[i][1]) for i in range(min(len(train), 256))])
+    classes = int(labels.max()) + 1 if labels.dim() == 1 else labels.shape[1]
+    channels, size, _ = model.config.image_shape
+    config = ClassifierConfig(channels, size, classes, multilabel=labels.dim() > 1)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(args.seed)
+    )
+    classifier = train_classifier(config, loader, args.classifier_steps, seed=args.seed)
+    save_classifier(classifier, out / "classifier")
+    return classifier
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from patronus.eval.generation import distances, generate, write_pngs
+
+    started = now()
+    out = output_folder(args.out, "fid", args.overwrite)
+    model = load_checkpoint(args)
+    _, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    generator = torch.Generator(args.device).manual_seed(args.seed)
+    if args.unconditional:
+        from patronus.models.prior import load_prior, sample_prior
+
+        prior = load_prior(prior_folder(args)).to(args.device)
+        say(f"drawing {args.num} activation vectors from the prior")
+        activations = sample_prior(prior, args.num, generator=generator)
+    else:  # conditioned on training images, never on the reference (test) images
+        from patronus.eval.encode import encode_dataset
+
+        say(f"encoding {args.num} training images to condition on")
+        activations, _ = encode_dataset(model, build("train"), args.num)
+    say(f"generating {len(activations)} images ({args.steps} DDIM steps)")
+    generated = generate(
+        model, activations, args.steps, generator=generator, progress=not args.no_progress
+    )
+    check_finite(generated, "generated images")
+    write_pngs(generated, out / "samples")
+    test = build("test")
+    reference = torch.stack([test[i][0] for i in range(min(len(test), args.num))])
+    if args.inception_weights:
+        from patronus.eval.inception import load_fid_inception
+
+        extractor, features = load_fid_inception(args.inception_weights), "Inception-v3 pool3"
+    else:
+        classifier = _classifier(args, model, build, out)
+        extractor, features = classifier.embed, "patronus classifier (penultimate layer)"
+    say(f"features and distances of {len(generated)} generated vs {len(reference)} test images")
+    result = distances(extractor, generated, reference, args.seed)
+    result.update(
+        features=features,
+        steps=args.steps,
+        conditioning="prior" if args.unconditional else "training images",
+    )
+    return _finish(out, "fid.json", result, started)
+
+
+def run_train_prior(args: argparse.Namespace) -> int:
+    from patronus.eval.encode import encode_dataset
+    from patronus.models.prior import ActivationPrior, PriorConfig, save_prior
+    from patronus.train.prior import train_prior
+
+    started = now()
+    out = output_folder(args.out, "prior", args.overwrite)
+    model = load_checkpoint(args)
+    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    say(f"encoding the {spec['name']} training images")
+    activations, _ = encode_dataset(
+        model, build("train"), args.limit, progress=not args.no_progress
+    )
+    prior = ActivationPrior(PriorConfig(model.num_prototypes))
+    say(f"training the prior for {args.epochs} epochs on {len(activations)} activation vectors")
+    losses = train_prior(
+        prior, activations, args.epochs, seed=args.seed, progress=not args.no_progress
+    )
+    save_prior(prior, out)
+    summary = {
+        "epochs": args.epochs,
+        "images": len(activations),
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+    }
+    return _finish(out, "training.json", summary, started)
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from patronus.eval.attributes import attribute_table
+    from patronus.eval.diagnosis import confirm, diagnose, write_diagnosis
+    from patronus.eval.encode import encode_dataset
+
+    started = now()
+    out = output_folder(args.out, "diagnosis", args.overwrite)
+    model = load_checkpoint(args)
+    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    train = build("train")
+    names = getattr(train, "attribute_names", None)
+    # check the target against the dataset's attributes before encoding anything
+    first = torch.stack([torch.as_tensor(train[i][1]) for i in range(min(len(train), 4))])
+    available = attribute_table(spec["name"], first, names).binary_only().names
+    if not available:
+        raise CommandError(f"{spec['name']} has no binary attributes to diagnose")
+    if args.target not in available:
+        raise CommandError(f"unknown binary attribute {args.target!r}; choose from {available}")
+    say(f"encoding up to {args.limit} {spec['name']} training images")
+    activations, labels = encode_dataset(model, train, args.limit, progress=not args.no_progress)
+    binary = attribute_table(spec["name"], labels, names).binary_only()
+    complete = ~torch.isnan(binary.values).any(1)
+    values = binary.values[complete].long()
+    result = diagnose(activations[complete], values, binary.names, args.target)
+    if result.flagged:
+        say("a shortcut is flagged: confirming it by intervention")
+        images = torch.stack([train[i][0] for i in complete.nonzero()[: args.num_images, 0]])
+        classifier = _attribute_classifier(model, train, binary, args)
+        result = confirm(
+            result,
+            model,
+            images,
+            activations[complete][: len(images)],
+            values[: len(images)],
+            classifier,
+            args.steps,
+        )
+    write_diagnosis(result, out)
+    print(result.to_json())
+    report_written(out, started)
+    return 0
+
+
+def _attribute_classifier(model, train, binary, args):
+    """A multi-label classifier of the binary attributes, trained on the training images."""
+    from patronus.eval.classifier import ClassifierConfig, train_classifier
+
+    say(f"training an attribute classifier ({args.classifier_steps} steps)")
+    channels, size, _ = model.config.image_shape
+    config = ClassifierConfig(channels, size, len(binary.names), multilabel=True)
+    images = torch.stack([train[i][0] for i in range(min(len(train), args.limit))])
+    targets = binary.values[: len(images)].nan_to_num(0)
+    batches = list(zip(images.split(128), targets.split(128), strict=True))
+    return train_classifier(config, batches, args.classifier_steps, seed=args.seed)

@@ -1,0 +1,184 @@
+"""``patronus sample`` and ``patronus invert`` / ``reconstruct``: images from activations (of
+images, files or the prior), and images to their DDIM latents and back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from patronus.cli import arguments as a
+from patronus.cli.loading import (
+    check_finite,
+    load_checkpoint,
+    load_images,
+    prior_folder,
+    read_activations,
+)
+from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    from patronus.data.registry import DATASETS
+
+    a.add_checkpoint(parser)
+    parser.add_argument("--images", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="take images from a dataset (default without --images: the checkpoint's own)",
+    )
+    parser.add_argument("--data-dir", type=Path, help="the dataset's folder")
+    parser.add_argument("--split", default="test", help="dataset split (default test)")
+    parser.add_argument(
+        "--num", type=a.positive_int, default=16, help="images taken from the dataset (default 16)"
+    )
+    parser.add_argument(
+        "--offset",
+        type=a.nonnegative_int,
+        default=0,
+        help="index of the first dataset image taken (default 0)",
+    )
+    parser.add_argument(
+        "--steps", type=a.positive_int, default=50, help="respaced DDIM steps (default 50)"
+    )
+    a.add_seed(parser)
+    a.add_device(parser)
+    a.add_progress(parser)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "sample",
+        help="sample images conditioned on activations",
+        description="Sample images conditioned on prototype activations: of images (--images, "
+        "--dataset, default the checkpoint's test images), of a file (--activations) or drawn "
+        "from the activation prior (--unconditional).",
+    )
+    _add_inputs(parser)
+    parser.add_argument("--activations", type=Path, help=".pt, .npy or .safetensors of (B, P)")
+    parser.add_argument(
+        "--sampler",
+        choices=("ddim", "ddpm"),
+        default="ddim",
+        help="ddim (--steps respaced steps) or ddpm (all T ancestral steps)",
+    )
+    parser.add_argument(
+        "--eta",
+        type=a.nonnegative_float,
+        default=0.0,
+        help="DDIM stochasticity (default 0: deterministic)",
+    )
+    parser.add_argument(
+        "--variations",
+        type=a.positive_int,
+        default=1,
+        help="samples per activation vector (default 1)",
+    )
+    parser.add_argument("--clip", action="store_true", help="clip predicted x0 to [-1, 1]")
+    parser.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="draw --num activation vectors from the activation prior",
+    )
+    parser.add_argument(
+        "--prior",
+        type=Path,
+        help="the prior's folder (patronus train-prior; default CHECKPOINT/prior)",
+    )
+    a.add_output(parser, "sample")
+    parser.set_defaults(handler=sample)
+    for name, text in (
+        ("invert", "DDIM-invert images into x_T, and decode them back"),
+        ("reconstruct", "same as invert: originals above their reconstructions"),
+    ):
+        parser = sub.add_parser(name, help=text, description=text + ".")
+        _add_inputs(parser)
+        a.add_output(parser, name)
+        parser.set_defaults(handler=invert)
+
+
+def _activations(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(s (B, P), the images they come from or None)."""
+    if args.unconditional:
+        from patronus.models.prior import load_prior, sample_prior
+
+        prior = load_prior(prior_folder(args)).to(args.device)
+        say(f"drawing {args.num} activation vectors from the prior")
+        generator = torch.Generator(args.device).manual_seed(args.seed)
+        return sample_prior(prior, args.num, generator=generator), None
+    if args.activations:
+        s = read_activations(args.activations).to(args.device)
+        model.check_activations(s)
+        return s, None
+    images = load_images(args, model)
+    with torch.no_grad():
+        return model.encode(images), images
+
+
+def sample(args: argparse.Namespace) -> int:
+    from patronus.checkpoint import save_tensors
+    from patronus.data.images import save_grid
+
+    if args.unconditional and args.activations:
+        raise CommandError("--unconditional draws the activations: drop --activations")
+    started = now()
+    out = output_folder(args.out, "sample", args.overwrite)
+    model = load_checkpoint(args)
+    s, originals = _activations(args, model)
+    generator = torch.Generator(args.device).manual_seed(args.seed)
+    steps = model.schedule.timesteps if args.sampler == "ddpm" else args.steps
+    rows = []
+    for index in range(args.variations):
+        say(
+            f"sampling {s.shape[0]} image(s), {steps} {args.sampler} steps "
+            f"(variation {index + 1} of {args.variations})"
+        )
+        rows.append(
+            model.sample(
+                s,
+                args.steps,
+                args.sampler,
+                args.eta,
+                generator,
+                clip_x0=args.clip,
+                progress=not args.no_progress,
+            )
+        )
+    samples = torch.stack(rows, 1)  # (B, variations, C, H, W)
+    check_finite(samples.flatten(0, 1), "samples")
+    grid_rows = ([] if originals is None else [originals]) + rows
+    save_grid(torch.cat(grid_rows), out / "samples.png", nrow=s.shape[0])
+    save_tensors({"samples": samples, "activations": s}, out / "samples.safetensors")
+    first = "originals, then " if originals is not None else ""
+    print(f"samples.png: {first}{args.variations} row(s) of samples")
+    report_written(out, started)
+    return 0
+
+
+def invert(args: argparse.Namespace) -> int:
+    from patronus.checkpoint import save_tensors
+    from patronus.data.images import save_grid
+
+    started = now()
+    out = output_folder(args.out, args.command, args.overwrite)
+    model = load_checkpoint(args)
+    images = load_images(args, model)
+    with torch.no_grad():
+        s = model.encode(images)
+    progress = not args.no_progress
+    say(f"inverting {images.shape[0]} image(s), {args.steps} DDIM steps")
+    x_T = model.invert(images, s, args.steps, progress=progress)
+    say("decoding them back")
+    reconstructions = model.sample(s, args.steps, x_T=x_T, progress=progress)
+    check_finite(reconstructions, "reconstructions")
+    save_tensors({"x_T": x_T, "activations": s}, out / "latents.safetensors")
+    save_grid(torch.cat([images, reconstructions]), out / "reconstructions.png", images.shape[0])
+    mse = (reconstructions - images).square().mean().item()
+    report = {"images": images.shape[0], "steps": args.steps, "reconstruction_mse": mse}
+    (out / "reconstruction.json").write_text(json.dumps(report, indent=2) + "\n")
+    report_written(out, started)
+    print(json.dumps(report))
+    return 0

@@ -1,0 +1,135 @@
+"""``patronus visualize``, ``trace`` and ``report``: what, where and when, over the checkpoint's
+own dataset (test images edited, a seeded sample of training images for the bounds)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from patronus.cli import arguments as a
+from patronus.cli.loading import dataset_builder, load_checkpoint
+from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+
+COMMANDS = {
+    "visualize": "what + where: prototype visualisations and nearest patches (PNG, JSON, NPZ)",
+    "trace": "when: emergence of prototypes during denoising (PNG, JSON, NPZ)",
+    "report": "everything as one self-contained HTML page (+ figures and raw numbers)",
+}
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    for name, text in COMMANDS.items():
+        parser = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        a.add_checkpoint(parser)
+        parser.add_argument("--data-dir", type=Path, help="default: the checkpoint's dataset")
+        parser.add_argument(
+            "--num-images",
+            type=a.positive_int,
+            default=8,
+            help="test images every prototype is edited into (default 8)",
+        )
+        parser.add_argument(
+            "--prototypes",
+            type=a.nonnegative_int,
+            nargs="+",
+            help="prototype indices (default: all)",
+        )
+        parser.add_argument(
+            "--steps",
+            type=a.positive_int,
+            default=50,
+            help="respaced DDIM steps of inversion and decoding (default 50)",
+        )
+        parser.add_argument(
+            "--quantile",
+            type=a.quantile,
+            default=0.99,
+            help="each edit sets s_J to this quantile of J's activations over the "
+            "reference images (default 0.99)",
+        )
+        parser.add_argument(
+            "--global-max",
+            action="store_true",
+            help="the original's bound instead: one global maximum for all",
+        )
+        parser.add_argument(
+            "--reference-size",
+            type=a.positive_int,
+            default=512,
+            help="training images drawn (seeded) for the bounds (default 512)",
+        )
+        if name != "trace":
+            parser.add_argument(
+                "--pool-size",
+                type=a.positive_int,
+                default=2048,
+                help="training images searched for the nearest patches (default 2048)",
+            )
+        a.add_seed(parser)
+        a.add_device(parser)
+        a.add_progress(parser)
+        a.add_output(parser, name)
+        parser.set_defaults(handler=run)
+
+
+def _inputs(args: argparse.Namespace, model):
+    """Test images, a seeded reference sample and (except for trace) a search pool."""
+    from patronus.interpret.report import ReportInputs
+
+    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+
+    def take(split: str, count: int, shuffle: bool) -> torch.Tensor:
+        dataset = build(split)
+        count = min(count, len(dataset))
+        if shuffle:
+            generator = torch.Generator().manual_seed(args.seed)
+            indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
+        else:
+            indices = range(count)
+        return torch.stack([dataset[i][0] for i in indices])
+
+    say(f"reading {spec['name']} images")
+    pool_size = getattr(args, "pool_size", None)
+    info = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": spec["name"],
+        "prototypes": model.num_prototypes,
+        "reference set": f"{args.reference_size} training images, seed {args.seed}",
+    }
+    return ReportInputs(
+        images=take("test", args.num_images, False),
+        reference=take("train", args.reference_size, True),
+        pool=take("train", pool_size, False) if pool_size else torch.empty(0),
+        info=info,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from patronus.interpret import report as reporting
+
+    started = now()
+    out = output_folder(args.out, args.command, args.overwrite)
+    model = load_checkpoint(args)
+    if args.prototypes and max(args.prototypes) >= model.num_prototypes:
+        raise CommandError(f"the model has prototypes 0 .. {model.num_prototypes - 1}")
+    inputs = _inputs(args, model)
+    options = reporting.ReportOptions(
+        num_images=args.num_images,
+        steps=args.steps,
+        quantile=args.quantile,
+        global_max=args.global_max,
+        seed=args.seed,
+        prototypes=tuple(args.prototypes) if args.prototypes else None,
+        progress=not args.no_progress,
+    )
+    write = {
+        "visualize": reporting.write_visualization,
+        "trace": reporting.write_emergence,
+        "report": reporting.build_report,
+    }[args.command]
+    path = write(model.to(args.device), inputs, out, options, log=say)
+    report_written(out, started)
+    print(f"open {path}" if path.suffix == ".html" else f"main figure: {path}")
+    return 0

@@ -1,0 +1,60 @@
+"""Where commands write: output folders that never overwrite results unasked, stage messages, and
+the list of every file a command wrote."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+RUNS = Path("runs")
+_LISTED_PER_FOLDER = 8
+
+
+class CommandError(Exception):
+    """A user error a command reports in one line (exit status 2)."""
+
+
+def say(message: str) -> None:
+    """A stage message on stderr (kept apart from the results printed on stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def output_folder(out: Path | None, default_name: str, overwrite: bool) -> Path:
+    """The folder a command writes to, created: ``out``, or a new ``runs/<default_name>[-N]``.
+
+    Refuses a path that is a file, and a folder that already holds files unless ``overwrite``
+    (checked before any work starts, so that nothing is computed only to be refused)."""
+    if out is None:
+        out = RUNS / default_name
+        suffix = 2
+        while out.exists():
+            out = RUNS / f"{default_name}-{suffix}"
+            suffix += 1
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CommandError(
+            f"{out} already holds files: pass --overwrite to write into it, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def report_written(folder: Path, since: float) -> None:
+    """Print every file written below ``folder`` since ``since`` (time.time()); folders holding
+    many new files are summarised in one line."""
+    by_parent: dict[Path, list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.stat().st_mtime >= since - 1:
+            by_parent.setdefault(path.parent, []).append(path)
+    for parent, files in by_parent.items():
+        if len(files) > _LISTED_PER_FOLDER:
+            print(f"wrote {len(files)} files in {parent}/ ({files[0].name} .. {files[-1].name})")
+        else:
+            for path in files:
+                print(f"wrote {path}")
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,219 @@
+"""``patronus train``: train a model into a run folder (or resume one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from patronus.cli import arguments as a
+from patronus.cli.outputs import CommandError, say
+from patronus.data.errors import DataLayoutError
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    from patronus.data.registry import DATASETS
+    from patronus.models.presets import PRESETS
+
+    parser = sub.add_parser(
+        "train",
+        help="train a Patronus model (torchrun for several processes)",
+        description="Train a Patronus model into a run folder: checkpoints, metrics, loss curve "
+        "and sample grids. Flags left out take the preset's values.",
+    )
+    parser.add_argument(
+        "--preset",
+        default="fmnist-cpu",
+        choices=sorted(PRESETS),
+        help="model and training settings (default fmnist-cpu)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its checkpoints, metrics, "
+        "samples; other files stay)",
+    )
+    parser.add_argument("--dataset", choices=DATASETS, help="default: the preset's")
+    parser.add_argument("--data-dir", type=Path, help="dataset folder (Fashion-MNIST: found)")
+    parser.add_argument("--limit", type=a.positive_int, help="use the first N training images")
+    parser.add_argument(
+        "--fallback-synthetic",
+        action="store_true",
+        help="use the synthetic dataset when the dataset's files are missing",
+    )
+    parser.add_argument(
+        "--steps", type=a.positive_int, help="optimizer steps (default: the preset's epochs)"
+    )
+    parser.add_argument("--epochs", type=a.positive_float, help="epochs, converted to steps")
+    parser.add_argument("--batch-size", type=a.positive_int, help="global batch size")
+    parser.add_argument("--lr", type=a.positive_float, help="AdamW learning rate")
+    parser.add_argument(
+        "--warmup",
+        type=a.nonnegative_int,
+        default=0,
+        help="linear learning-rate warm-up steps (default 0)",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+        default="auto",
+        help="mixed precision (auto: bf16 on CUDA, off on CPU)",
+    )
+    parser.add_argument("--ema", type=a.decay, help="EMA decay, e.g. 0.999 (default: none)")
+    parser.add_argument(
+        "--grad-clip",
+        type=a.nonnegative_float,
+        default=1.0,
+        help="gradient norm clipping (default 1.0; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--distinct-weight",
+        type=a.nonnegative_float,
+        default=0.0,
+        help="weight of the prototype-distinct loss (default 0)",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=a.positive_int,
+        default=10,
+        help="steps between metric rows (default 10)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=a.positive_int,
+        default=500,
+        help="steps between checkpoints (default 500)",
+    )
+    parser.add_argument(
+        "--sample-every",
+        type=a.nonnegative_int,
+        default=0,
+        help="steps between sample grids (default 0: at checkpoints only)",
+    )
+    a.add_seed(parser)
+    parser.add_argument(
+        "--num-workers",
+        type=a.nonnegative_int,
+        default=0,
+        help="data loading processes (default 0)",
+    )
+    a.add_device(parser, default=None)
+    a.add_progress(parser)
+    parser.set_defaults(handler=run)
+
+
+def _dataset(spec: dict, image_shape: tuple[int, int, int]):
+    from patronus.data.registry import build_dataset
+
+    channels, size, _ = image_shape
+    return build_dataset(
+        spec["name"], spec.get("data_dir"), "train", size, channels, spec.get("limit"), spec["seed"]
+    )
+
+
+def _new_run(args: argparse.Namespace, preset, steps_of):
+    from patronus.train import TrainConfig
+
+    batch = args.batch_size if args.batch_size is not None else preset.batch_size
+    return TrainConfig(
+        max_steps=steps_of(batch),
+        batch_size=batch,
+        learning_rate=args.lr if args.lr is not None else preset.learning_rate,
+        warmup_steps=args.warmup,
+        amp=args.amp,
+        ema_decay=args.ema,
+        grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+        distinct_loss_weight=args.distinct_weight,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from patronus.train.run_folder import RunLock, clear_run, holds_a_run
+
+    if args.resume and args.overwrite:
+        raise CommandError("--resume continues the run in --out, --overwrite replaces it: pick one")
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out} is a file, not a run folder")
+    if not args.resume and not args.overwrite and holds_a_run(args.out):
+        raise CommandError(
+            f"{args.out} already holds a run: --resume continues it, --overwrite replaces it"
+        )
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: process 0 owns the folder
+        return _train(args)
+    with RunLock(args.out):
+        if args.overwrite:
+            say(f"clearing the run in {args.out} (--overwrite)")
+            clear_run(args.out)
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from patronus.checkpoint import read_config, resolve_checkpoint
+    from patronus.models import Patronus, PatronusConfig
+    from patronus.models.presets import get_preset
+    from patronus.train import TrainConfig, Trainer
+
+    preset = get_preset(args.preset)
+    if args.resume:
+        saved = read_config(resolve_checkpoint(args.out))
+        model_config = PatronusConfig.from_dict(saved["model"])
+        data_spec = saved["data"]
+        train_config = TrainConfig.from_dict(saved["train"])
+        if args.steps is not None:
+            train_config = train_config.replace(max_steps=args.steps)
+    else:
+        model_config = preset.model
+        data_spec = {
+            "name": args.dataset or preset.dataset,
+            "data_dir": str(args.data_dir) if args.data_dir else None,
+            "limit": args.limit,
+            "seed": args.seed,
+        }
+    say(f"reading the {data_spec['name']} training images")
+    try:
+        dataset = _dataset(data_spec, model_config.image_shape)
+    except DataLayoutError as error:
+        if not args.fallback_synthetic or args.resume:
+            raise
+        print(f"{error}\n-> falling back to the synthetic shapes dataset (--fallback-synthetic)")
+        data_spec = {**data_spec, "name": "synthetic", "data_dir": None}
+        dataset = _dataset(data_spec, model_config.image_shape)
+    if not args.resume:
+
+        def steps_of(batch: int) -> int:
+            if args.steps is not None:
+                return args.steps
+            epochs = args.epochs if args.epochs is not None else preset.epochs
+            return max(1, round(epochs * len(dataset) / batch))
+
+        train_config = _new_run(args, preset, steps_of)
+    torch.manual_seed(args.seed)
+    trainer = Trainer(
+        Patronus(model_config),
+        dataset,
+        train_config,
+        args.out,
+        args.device,
+        metadata={"preset": args.preset, "data": data_spec},
+    )
+    if args.resume:
+        print(f"resuming {args.out} at step {trainer.resume()}")
+    say(
+        f"training {train_config.max_steps} steps, batch {train_config.batch_size}, on "
+        f"{trainer.device}; checkpoints in {args.out / 'checkpoints'}"
+    )
+    summary = trainer.fit()
+    if trainer.dist.is_main:
+        print(json.dumps(summary, indent=2))
+    return 0

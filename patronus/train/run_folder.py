@@ -1,0 +1,76 @@
+"""A run folder's life: one training at a time (a lock file), what a run writes, and clearing it.
+
+The lock is an exclusive ``flock`` on ``<run>/.lock`` held by process 0 while it trains; a second
+training of the same folder fails at once with the holder's pid. The lock is re-entrant within a
+process (the command line clears a folder and then trains it under the same lock)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+RUN_ENTRIES = ("checkpoints", "samples", "metrics.jsonl", "metrics.csv", "loss_curve.png")
+
+_held: dict[Path, tuple[int, int]] = {}  # resolved run folder -> (fd, depth)
+
+
+class RunInUseError(RuntimeError):
+    """Another process is training this run folder."""
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` holds the run folder's lock (created if missing)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def __enter__(self) -> RunLock:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        key = self.run_dir.resolve()
+        if key in _held:
+            fd, depth = _held[key]
+            _held[key] = (fd, depth + 1)
+            return self
+        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUseError(
+                f"{self.run_dir} is being trained by another process (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[key] = (fd, 1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        key = self.run_dir.resolve()
+        fd, depth = _held[key]
+        if depth > 1:
+            _held[key] = (fd, depth - 1)
+            return
+        del _held[key]
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def holds_a_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds anything a training writes."""
+    run_dir = Path(run_dir)
+    return any((run_dir / entry).exists() for entry in RUN_ENTRIES)
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove what a training wrote into ``run_dir`` (other files stay). Call under RunLock."""
+    for entry in RUN_ENTRIES:
+        path = Path(run_dir) / entry
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

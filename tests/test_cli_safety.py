@@ -1,0 +1,247 @@
+"""The command line as a careless or unlucky user meets it: results never overwritten unasked,
+run folders that survive reuse, kills and races, and bad input refused in one line."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from patronus.checkpoint import CheckpointError, resolve_checkpoint
+from patronus.cli import main
+
+TRAIN = ["train", "--preset", "synthetic-tiny", "--dataset", "synthetic", "--limit", "48",
+         "--batch-size", "16", "--no-progress", "--log-every", "1"]  # fmt: skip
+
+
+def _sample(run, out, *extra):
+    return main(["sample", str(run), "--num", "2", "--steps", "2", "--no-progress",
+                 "--out", str(out), *extra])  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ outputs
+def test_results_are_never_overwritten_unasked_and_every_path_is_printed(
+    tiny_run, tmp_path, capsys
+):
+    out = tmp_path / "s"
+    assert _sample(tiny_run, out) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'samples.png'}" in printed
+    assert f"wrote {out / 'samples.safetensors'}" in printed
+    first = (out / "samples.png").stat().st_mtime_ns
+    assert _sample(tiny_run, out) == 2
+    assert "already holds files: pass --overwrite" in capsys.readouterr().err
+    assert (out / "samples.png").stat().st_mtime_ns == first
+    assert _sample(tiny_run, out, "--overwrite") == 0
+
+
+def test_the_default_output_is_a_new_folder_under_runs(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main(["sample", str(tiny_run), "--num", "1", "--steps", "1", "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["sample", "sample-2"]
+    assert "wrote runs/sample-2/samples.png" in capsys.readouterr().out
+
+
+def test_out_naming_a_file_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    started = time.perf_counter()
+    assert _sample(tiny_run, target) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert target.read_text() == "keep me" and time.perf_counter() - started < 5
+
+
+# ------------------------------------------------------------------------------ numeric flags
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*TRAIN, "--out", "X", "--batch-size", "0"],
+        [*TRAIN, "--out", "X", "--lr", "0"],
+        [*TRAIN, "--out", "X", "--steps", "0"],
+        [*TRAIN, "--out", "X", "--limit", "0"],
+        [*TRAIN, "--out", "X", "--warmup", "-5"],
+        [*TRAIN, "--out", "X", "--ema", "1.5"],
+        ["sample", "RUN", "--variations", "0"],
+        ["sample", "RUN", "--variations", "-2"],
+        ["sample", "RUN", "--offset", "-3"],
+        ["sample", "RUN", "--num", "0"],
+        ["sample", "RUN", "--eta", "nan"],
+        ["report", "RUN", "--quantile", "1.5"],
+        ["evaluate", "probes", "RUN", "--folds", "1"],
+        ["trace", "RUN", "--pool-size", "10"],  # trace searches no pool
+    ],
+)
+def test_invalid_flags_are_refused_by_the_parser(args, tiny_run, tmp_path, capsys):
+    args = [str(tiny_run) if a == "RUN" else str(tmp_path / "x") if a == "X" else a for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "x").exists()
+    err = capsys.readouterr().err
+    assert "expected" in err or "unrecognized" in err
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_a_missing_gpu_is_named(tiny_run, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", str(tiny_run), "--device", "cuda", "--out", str(tmp_path / "x")])
+    assert "CUDA is not available here" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- run folders
+def test_a_new_run_never_mixes_with_an_old_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(run), "--steps", "6", "--checkpoint-every", "2"]) == 0
+    assert main([*TRAIN, "--out", str(run), "--steps", "3"]) == 2
+    assert "already holds a run: --resume continues it" in capsys.readouterr().err
+    assert main([*TRAIN, "--out", str(run), "--steps", "3", "--overwrite"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_0000003"]
+    assert resolve_checkpoint(run).name == "step_0000003"
+    steps = [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_a_run_folder_trains_once_at_a_time(tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom patronus.train.run_folder import RunLock\n"
+         f"with RunLock({str(run)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main([*TRAIN, "--out", str(run), "--steps", "2"]) == 2
+        assert f"being trained by another process (pid {holder.pid})" in capsys.readouterr().err
+        assert not (run / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([*TRAIN, "--out", str(run), "--steps", "2"]) == 0  # the lock died with it
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_signals_save_a_checkpoint_and_exit_without_a_traceback(tmp_path, signal_number):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "patronus", *TRAIN, "--out", str(run), "--steps", "100000",
+               "--checkpoint-every", "100000", "--limit", "64"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal_number)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number
+    assert "checkpoint saved" in out and "interrupted" in err and "Traceback" not in err
+    step = int(json.loads(metrics.read_text().splitlines()[-1])["step"])
+    assert resolve_checkpoint(run).name == f"step_{step:07d}"
+
+
+def test_what_a_killed_writer_leaves_is_tidied(tiny_run_copy, capsys):
+    checkpoints = tiny_run_copy / "checkpoints"
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    (checkpoints / f".step_0000040.tmp-{dead}").mkdir()
+    latest = resolve_checkpoint(tiny_run_copy)
+    # a kill between moving the old folder aside and renaming the new one in
+    os.replace(latest, checkpoints / f".{latest.name}.old-{dead}")
+    assert resolve_checkpoint(tiny_run_copy) == latest  # moved back
+    assert main([*TRAIN, "--out", str(tiny_run_copy), "--resume", "--steps", "31"]) == 0
+    leftovers = [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_resaving_a_step_never_leaves_latest_dangling(tiny_run_copy, monkeypatch):
+    from patronus import checkpoint
+
+    latest = resolve_checkpoint(tiny_run_copy)
+    real_replace, calls = os.replace, []
+
+    def killed_after_moving_aside(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies between the two renames
+        real_replace(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_after_moving_aside)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_atomically(latest, lambda path: path.mkdir())
+    monkeypatch.undo()
+    monkeypatch.setattr(checkpoint, "_alive", lambda pid: False)  # as seen after the kill
+    assert resolve_checkpoint(tiny_run_copy) == latest
+    assert (latest / "config.json").is_file()
+
+
+def test_latest_cannot_point_outside_the_run(tiny_run_copy):
+    (tiny_run_copy / "checkpoints" / "latest").write_text("../../x")
+    with pytest.raises(CheckpointError, match="not a checkpoint folder of this run"):
+        resolve_checkpoint(tiny_run_copy)
+
+
+# -------------------------------------------------------------------------------- bad inputs
+def _bad_images(folder):
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buffer, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    return sorted(folder.iterdir())
+
+
+def test_unreadable_images_are_named(tiny_run, tmp_path, capsys):
+    for path in _bad_images(tmp_path / "bad"):
+        assert _sample(tiny_run, tmp_path / path.stem, "--images", str(path)) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: not a readable image" in err and "Traceback" not in err
+
+
+def test_decompression_bombs_are_refused(tiny_run, tmp_path, monkeypatch, capsys):
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 40 000 pixels: over twice the limit
+    assert _sample(tiny_run, tmp_path / "o", "--images", str(tmp_path / "big.png")) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # over the limit, under twice: a warning
+    assert _sample(tiny_run, tmp_path / "p", "--images", str(tmp_path / "big.png")) == 2
+
+
+def test_activation_files_that_are_not_tensors_are_named(tiny_run, tmp_path, capsys):
+    path = tmp_path / "s.pt"
+    torch.save({"activations": torch.zeros(2, 8), "extra": slice(1, 2)}, path)
+    assert _sample(tiny_run, tmp_path / "o", "--activations", str(path)) == 2
+    assert f"{path} is not a readable activation file" in capsys.readouterr().err
+
+
+def test_non_finite_samples_are_never_written(tiny_run, tmp_path, capsys):
+    path = tmp_path / "s.npy"
+    np.save(path, np.full((2, 8), -1e30, dtype=np.float32))
+    out = tmp_path / "o"
+    assert _sample(tiny_run, out, "--activations", str(path)) == 2
+    assert "hold NaN or Inf, and nothing was written" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_diagnose_checks_the_attributes_before_encoding(tiny_run_copy, tmp_path, capsys):
+    config_path = resolve_checkpoint(tiny_run_copy) / "config.json"
+    config = json.loads(config_path.read_text())
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(images / f"{i}.png")
+    config["data"] = {"name": "folder", "data_dir": str(images), "seed": 0}
+    config_path.write_text(json.dumps(config))
+    started = time.perf_counter()
+    assert main(["diagnose", str(tiny_run_copy), "--target", "Smiling", "--out",
+                 str(tmp_path / "d"), "--no-progress"]) == 2  # fmt: skip
+    assert "has no binary attributes" in capsys.readouterr().err
+    assert time.perf_counter() - started < 10
