@@ -14,9 +14,12 @@ PYTEST_ARGS ?=
 
 $(STAMP): .ci/requirements.txt pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "== installing the pinned dependencies into $(VENV) (about a minute)"
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r .ci/requirements.txt
+	@echo "== building the C++ extension patronus._C (1-2 minutes on 2 cores)"
 	$(PY) -m pip install --quiet --no-build-isolation -e .
+	@echo "== set up: $(VENV)"
 	touch $@
 
 setup: $(STAMP) system-deps
@@ -30,6 +33,7 @@ system-deps:
 	if [ -z "$$missing" ]; then \
 		echo "system packages present"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "== installing Debian packages:$$missing"; \
 		(apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) \
 		|| echo "could not install$$missing"; \
 	else \
@@ -45,15 +49,17 @@ ifeq ($(TRAIN),1)
 	$(PY) -m patronus report $(DEMO_DIR) --out $(DEMO_DIR)/report
 else
 	rm -rf $(DEMO_DIR)
+	@echo "== the report of $(SHIPPED_MODEL) (about 2 minutes on 2 cores)"
 	$(PY) -m patronus report $(SHIPPED_MODEL) --out $(DEMO_DIR)/report
 	$(PY) -m patronus sample $(SHIPPED_MODEL) --num 16 --variations 2 --steps 50 --clip \
 		--out $(DEMO_DIR)/test_samples
 endif
 	@echo "open $(DEMO_DIR)/report/report.html in a browser"
 
-# Train a small Fashion-MNIST model from scratch (about 5 minutes on 2 cores), sample, reconstruct.
+# Train a small Fashion-MNIST model from scratch, then sample and reconstruct.
 demo-train: setup
 	rm -rf $(DEMO_DIR)
+	@echo "== training $(DEMO_STEPS) steps of fmnist-cpu into $(DEMO_DIR)"
 	$(PY) -m patronus train --preset fmnist-cpu --fallback-synthetic --out $(DEMO_DIR) \
 		--steps $(DEMO_STEPS) --ema 0.995 --log-every 10 --checkpoint-every 400 --sample-every 400
 	$(PY) -m patronus sample $(DEMO_DIR) --num 16 --variations 2 --steps 50 --clip \

@@ -227,3 +227,25 @@ def test_user_errors_exit_2_with_a_message(tiny_run, tmp_path, capsys):
         == 2
     )
     assert "no such image" in capsys.readouterr().err
+
+
+def test_every_flag_has_help_and_the_description_is_plain_text():
+    import argparse
+
+    from patronus.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    assert sub.description, f"patronus {' '.join([*path, name])} has no description"
+                    walk(sub, [*path, name])
+            elif not action.help:
+                missing.append(f"{' '.join(path)} {action.option_strings or action.dest}")
+
+    parser = build_parser()
+    walk(parser, [])
+    assert missing == []
+    assert "``" not in parser.description and "`" not in parser.format_help()

@@ -16,3 +16,63 @@ def test_readme_has_python_examples():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_example_runs(index, capsys):
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": "readme"})
+
+
+def _resolve(dotted: str):
+    """Import the longest importable module prefix of ``dotted``, then getattr the rest."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            value = getattr(value, name)
+        return value
+    raise ImportError(dotted)
+
+
+TEXT = README.read_text()
+DOTTED = sorted(set(re.findall(r"`(patronus(?:\.[A-Za-z_]\w*)+)`", TEXT)))
+
+
+def test_readme_names_dotted_api():
+    assert "patronus.eval.frechet_distance" in DOTTED and "patronus.ops.scheduler_step" in DOTTED
+
+
+@pytest.mark.parametrize("dotted", DOTTED)
+def test_every_name_the_readme_shows_is_importable_where_it_says(dotted):
+    value = _resolve(dotted)
+    if dotted.endswith(("_distance", "_step", "linear_probes", "tad", "diagnose")):
+        assert callable(value), f"{dotted} is {type(value).__name__}, not the function it names"
+
+
+def _command_lines() -> list[str]:
+    """Every `patronus ...` command the README shows, in code blocks or inline code."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", TEXT, flags=re.DOTALL):
+        lines += [line for line in block.splitlines() if line.startswith("patronus ")]
+    lines += re.findall(r"`(patronus [a-z-]+ [^`]*)`", TEXT)
+    return lines
+
+
+def _options(parser, words: list[str]) -> set[str]:
+    """The option strings of the (sub)command named by the first words."""
+    for word in words:
+        subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if not subparsers or word not in subparsers[0].choices:
+            break
+        parser = subparsers[0].choices[word]
+    return set(parser._option_string_actions)
+
+
+@pytest.mark.parametrize("line", _command_lines())
+def test_every_flag_the_readme_shows_exists(line):
+    from patronus.cli import build_parser
+
+    words = line.split("#")[0].split()[1:]
+    known = _options(build_parser(), words)
+    flags = [w.split("=")[0] for w in words if w.startswith("--")]
+    assert flags == [f for f in flags if f in known], f"{line}: unknown {set(flags) - known}"

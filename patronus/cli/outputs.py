@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 RUNS = Path("runs")
-_LISTED_PER_FOLDER = 8
+_LISTED_PER_FOLDER = 20
 
 
 class CommandError(Exception):

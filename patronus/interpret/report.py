@@ -476,8 +476,9 @@ lines); it does not emerge where the final gap is below 10% of the requested cha
 {_img(png["interpolation"], "interpolation")}
 <h2>Extrapolation of prototype {results["strongest_prototype"]}</h2>
 <p class="note">Test image 0 decoded from its own x_T with s_{results["strongest_prototype"]} set
-to each value above the frame, from its lowest value over the reference set
-({values[0]:.2f}) to beyond its bound ({values[-1]:.2f}); the other activations stay.</p>
+to each value above the frame: from its lowest value over the reference set
+({values[0]:.2f}) to half the observed range beyond its edit bound ({values[-1]:.2f}), values
+no real image has; the other activations stay.</p>
 {_img(png["extrapolation"], "extrapolation")}
 <h2>Consistency: prototype {results["strongest_prototype"]} edited into every image</h2>
 <p class="note">The box is the prototype's winning patch in each edit, the title its re-encoded
