@@ -1,7 +1,9 @@
 """Turn a pytest-benchmark JSON file into a markdown table with device, versions and date.
 
 usage: python benchmarks/report.py RESULTS.json [--out FOLDER]
-Writes FOLDER/<device>-<date>.json and .md (FOLDER defaults to the JSON file's folder).
+Writes FOLDER/<device>-<date>.md and a slim FOLDER/<device>-<date>.json (each benchmark's
+summary statistics and facts, without the per-round timings of pytest-benchmark's raw file);
+FOLDER defaults to the JSON file's folder.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 from pathlib import Path
+
+SUMMARY_STATS = ("min", "max", "mean", "stddev", "median", "iqr", "rounds", "iterations")
 
 
 def markdown(data: dict) -> str:
@@ -152,6 +155,26 @@ def with_ratio(value: float | None, ours: float | None) -> str:
     return f"{value:.1f}"
 
 
+def slim(data: dict) -> dict:
+    """The raw results without per-round timings and the long machine description."""
+    machine = {k: v for k, v in data["machine_info"].items() if k != "patronus_info"}
+    machine["patronus_info"] = data["machine_info"].get("patronus_info", "").splitlines()
+    return {
+        "datetime": data["datetime"],
+        "commit_info": {k: data.get("commit_info", {}).get(k) for k in ("id", "branch", "dirty")},
+        "machine_info": machine,
+        "benchmarks": [
+            {
+                "group": bench["group"],
+                "name": bench["name"],
+                "extra_info": bench["extra_info"],
+                "stats": {k: bench["stats"][k] for k in SUMMARY_STATS if k in bench["stats"]},
+            }
+            for bench in data["benchmarks"]
+        ],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("results", type=Path)
@@ -163,9 +186,8 @@ def main() -> None:
     stem = f"{slug}-{data['datetime'][:10]}"
     out = args.out or args.results.parent
     out.mkdir(parents=True, exist_ok=True)
-    if args.results.resolve() != (out / f"{stem}.json").resolve():
-        shutil.copyfile(args.results, out / f"{stem}.json")
     (out / f"{stem}.md").write_text(markdown(data))
+    (out / f"{stem}.json").write_text(json.dumps(slim(data), indent=1) + "\n")
     print(out / f"{stem}.md")
 
 

@@ -1,5 +1,6 @@
 """An independent re-implementation of the original Patronus model, in its module layout
-(PAPER.md section 3, `reference/ckpt-keys-fmnist32.tsv`), used only to test checkpoint import.
+(nina-weng/patronus models/patronus_unet.py; keys in tests/fixtures/ckpt-keys-fmnist32.tsv),
+used only to test checkpoint import.
 
 It follows the original's code paths where they differ from ours: the prototype distances come
 from two conv2d calls (||z||^2 - 2 z.p + ||p||^2, clamped), the min from a max-pool of negated

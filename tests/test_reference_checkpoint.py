@@ -13,7 +13,7 @@ from patronus import load_reference_checkpoint
 from patronus.checkpoint import CheckpointError
 from patronus.reference_checkpoint import original_key, translate_key
 
-# the original's state-dict keys and shapes (a copy of shared/reference/ckpt-keys-fmnist32.tsv)
+# the original's state-dict keys and shapes (listed from a published checkpoint)
 KEYS_FILE = Path(__file__).resolve().parent / "fixtures" / "ckpt-keys-fmnist32.tsv"
 
 

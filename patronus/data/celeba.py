@@ -84,8 +84,8 @@ class CelebA(Dataset):
     """Items ``(image (3, size, size) in [-1, 1], attributes (40,) int64 in {0, 1})``.
 
     Images are resized from 178x218 to ``image_size`` squared (the paper's preprocessing).
-    ``split`` is "train", "valid", "test" or "all". ``biased`` keeps the paper's shortcut subset
-    (PAPER.md section 8): blond and brown hair only when smiling, black hair only when not.
+    ``split`` is "train", "valid", "test" or "all". ``biased`` keeps the subset of the paper's
+    shortcut experiment: blond and brown hair only when smiling, black hair only when not.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Shortcut diagnosis (PAPER.md section 8) with a statistic, a threshold and an intervention.
+"""Shortcut diagnosis (the paper's experiment) with a statistic, a threshold and an intervention.
 
 1. The attribute x prototype AUROC matrix (max(AUC(y, s_j), AUC(y, -s_j))).
 2. For a target attribute, its top-k prototypes, and for every other attribute the share of them

@@ -1,5 +1,5 @@
-"""Prototype quality (PAPER.md section 7): linear probes, TAD and captured attributes, on held-out
-folds.
+"""Prototype quality (the paper's evaluation): linear probes, TAD and captured attributes, on
+held-out folds.
 
 - Linear probes: 5-fold cross-validation, features standardised on each training fold, logistic
   regression per attribute; ROC-AUC on the held-out fold for binary attributes, accuracy for class

@@ -31,7 +31,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """The conditional UNet (PAPER.md section 3)."""
+    """The conditional UNet of the paper and the original implementation."""
 
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 4, 4)

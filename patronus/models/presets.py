@@ -1,4 +1,4 @@
-"""Per-dataset presets: the paper's settings (PAPER.md section 4) and small CPU presets.
+"""Per-dataset presets: the paper's settings (Weng et al., ICLR 2026) and small CPU presets.
 
 A preset is a model configuration plus its training defaults and dataset. Paper presets use the
 paper's batch size, epoch count and learning rate; the CPU presets shrink the UNet so a run

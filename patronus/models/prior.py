@@ -1,5 +1,6 @@
 """The activation prior: a small diffusion model over activation vectors s, for unconditional
-generation (PAPER.md section 5): sample s from the prior, then decode an image conditioned on it.
+generation (as in the paper, Weng et al., ICLR 2026): sample s from the prior, then decode an
+image conditioned on it.
 
 s (normalised per prototype with the training set's mean and standard deviation) is treated as a
 1-channel sequence of length P and denoised by a 1-D UNet with skip connections (the original's

@@ -1,4 +1,4 @@
-"""The conditional UNet of Patronus (PAPER.md section 3).
+"""The conditional UNet of Patronus (Weng et al., ICLR 2026, as in the original implementation).
 
 Every residual block adds two per-channel biases: one from the time embedding and one from the
 prototype embedding. Module names follow the original implementation where that costs nothing
