@@ -6,11 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
-# run from the source tree: patronus.kernels is kernels/ (setup.py maps it when installing)
+# run from the source tree (patronus.kernels reads the top-level kernels/ folder)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-created_link=0
-if [ ! -e patronus/kernels ]; then ln -s ../kernels patronus/kernels; created_link=1; fi
-trap '[ $created_link = 1 ] && rm -f patronus/kernels' EXIT
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee "$OUT/versions.txt"
 for module in numpy safetensors tqdm PIL matplotlib; do
     python3 -c "import $module" 2>/dev/null && echo "$module: yes" || echo "$module: missing"

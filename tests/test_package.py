@@ -56,3 +56,20 @@ def test_python_dash_m_info():
         [sys.executable, "-m", "patronus", "info"], capture_output=True, text=True, check=True
     )
     assert "prototype_min_distance" in result.stdout
+
+
+def test_a_plain_checkout_imports_the_triton_kernels(tmp_path):
+    """No install, no link: patronus/ and kernels/ side by side on sys.path are enough."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("patronus", "kernels"):
+        shutil.copytree(root / folder, tmp_path / folder, ignore=shutil.ignore_patterns("*.so"))
+    code = "import patronus.kernels.prototype_distance as k; print(k.__file__)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PATRONUS_BUILD_EXT": "0"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == tmp_path / "kernels" / "prototype_distance.py"
