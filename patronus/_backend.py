@@ -23,6 +23,8 @@ from types import ModuleType
 
 import torch
 
+from patronus.errors import PatronusError
+
 BACKENDS = ("triton", "cpp", "torch")
 ENV_VAR = "PATRONUS_BACKEND"
 
@@ -30,7 +32,7 @@ ENV_VAR = "PATRONUS_BACKEND"
 Probe = Callable[[torch.device], "str | None"]
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(PatronusError, RuntimeError):
     """A backend forced with ``PATRONUS_BACKEND`` cannot serve the requested call."""
 
 

@@ -29,17 +29,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from patronus.errors import CheckpointError
 from patronus.models import Patronus, PatronusConfig
+
+__all__ = ["CheckpointError", "load_model", "resolve_checkpoint", "save_model"]
 
 FORMAT = "patronus"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 LATEST_FILE = "latest"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or corrupt."""
 
 
 def _fsync(path: Path) -> None:

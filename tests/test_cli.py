@@ -249,3 +249,15 @@ def test_every_flag_has_help_and_the_description_is_plain_text():
     walk(parser, [])
     assert missing == []
     assert "``" not in parser.description and "`" not in parser.format_help()
+
+
+def test_a_bug_shows_its_traceback_instead_of_a_user_error(tiny_run, tmp_path, monkeypatch):
+    """Only the project's own errors exit 2 with one line; an internal ValueError propagates."""
+    from patronus.cli import generate
+
+    def broken(args):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(generate, "sample", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["sample", str(tiny_run), "--out", str(tmp_path / "o")])

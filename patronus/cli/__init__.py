@@ -14,26 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from patronus.cli import evaluate, generate, interpret, train
-from patronus.cli.outputs import CommandError
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The project's own errors, reported in one line; anything else is a bug (traceback)."""
-    from patronus._backend import BackendUnavailableError
-    from patronus.checkpoint import CheckpointError
-    from patronus.data.errors import DataLayoutError, ImageFileError
-    from patronus.train.run_folder import RunInUseError
-
-    return (
-        BackendUnavailableError,
-        CheckpointError,
-        CommandError,
-        DataLayoutError,
-        FileNotFoundError,
-        ImageFileError,
-        RunInUseError,
-        ValueError,
-    )
+from patronus.errors import PatronusError
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -63,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except _user_errors() as error:
+    except PatronusError as error:  # the project's own: one line; anything else is a bug
         print(f"patronus {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:

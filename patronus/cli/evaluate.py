@@ -191,7 +191,7 @@ def _classifier(args, model, build, out: Path):
         say(f"feature classifier: {saved}")
         return load_classifier(saved)
     if args.classifier is not None:
-        raise FileNotFoundError(f"no feature classifier in {args.classifier}")
+        raise CommandError(f"no feature classifier in {args.classifier}")
     say(f"training a feature classifier ({args.classifier_steps} steps)")
     train = build("train")
     labels = torch.stack([torch.as_tensor(train[i][1]) for i in range(min(len(train), 256))])

@@ -111,7 +111,10 @@ def _activations(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.T
         return sample_prior(prior, args.num, generator=generator), None
     if args.activations:
         s = read_activations(args.activations).to(args.device)
-        model.check_activations(s)
+        try:
+            model.check_activations(s)
+        except (TypeError, ValueError) as error:
+            raise CommandError(f"{args.activations}: {error}") from error
         return s, None
     images = load_images(args, model)
     with torch.no_grad():

@@ -67,9 +67,9 @@ def image_files(paths: list[Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"no such image file or folder: {path}")
+            raise CommandError(f"no such image file or folder: {path}")
     if not files:
-        raise FileNotFoundError(f"no images found in {[str(p) for p in paths]}")
+        raise CommandError(f"no images found in {[str(p) for p in paths]}")
     return files
 
 
@@ -109,7 +109,7 @@ def load_images(args: argparse.Namespace, model) -> torch.Tensor:
 def read_activations(path: Path) -> torch.Tensor:
     """Activations (B, P) from .pt, .npy or .safetensors (key "activations" or the only key)."""
     if not path.is_file():
-        raise FileNotFoundError(f"no activation file {path}")
+        raise CommandError(f"no activation file {path}")
     try:
         value = _read_tensor_file(path)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as error:

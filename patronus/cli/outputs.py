@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+from patronus.errors import PatronusError
+
 RUNS = Path("runs")
 _LISTED_PER_FOLDER = 20
 
 
-class CommandError(Exception):
+class CommandError(PatronusError):
     """A user error a command reports in one line (exit status 2)."""
 
 

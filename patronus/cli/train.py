@@ -159,17 +159,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from patronus.checkpoint import read_config, resolve_checkpoint
+    from patronus.checkpoint import CheckpointError, read_config, resolve_checkpoint
     from patronus.models import Patronus, PatronusConfig
     from patronus.models.presets import get_preset
     from patronus.train import TrainConfig, Trainer
 
     preset = get_preset(args.preset)
     if args.resume:
-        saved = read_config(resolve_checkpoint(args.out))
-        model_config = PatronusConfig.from_dict(saved["model"])
-        data_spec = saved["data"]
-        train_config = TrainConfig.from_dict(saved["train"])
+        folder = resolve_checkpoint(args.out)
+        saved = read_config(folder)
+        try:
+            model_config = PatronusConfig.from_dict(saved["model"])
+            data_spec = saved["data"]
+            train_config = TrainConfig.from_dict(saved["train"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{folder} cannot be resumed: {error!r}") from error
         if args.steps is not None:
             train_config = train_config.replace(max_steps=args.steps)
     else:
@@ -199,14 +203,17 @@ def _train(args: argparse.Namespace) -> int:
 
         train_config = _new_run(args, preset, steps_of)
     torch.manual_seed(args.seed)
-    trainer = Trainer(
-        Patronus(model_config),
-        dataset,
-        train_config,
-        args.out,
-        args.device,
-        metadata={"preset": args.preset, "data": data_spec},
-    )
+    try:  # the checks of what the user asked for (batch vs dataset, image shapes)
+        trainer = Trainer(
+            Patronus(model_config),
+            dataset,
+            train_config,
+            args.out,
+            args.device,
+            metadata={"preset": args.preset, "data": data_spec},
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     if args.resume:
         print(f"resuming {args.out} at step {trainer.resume()}")
     say(

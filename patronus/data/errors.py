@@ -1,7 +1,9 @@
-"""Errors of the dataset loaders: they name the expected layout."""
+"""Errors of the dataset loaders: they name the expected layout (or the unreadable file)."""
+
+from patronus.errors import PatronusError
 
 
-class DataLayoutError(FileNotFoundError):
+class DataLayoutError(PatronusError, FileNotFoundError):
     """A dataset folder is missing, incomplete or malformed; the message shows the layout."""
 
     def __init__(self, dataset: str, problem: str, layout: str) -> None:
@@ -9,5 +11,5 @@ class DataLayoutError(FileNotFoundError):
         self.dataset = dataset
 
 
-class ImageFileError(ValueError):
+class ImageFileError(PatronusError, ValueError):
     """An image file cannot be read (empty, truncated, not an image, or too large)."""

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from patronus.errors import InvalidFileError, MissingFileError
+
 
 class BasicConv2d(nn.Module):
     def __init__(self, c_in: int, c_out: int, **conv) -> None:
@@ -190,17 +192,22 @@ def load_fid_inception(path: str | Path) -> FIDInception:
     """The network with pytorch-fid's weight file (``torch.load`` with ``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no Inception weights at {path}: pass pytorch-fid's pt_inception-2015-12-05-"
             "6726825d.pth (this library never downloads it)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for unreadable files
+        raise InvalidFileError(f"{path} is not a readable weight file: {error}") from error
+    if not isinstance(state, dict):
+        raise InvalidFileError(f"{path} holds no state dict")
     model = FIDInception()
     state = {k: v for k, v in state.items() if not k.startswith("AuxLogits")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidFileError(
             f"{path} is not an Inception-v3 FID weight file: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from patronus.diffusion.schedules import NoiseSchedule
+from patronus.errors import CheckpointError, MissingFileError
 from patronus.nn.embeddings import TimeEmbedding
 
 
@@ -156,7 +157,7 @@ def load_prior(folder: str | Path) -> ActivationPrior:
 
     folder = Path(folder)
     if not (folder / PRIOR_CONFIG_FILE).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no activation prior in {folder} (no {PRIOR_CONFIG_FILE}): run "
             "`patronus train-prior` first, and pass its output folder as --prior"
         )
@@ -165,5 +166,5 @@ def load_prior(folder: str | Path) -> ActivationPrior:
         prior = ActivationPrior(config)
         prior.load_state_dict(load_file(str(folder / PRIOR_WEIGHTS_FILE)))
     except (TypeError, ValueError, OSError, RuntimeError, SafetensorError) as error:
-        raise ValueError(f"{folder} holds no readable activation prior: {error}") from error
+        raise CheckpointError(f"{folder} holds no readable activation prior: {error}") from error
     return prior.eval()

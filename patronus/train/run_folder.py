@@ -11,13 +11,15 @@ import os
 import shutil
 from pathlib import Path
 
+from patronus.errors import PatronusError
+
 LOCK_FILE = ".lock"
 RUN_ENTRIES = ("checkpoints", "samples", "metrics.jsonl", "metrics.csv", "loss_curve.png")
 
 _held: dict[Path, tuple[int, int]] = {}  # resolved run folder -> (fd, depth)
 
 
-class RunInUseError(RuntimeError):
+class RunInUseError(PatronusError, RuntimeError):
     """Another process is training this run folder."""
 
 
