@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from patronus.checkpoint import CheckpointError
-from patronus.data.safe_pickle import safe_load
 from patronus.models import Patronus
 from patronus.models.config import DiffusionConfig, EncoderConfig, PatronusConfig, UNetConfig
 from patronus.models.presets import ENCODER_32_64, ENCODER_224
+from patronus.utils.safe_pickle import safe_load
 
 _BLOCK_RENAMES = {
     "normlize_1": "norm1",

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from patronus import load_model, save_model
 from patronus.cli import main
-from patronus.data import save_grid
+from patronus.utils import save_grid
 
 
 def test_info(capsys):

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from patronus.data import load_image, make_grid, save_grid
+from patronus.data import load_image
+from patronus.utils import make_grid, save_grid
 
 
 def test_grid_layout_and_values(tmp_path):

@@ -123,7 +123,7 @@ def _activations(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.T
 
 def sample(args: argparse.Namespace) -> int:
     from patronus.checkpoint import save_tensors
-    from patronus.data.images import save_grid
+    from patronus.utils.images import save_grid
 
     if args.unconditional and args.activations:
         raise CommandError("--unconditional draws the activations: drop --activations")
@@ -163,7 +163,7 @@ def sample(args: argparse.Namespace) -> int:
 
 def invert(args: argparse.Namespace) -> int:
     from patronus.checkpoint import save_tensors
-    from patronus.data.images import save_grid
+    from patronus.utils.images import save_grid
 
     started = now()
     out = output_folder(args.out, args.command, args.overwrite)

@@ -6,7 +6,7 @@ from patronus.data.cifar10 import CIFAR10
 from patronus.data.errors import DataLayoutError
 from patronus.data.fashion_mnist import FashionMNIST
 from patronus.data.image_folder import FFHQ, ImageFolder
-from patronus.data.images import load_image, make_grid, save_grid
+from patronus.data.images import load_image
 from patronus.data.registry import DATASETS, build_dataset
 from patronus.data.synthetic import FACTOR_NAMES, FACTORS, SyntheticShapes
 
@@ -24,6 +24,4 @@ __all__ = [
     "SyntheticShapes",
     "build_dataset",
     "load_image",
-    "make_grid",
-    "save_grid",
 ]

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from patronus.data.errors import DataLayoutError
-from patronus.data.safe_pickle import numpy_globals, safe_load
+from patronus.utils.safe_pickle import numpy_globals, safe_load
 
 CLASSES = (
     "airplane",

@@ -182,18 +182,18 @@ def confirm(
 
 def write_diagnosis(diagnosis: Diagnosis, folder: Path) -> Path:
     """``diagnosis.json`` and ``diagnosis.html`` (the AUROC matrix as a heat map, the evidence)."""
-    from patronus.interpret.figures import _pyplot, save
+    from patronus.utils.plotting import pyplot, save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "diagnosis.json").write_text(diagnosis.to_json() + "\n")
-    plt = _pyplot()
+    plt = pyplot()
     matrix = torch.tensor(diagnosis.auroc)
     figure, axis = plt.subplots(figsize=(0.3 * matrix.shape[1] + 2, 0.35 * matrix.shape[0] + 1))
     image = axis.imshow(matrix.numpy(), vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
     axis.set_yticks(range(len(diagnosis.attributes)), diagnosis.attributes, fontsize=7)
     axis.set_xlabel("prototype")
     figure.colorbar(image, label="AUROC")
-    png = save(figure, folder / "auroc_matrix.png")
+    png = save_figure(figure, folder / "auroc_matrix.png")
     rows = "".join(
         f"<tr><td>{html.escape(s.attribute)}</td><td>{s.shared_prototypes}</td>"
         f"<td>{s.overlap:.2f}</td><td>{s.phi:+.2f}</td><td>{'yes' if s.flagged else 'no'}</td>"

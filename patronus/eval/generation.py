@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from patronus.data.images import save_image, to_uint8
 from patronus.eval.frechet import feature_statistics, frechet_distance, kernel_distance
 from patronus.models import Patronus
+from patronus.utils.images import save_image, to_uint8
 
 Features = Callable[[torch.Tensor], torch.Tensor]
 

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from patronus.data.images import to_uint8
 from patronus.interpret.what import NearestPatches, PrototypeVisualization
 from patronus.interpret.when import Emergence
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from patronus.utils.images import to_uint8
+from patronus.utils.plotting import pyplot, save_figure
 
 
 def _show(axis, image: torch.Tensor, box=None, title: str | None = None) -> None:
@@ -28,7 +19,7 @@ def _show(axis, image: torch.Tensor, box=None, title: str | None = None) -> None
     axis.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
     if box is not None:
         top, left, bottom, right = (int(v) for v in box)
-        plt = _pyplot()
+        plt = pyplot()
         axis.add_patch(
             plt.Rectangle(
                 (left - 0.5, top - 0.5),
@@ -43,18 +34,6 @@ def _show(axis, image: torch.Tensor, box=None, title: str | None = None) -> None
         axis.set_title(title, fontsize=7)
     axis.set_xticks([])
     axis.set_yticks([])
-
-
-def save(figure, path: Path | None) -> bytes:
-    """PNG bytes of a figure (also written to ``path``), and the figure closed."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
-    data = buffer.getvalue()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return data
 
 
 def _map(figure, axis, values: torch.Tensor, title: str, cmap: str, vmin=None, vmax=None) -> None:
@@ -74,7 +53,7 @@ def gallery_figure(
     prototype's patch boxed and s_J after it (against the value it was set to; red when the edit
     fell short), the crop, what the edit changed (|edit - unedited decode|, one colour scale for
     all rows), and (given (J, H, W) maps of the edits) where the prototype responds."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = 5 if similarity is not None else 4
     rows = len(vis.prototypes)
     figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.45 * rows), squeeze=False)
@@ -100,13 +79,13 @@ def gallery_figure(
         if similarity is not None:
             _map(figure, axes[row, 4], similarity[row], "similarity s_J", "magma")
     figure.tight_layout()
-    return save(figure, path)
+    return save_figure(figure, path)
 
 
 def emergence_figure(emergence: Emergence, path: Path | None = None, columns: int = 5) -> bytes:
     """Per prototype: the gap between edit and reference activation over the timesteps (one thin
     line per image, the mean thick), emergence steps marked."""
-    plt = _pyplot()
+    plt = pyplot()
     count = len(emergence.prototypes)
     rows = (count + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.8 * rows), squeeze=False)
@@ -129,7 +108,7 @@ def emergence_figure(emergence: Emergence, path: Path | None = None, columns: in
     figure.supxlabel("timestep t (denoising runs left to right, from noise to image)", fontsize=8)
     figure.supylabel("s_J(edit) - s_J(reference)", fontsize=8)
     figure.tight_layout()
-    return save(figure, path)
+    return save_figure(figure, path)
 
 
 def grid_figure(
@@ -141,7 +120,7 @@ def grid_figure(
 ) -> bytes:
     """Rows of images (each (K, C, H, W)), labelled, optional boxes per row ((K, 4) or None) and
     optional titles per image (a list of K strings, or None, per row)."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = max(row.shape[0] for row in rows)
     figure, axes = plt.subplots(
         len(rows), columns, figsize=(1.1 * columns, 1.2 * len(rows)), squeeze=False
@@ -157,7 +136,7 @@ def grid_figure(
                 axes[r, c].axis("off")
         axes[r, 0].set_ylabel(labels[r], fontsize=7)
     figure.tight_layout()
-    return save(figure, path)
+    return save_figure(figure, path)
 
 
 def nearest_patches_figure(
@@ -167,7 +146,7 @@ def nearest_patches_figure(
     path: Path | None = None,
 ) -> bytes:
     """One row per prototype: its k nearest real patches (crops)."""
-    plt = _pyplot()
+    plt = pyplot()
     k = patches.image_index.shape[1]
     figure, axes = plt.subplots(
         len(prototypes), k, figsize=(0.9 * k, 0.9 * len(prototypes)), squeeze=False
@@ -179,4 +158,4 @@ def nearest_patches_figure(
             title = f"p{prototype}" if column == 0 else None
             _show(axes[row, column], image[:, top:bottom, left:right], title=title)
     figure.tight_layout()
-    return save(figure, path)
+    return save_figure(figure, path)

@@ -50,11 +50,9 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: Path, smoothing: int = 20)
     """Loss against step (raw and a running mean) as a PNG; None when there is nothing to plot."""
     if not rows:
         return None
-    import matplotlib
+    from patronus.utils.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps = [row["step"] for row in rows]
     losses = [row["loss"] for row in rows]
     window = max(1, min(smoothing, len(losses) // 5))

@@ -39,7 +39,6 @@ from patronus.checkpoint import (
     save_tensors,
     write_atomically,
 )
-from patronus.data.images import save_grid
 from patronus.diffusion.loss import sample_timesteps
 from patronus.models import Patronus, PatronusConfig
 from patronus.nn.prototype_layer import prototype_distinct_loss
@@ -49,6 +48,7 @@ from patronus.train.ema import EMA
 from patronus.train.metrics import MetricsLog, plot_loss_curve
 from patronus.train.run_folder import RunLock, holds_a_run
 from patronus.train.state import flatten_optimizer, unflatten_optimizer
+from patronus.utils.images import save_grid
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
