@@ -13,6 +13,15 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 }
 
 
+# The scheduler step against float64 equations: max |error| / (1 + |expected|) per dtype.
+STEP_TOLERANCES: dict[torch.dtype, float] = {
+    torch.float64: 1e-12,
+    torch.float32: 2e-5,
+    torch.float16: 4e-3,
+    torch.bfloat16: 3e-2,
+}
+
+
 def tolerance(dtype: torch.dtype) -> dict[str, float]:
     return TOLERANCES[dtype]
 

@@ -15,13 +15,11 @@ from patronus.ops.scheduler import (
     scheduler_step,
     scheduler_step_ref,
 )
+from patronus.testing import STEP_TOLERANCES
 
 TABLE = NoiseSchedule.from_name("linear", 1000).alphas_cumprod
 ABAR = np.concatenate([TABLE.numpy(), [1.0]])  # index -1 -> 1
 BACKENDS = ["cpp", "torch"]
-TOLERANCE = {
-    torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2,
-}  # fmt: skip
 
 
 @pytest.fixture(params=BACKENDS)
@@ -107,7 +105,7 @@ def test_step_matches_float64_equations(backend, dtype, mode, prediction):
             p.numpy(), mode, prediction, eta, "posterior", clip,
             None if threshold is None else threshold.numpy(), recompute,
         )  # fmt: skip
-        tolerance = TOLERANCE[dtype]
+        tolerance = STEP_TOLERANCES[dtype]
         scale = 1 + np.abs(expected_prev)
         assert np.max(np.abs(prev.double().numpy() - expected_prev) / scale) < tolerance
         assert (

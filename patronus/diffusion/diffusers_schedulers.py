@@ -32,6 +32,7 @@ except ImportError as error:  # pragma: no cover - exercised without diffusers o
         "patronus.diffusion.diffusers_schedulers needs diffusers: pip install diffusers"
     ) from error
 
+from patronus.diffusion.parametrization import dynamic_thresholds, predicted_x0
 from patronus.ops.scheduler import scheduler_step
 
 # diffusers' pipeline loader finds a component's loading method by looking the base classes it
@@ -41,26 +42,15 @@ __all__ = ["PatronusDDIMScheduler", "PatronusDDPMScheduler", "SchedulerMixin"]
 _FUSED_DDPM_VARIANCES = {"fixed_small": "posterior", "fixed_large": "beta"}
 
 
-def _thresholds(scheduler, x0: torch.Tensor) -> torch.Tensor:
-    """diffusers' dynamic thresholding: per-sample quantile of |x0| in [1, sample_max_value]."""
-    flat = x0.reshape(x0.shape[0], -1).abs().float()
-    quantile = torch.quantile(flat, scheduler.config.dynamic_thresholding_ratio, dim=1)
-    return quantile.clamp(min=1.0, max=scheduler.config.sample_max_value)
-
-
-def _predicted_x0(scheduler, sample, model_output, abar) -> torch.Tensor:
-    if scheduler.config.prediction_type == "epsilon":
-        return (sample - (1 - abar) ** 0.5 * model_output) / abar**0.5
-    if scheduler.config.prediction_type == "sample":
-        return model_output
-    return abar**0.5 * sample - (1 - abar) ** 0.5 * model_output
-
-
 def _clipping(scheduler, sample, model_output, timestep) -> dict:
     if scheduler.config.thresholding:
+        config = scheduler.config
         abar = scheduler.alphas_cumprod[timestep].to(sample.device, sample.dtype)
-        x0 = _predicted_x0(scheduler, sample, model_output, abar)
-        return {"threshold": _thresholds(scheduler, x0)}
+        x0 = predicted_x0(sample, model_output, abar, config.prediction_type)
+        threshold = dynamic_thresholds(
+            x0, config.dynamic_thresholding_ratio, config.sample_max_value
+        )
+        return {"threshold": threshold}
     if scheduler.config.clip_sample:
         return {"clip": scheduler.config.clip_sample_range}
     return {}

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from patronus.diffusion.graphed_step import GraphedStep
+from patronus.diffusion.parametrization import dynamic_thresholds, predicted_x0
 from patronus.diffusion.schedules import NoiseSchedule
 from patronus.diffusion.timesteps import respaced_timesteps
 from patronus.ops.scheduler import scheduler_step
@@ -75,15 +76,6 @@ def generator_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _thresholds(
-    x: torch.Tensor, output: torch.Tensor, abar: torch.Tensor, quantile: float
-) -> torch.Tensor:
-    """Per-sample dynamic thresholds max(1, quantile of |x0|) (x0 from an epsilon prediction)."""
-    abar = abar.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-    x0 = (x - (1 - abar).sqrt() * output) / abar.sqrt()
-    return torch.quantile(x0.flatten(1).abs().float(), quantile, dim=1).clamp_min(1.0)
-
-
 def _step(
     x: torch.Tensor,
     output: torch.Tensor,
@@ -98,7 +90,9 @@ def _step(
         if options.prediction != "epsilon":
             raise ValueError("dynamic_threshold is implemented for epsilon predictions")
         padded = torch.cat([table, table.new_ones(1)])
-        threshold = _thresholds(x, output, padded[current], options.dynamic_threshold)
+        abar = padded[current].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        x0 = predicted_x0(x, output, abar, options.prediction)
+        threshold = dynamic_thresholds(x0, options.dynamic_threshold)
     return scheduler_step(
         x, output, current, target, table, prediction=options.prediction,
         clip=1.0 if options.clip_x0 else None, threshold=threshold, validate=False, **kwargs,

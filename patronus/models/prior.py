@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from patronus.diffusion.parametrization import predicted_x0
 from patronus.diffusion.schedules import NoiseSchedule
 from patronus.errors import CheckpointError, MissingFileError
 from patronus.nn.embeddings import TimeEmbedding
@@ -126,8 +127,8 @@ def sample_prior(
     abar = prior.schedule.alphas_cumprod
     for t in range(prior.config.timesteps - 1, -1, -1):
         eps = prior(x, torch.full((count,), t, dtype=torch.long, device=device))
-        a_t, a_prev = float(abar[t]), float(abar[t - 1]) if t > 0 else 1.0
-        x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        a_prev = float(abar[t - 1]) if t > 0 else 1.0
+        x0 = predicted_x0(x, eps, abar[t].to(x), "epsilon")
         noise = torch.randn(x.shape, generator=generator, device=device) if t > 0 else 0.0
         x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * noise
     return prior.denormalise(x)
