@@ -162,22 +162,35 @@ def write_visualization(
     figures.nearest_patches_figure(
         nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
     )
-    numbers = {
-        "prototypes": prototypes,
-        **_kept_edit_numbers(vis),
-        "nearest_image": nearest.image_index.tolist(),
-        "nearest_distance": nearest.distance.tolist(),
-        "nearest_boxes": nearest.boxes.tolist(),
-    }
-    (out_dir / "visualize.json").write_text(json.dumps(numbers, indent=2) + "\n")
-    np.savez_compressed(
-        out_dir / "visualize.npz",
-        edits=vis.edits.cpu().numpy(),
-        boxes=vis.boxes.numpy(),
-        edit_activation=vis.edit_activation.cpu().numpy(),
-        before=vis.before.cpu().numpy(),
-    )
+    numbers = {"prototypes": prototypes, **_kept_edit_numbers(vis)}
+    arrays = {**_edit_arrays(vis), **_nearest_arrays(nearest)}
+    _write_results(out_dir, "visualize", numbers, arrays)
     return path
+
+
+def _write_results(out_dir: Path, stem: str, numbers: dict, arrays: dict[str, torch.Tensor]):
+    """``stem.json`` (the numbers) and ``stem.npz`` (the arrays, compressed)."""
+    (out_dir / f"{stem}.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    np.savez_compressed(out_dir / f"{stem}.npz", **{k: v.cpu().numpy() for k, v in arrays.items()})
+
+
+def _edit_arrays(vis) -> dict[str, torch.Tensor]:
+    return {"edits": vis.edits, "boxes": vis.boxes, "edit_activation": vis.edit_activation,
+            "before": vis.before}  # fmt: skip
+
+
+def _nearest_arrays(nearest) -> dict[str, torch.Tensor]:
+    return {"nearest_image": nearest.image_index, "nearest_distance": nearest.distance,
+            "nearest_boxes": nearest.boxes}  # fmt: skip
+
+
+def _emergence_arrays(emergence, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {
+        "timesteps": emergence.timesteps,
+        f"{prefix}edit": emergence.edit,
+        f"{prefix}reference": emergence.reference,
+        "emergence_t": emergence.emergence_t,
+    }
 
 
 def _kept_edit_numbers(vis) -> dict[str, list]:
@@ -225,14 +238,7 @@ def write_emergence(
         "emergence_t": emergence.emergence_t.tolist(),
         "mean_gap": emergence.gap.mean(2).t().tolist(),
     }
-    (out_dir / "emergence.json").write_text(json.dumps(numbers, indent=2) + "\n")
-    np.savez_compressed(
-        out_dir / "emergence.npz",
-        timesteps=emergence.timesteps.numpy(),
-        edit=emergence.edit.numpy(),
-        reference=emergence.reference.numpy(),
-        emergence_t=emergence.emergence_t.numpy(),
-    )
+    _write_results(out_dir, "emergence", numbers, _emergence_arrays(emergence))
     return path
 
 
@@ -338,21 +344,12 @@ def build_report(
         "network_evaluations": evaluations,
         "wall_s": wall,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    np.savez_compressed(
-        out_dir / "results.npz",
-        edits=vis.edits.cpu().numpy(),
-        boxes=vis.boxes.numpy(),
-        edit_activation=vis.edit_activation.cpu().numpy(),
-        before=vis.before.cpu().numpy(),
-        timesteps=emergence.timesteps.numpy(),
-        emergence_edit=emergence.edit.numpy(),
-        emergence_reference=emergence.reference.numpy(),
-        emergence_t=emerged.numpy(),
-        nearest_image=nearest.image_index.numpy(),
-        nearest_distance=nearest.distance.numpy(),
-        nearest_boxes=nearest.boxes.numpy(),
-    )
+    arrays = {
+        **_edit_arrays(vis),
+        **_emergence_arrays(emergence, prefix="emergence_"),
+        **_nearest_arrays(nearest),
+    }
+    _write_results(out_dir, "results", results, arrays)
     page = _page(png, results, prototypes, evaluations)
     path = out_dir / "report.html"
     path.write_text(page)
