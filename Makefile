@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup system-deps demo demo-train test bench lint gpu-check clean
 
-$(STAMP): .ci/requirements.txt pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/*.h)
+$(STAMP): .ci/requirements.txt pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "== installing the pinned dependencies into $(VENV) (about a minute)"
 	$(PY) -m pip install --quiet --upgrade pip

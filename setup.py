@@ -1,8 +1,9 @@
 """Builds the optional ``patronus._C`` extension; all metadata lives in pyproject.toml.
 
-CPU kernels are compiled wherever a C++ compiler exists; CUDA kernels (csrc/cuda/*.cu) only where
-the installed torch has CUDA and nvcc is found. ``PATRONUS_BUILD_EXT=0`` skips the extension: the
-package then runs on its pure-PyTorch backends and ``patronus.info()`` says so.
+Each op's kernels live in csrc/<op>/: cpu.cpp is compiled wherever a C++ compiler exists, cuda.cu
+only where the installed torch has CUDA and nvcc is found (csrc/schema.cpp declares the kernels,
+csrc/module.cpp is the Python module). ``PATRONUS_BUILD_EXT=0`` skips the extension: the package
+then runs on its pure-PyTorch backends and ``patronus.info()`` says so.
 Build with ``pip install --no-build-isolation -e .`` (build isolation would fetch another torch).
 """
 
@@ -18,8 +19,8 @@ def extension_modules():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/cpu.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/*/cuda.cu"))
     use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources)
     # -ffp-contract=off: vector and scalar loops round alike (the CPU kernels rely on it for ties)
     compile_args = {"cxx": ["-O3", "-std=c++17", "-ffp-contract=off"]}

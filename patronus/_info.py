@@ -24,17 +24,10 @@ def _devices() -> list[torch.device]:
     return devices
 
 
-def _op_backends(device: torch.device) -> dict[str, _backend.BackendChoice]:
-    from patronus.ops import noising, prototype_distance, scheduler
-
-    choices = dict(prototype_distance.backend_choices(device))
-    choices["scheduler_step"] = scheduler.backend(device)
-    choices["q_sample"] = noising.backend(device)
-    return choices
-
-
 def info() -> str:
     """A report of versions, devices, the extension and Triton, and the backend of each op."""
+    from patronus.ops import backend_choices
+
     _, extension = _backend.load_extension()
     lines = [
         f"patronus {_version('patronus')}",
@@ -49,7 +42,7 @@ def info() -> str:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         lines.append(f"device {device.type}: {name or 'cpu'}")
         try:
-            for op, choice in _op_backends(device).items():
+            for op, choice in backend_choices(device).items():
                 lines.append(f"  {op:<24} {choice.name:<7} ({choice.reason})")
         except _backend.BackendUnavailableError as error:
             lines.append(f"  {error}")

@@ -34,7 +34,7 @@ def test_cuda_launcher_compiles_against_torch_headers(tmp_path):
         "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
         "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
         f"-I{tmp_path / 'stub'}", f"-I{include}", f"-I{include / 'torch/csrc/api/include'}",
-        str(ROOT / "csrc/cuda/scheduler_step.cu"), "-o", str(tmp_path / "launcher.o"),
+        str(ROOT / "csrc/scheduler_step/cuda.cu"), "-o", str(tmp_path / "launcher.o"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,7 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "../scheduler_step_kernel.cuh"
+#include "../scheduler_step/kernel.cuh"
 
 namespace patronus {
 namespace step {

@@ -29,7 +29,7 @@ void check(bool condition, const char* what) {
 at::Tensor q_sample(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& a,
                     const at::Tensor& s) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("patronus::q_sample", "")
+                       .findSchemaOrThrow("patronus::q_sample_fwd", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&)>();
   return op.call(x0, noise, a, s);
@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step(const at::Tensor& x, const at:
                                                   double eta, const at::Tensor& rng) {
   static auto op =
       c10::Dispatcher::singleton()
-          .findSchemaOrThrow("patronus::scheduler_step", "")
+          .findSchemaOrThrow("patronus::scheduler_step_fwd", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
               const at::Tensor&, int64_t, int64_t, int64_t, double, double, bool,

@@ -6,11 +6,11 @@ optional callback and progress bar. The denoiser is any ``eps_fn(x_t, t) -> eps`
 (B,) tensor.
 
 The non-network part of every step is one call of the fused ``patronus.ops.scheduler_step``
-(equations in ``csrc/scheduler_step.h``): DDIM, DDPM on any pair of levels, and the DDIM inversion
-as a DDIM step towards a noisier level. The loop never synchronises with the device: timesteps and
-random states are prepared on the device before it starts, and noise is drawn inside the step from
-a seed taken from the ``generator`` (Philox, counter = step), so a generator makes every stochastic
-sampler reproducible.
+(equations in ``csrc/scheduler_step/step.h``): DDIM, DDPM on any pair of levels, and the DDIM
+inversion as a DDIM step towards a noisier level. The loop never synchronises with the device:
+timesteps and random states are prepared on the device before it starts, and noise is drawn inside
+the step from a seed taken from the ``generator`` (Philox, counter = step), so a generator makes
+every stochastic sampler reproducible.
 
 - DDIM from level t to the previous respaced level (the clean data after t = 0).
 - DDPM ancestral over all T steps, variance "posterior" (beta_t (1 - abar_{t-1}) / (1 - abar_t))

@@ -1,5 +1,16 @@
-"""Ops with backend dispatch (triton | cpp | torch) and their pure-PyTorch references."""
+"""Ops with backend dispatch (triton | cpp | torch) and their pure-PyTorch references.
 
+Every op follows one anatomy (CONTRIBUTING.md, "Adding an op"): a ``torch.library`` custom op
+``patronus::<op>`` with a fake kernel and an autograd formula (or an explicit "not
+differentiable"), backends chosen per call by ``patronus._backend``, and a ``*_ref`` reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from patronus import _backend
+from patronus.ops import noising, prototype_distance, scheduler
 from patronus.ops.noising import q_sample, q_sample_ref
 from patronus.ops.prototype_distance import (
     prototype_distance_map,
@@ -9,7 +20,17 @@ from patronus.ops.prototype_distance import (
 )
 from patronus.ops.scheduler import philox_normal, scheduler_step, scheduler_step_ref
 
+
+def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
+    """The backend every op would use on ``device``, with the reason."""
+    choices: dict[str, _backend.BackendChoice] = {}
+    for module in (prototype_distance, scheduler, noising):
+        choices.update(module.backend_choices(device))
+    return choices
+
+
 __all__ = [
+    "backend_choices",
     "philox_normal",
     "prototype_distance_map",
     "prototype_distance_map_ref",

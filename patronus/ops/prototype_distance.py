@@ -39,39 +39,6 @@ MIN_OP = "prototype_min_distance"
 MAP_OP = "prototype_distance_map"
 
 
-def _triton_probe(device: torch.device) -> str | None:
-    missing = _backend.triton_status()
-    if missing is not None:
-        return missing
-    if device.type == "cuda":
-        return None
-    if os.environ.get("TRITON_INTERPRET") == "1" and _backend.requested_backend() == "triton":
-        return None  # the interpreter, forced: a test tool, never chosen automatically
-    return "Triton kernels need CUDA tensors (on CPU only forced, under TRITON_INTERPRET=1)"
-
-
-_MIN_PROBES = {
-    "triton": _triton_probe,
-    "cpp": _backend.cpp_probe("prototype_min_distance_fwd"),
-    "torch": _backend.torch_probe,
-}
-_MAP_PROBES = {"triton": _triton_probe, "torch": _backend.torch_probe}
-
-
-def _choose(op: str, features: torch.Tensor, prototypes: torch.Tensor) -> str:
-    probes = _MIN_PROBES if op == MIN_OP else _MAP_PROBES
-    name = _backend.select(op, features.device, probes).name
-    if name == "triton" and opmath_dtype(features, prototypes) == torch.float64:
-        name = "cpp" if op == MIN_OP and _MIN_PROBES["cpp"](features.device) is None else "torch"
-    return name
-
-
-def _triton_kernels():
-    from patronus.kernels import prototype_distance
-
-    return prototype_distance
-
-
 # ------------------------------------------------------------------------------------ checks
 def as_patches(features: torch.Tensor) -> torch.Tensor:
     """View features as patches: (B, D, H, W) -> (B, H*W, D); (B, N, D) passes through.
@@ -103,6 +70,38 @@ def _check_inputs(features: torch.Tensor, prototypes: torch.Tensor) -> None:
         raise ValueError("features have no patches (H*W or N is 0); the min is undefined")
     if prototypes.shape[0] == 0:
         raise ValueError("there are no prototypes (P is 0)")
+
+
+def _check_map_inputs(features: torch.Tensor, prototypes: torch.Tensor) -> None:
+    _check_inputs(features, prototypes)
+    if features.dim() != 4:
+        raise ValueError(
+            "prototype_distance_map needs spatial features (B, D, H, W), got "
+            f"shape {tuple(features.shape)}"
+        )
+
+
+def _check_backward_inputs(
+    grad: torch.Tensor, features: torch.Tensor, prototypes: torch.Tensor, index: torch.Tensor
+) -> None:
+    """The backward op is public: check what it indexes with (the kernels also mask any index
+    out of range, so a CUDA graph capture, where this check is skipped, reads nothing out of
+    bounds)."""
+    batch, num_patches = as_patches(features).shape[:2]
+    shape = (batch, prototypes.shape[0])
+    if tuple(grad.shape) != shape or tuple(index.shape) != shape:
+        raise ValueError(
+            f"grad and index must be (B, P) = {shape}, got {tuple(grad.shape)} and "
+            f"{tuple(index.shape)}"
+        )
+    if index.dtype != torch.int64:
+        raise TypeError(f"index must be int64, got {index.dtype}")
+    if index.numel() == 0 or (index.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or high >= num_patches:
+        bad = low if low < 0 else high
+        raise IndexError(f"patch index {bad} is outside [0, {num_patches})")
 
 
 # -------------------------------------------------------------------------------- references
@@ -157,15 +156,6 @@ def prototype_distance_map_ref(features: torch.Tensor, prototypes: torch.Tensor)
     return distances.reshape(batch, prototypes.shape[0], height, width)
 
 
-def _check_map_inputs(features: torch.Tensor, prototypes: torch.Tensor) -> None:
-    _check_inputs(features, prototypes)
-    if features.dim() != 4:
-        raise ValueError(
-            "prototype_distance_map needs spatial features (B, D, H, W), got "
-            f"shape {tuple(features.shape)}"
-        )
-
-
 def _min_distance_backward_torch(
     grad: torch.Tensor, features: torch.Tensor, prototypes: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +173,48 @@ def _min_distance_backward_torch(
     if features.dim() == 4:
         grad_patches = grad_patches.transpose(1, 2).reshape(features.shape)
     return grad_patches.to(features.dtype), (-contribution.sum(0)).to(prototypes.dtype)
+
+
+# --------------------------------------------------------------------------------- backends
+def _triton_probe(device: torch.device) -> str | None:
+    missing = _backend.triton_status()
+    if missing is not None:
+        return missing
+    if device.type == "cuda":
+        return None
+    if os.environ.get("TRITON_INTERPRET") == "1" and _backend.requested_backend() == "triton":
+        return None  # the interpreter, forced: a test tool, never chosen automatically
+    return "Triton kernels need CUDA tensors (on CPU only forced, under TRITON_INTERPRET=1)"
+
+
+_MIN_PROBES = {
+    "triton": _triton_probe,
+    "cpp": _backend.cpp_probe("prototype_min_distance_fwd"),
+    "torch": _backend.torch_probe,
+}
+_MAP_PROBES = {"triton": _triton_probe, "torch": _backend.torch_probe}
+
+
+def _choose(op: str, features: torch.Tensor, prototypes: torch.Tensor) -> str:
+    probes = _MIN_PROBES if op == MIN_OP else _MAP_PROBES
+    name = _backend.select(op, features.device, probes).name
+    if name == "triton" and opmath_dtype(features, prototypes) == torch.float64:
+        name = "cpp" if op == MIN_OP and _MIN_PROBES["cpp"](features.device) is None else "torch"
+    return name
+
+
+def _triton_kernels():
+    from patronus.kernels import prototype_distance
+
+    return prototype_distance
+
+
+def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
+    """The backend each prototype op would use on ``device`` (for ``patronus.info``)."""
+    return {
+        MIN_OP: _backend.select(MIN_OP, device, _MIN_PROBES),
+        MAP_OP: _backend.select(MAP_OP, device, _MAP_PROBES),
+    }
 
 
 # ---------------------------------------------------------------------------- custom op: min
@@ -226,29 +258,6 @@ def _min_distance_backward_op(
         return torch.ops.patronus.prototype_min_distance_bwd(grad, features, prototypes, index)
     grad_features, grad_prototypes = _min_distance_backward_torch(grad, features, prototypes, index)
     return torch.empty_like(features).copy_(grad_features), grad_prototypes
-
-
-def _check_backward_inputs(
-    grad: torch.Tensor, features: torch.Tensor, prototypes: torch.Tensor, index: torch.Tensor
-) -> None:
-    """The backward op is public: check what it indexes with (the kernels also mask any index
-    out of range, so a CUDA graph capture, where this check is skipped, reads nothing out of
-    bounds)."""
-    batch, num_patches = as_patches(features).shape[:2]
-    shape = (batch, prototypes.shape[0])
-    if tuple(grad.shape) != shape or tuple(index.shape) != shape:
-        raise ValueError(
-            f"grad and index must be (B, P) = {shape}, got {tuple(grad.shape)} and "
-            f"{tuple(index.shape)}"
-        )
-    if index.dtype != torch.int64:
-        raise TypeError(f"index must be int64, got {index.dtype}")
-    if index.numel() == 0 or (index.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return
-    low, high = int(index.min()), int(index.max())
-    if low < 0 or high >= num_patches:
-        bad = low if low < 0 else high
-        raise IndexError(f"patch index {bad} is outside [0, {num_patches})")
 
 
 @_min_distance_backward_op.register_fake
@@ -348,11 +357,3 @@ def prototype_distance_map(features: torch.Tensor, prototypes: torch.Tensor) -> 
     """
     _check_map_inputs(features, prototypes)
     return torch.ops.patronus.prototype_distance_map(features, prototypes)
-
-
-def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
-    """The backend each prototype op would use on ``device`` (for ``patronus.info``)."""
-    return {
-        MIN_OP: _backend.select(MIN_OP, device, _MIN_PROBES),
-        MAP_OP: _backend.select(MAP_OP, device, _MAP_PROBES),
-    }

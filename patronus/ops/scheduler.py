@@ -1,9 +1,9 @@
 """The fused scheduler step: one pass from x_t and the model output to x_prev and predicted x0.
 
-``scheduler_step`` runs the ``patronus::scheduler_step`` op of the extension (CPU and CUDA
-kernels: one launch, no host synchronisation, no allocation beyond the outputs) and falls back to
-``scheduler_step_ref``, the same equations in PyTorch, when the extension is not built. The update
-equations are written out in ``csrc/scheduler_step.h``:
+``scheduler_step`` runs the op ``patronus::scheduler_step``: on the ``cpp`` backend one launch of
+the extension's CPU or CUDA kernel (no host synchronisation, no allocation beyond the outputs), on
+``torch`` the same equations in PyTorch (``scheduler_step_ref``). The update equations are written
+out in ``csrc/scheduler_step/step.h``:
 
 - DDIM (any eta; also the DDIM inversion, when the target level is noisier than the current one);
 - DDPM ancestral, between any two levels, with the posterior or the beta variance;
@@ -15,8 +15,11 @@ equations are written out in ``csrc/scheduler_step.h``:
   Philox4x32-10 (the same numbers on CPU, CUDA and in the reference), so steps are reproducible and
   CUDA-graph capturable.
 
-The step is not differentiable (samplers run without gradients); it has no autograd formula and
-raises if asked for one.
+The op ``patronus::scheduler_step`` takes the arguments in kernel form (levels as (B,) int64, a
+float64 table, integer enums); ``scheduler_step`` converts and checks them. Backends
+(``patronus._backend``): ``cpp``, the extension's kernel ``patronus::scheduler_step_fwd`` (CPU and,
+where built, CUDA); ``torch``, the reference ``scheduler_step_ref``. The step is not differentiable
+(samplers run without gradients): its autograd raises, naming the reference to differentiate.
 """
 
 from __future__ import annotations
@@ -31,13 +34,9 @@ from patronus.ops._validation import check_float, opmath_dtype
 MODES = {"ddim": 0, "ddpm": 1}
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 VARIANCES = {"posterior": 0, "beta": 1}
-_PROBES = {"cpp": _backend.cpp_probe("scheduler_step"), "torch": _backend.torch_probe}
 
 
-def backend(device: torch.device) -> _backend.BackendChoice:
-    return _backend.select("scheduler_step", device, _PROBES)
-
-
+# ------------------------------------------------------------------------------------ checks
 def _levels(value: int | torch.Tensor, batch: int, device: torch.device, name: str) -> torch.Tensor:
     """An int or an integer tensor (scalar or (B,)) -> (B,) int64; anything else is refused
     (a float level would be truncated)."""
@@ -82,77 +81,9 @@ def _choice(table: dict[str, int], name: str, what: str) -> int:
     return table[name]
 
 
-def scheduler_step(
-    sample: torch.Tensor,
-    model_output: torch.Tensor,
-    timestep: int | torch.Tensor,
-    prev_timestep: int | torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    *,
-    mode: str = "ddim",
-    prediction: str = "epsilon",
-    eta: float = 0.0,
-    variance: str = "posterior",
-    clip: float | None = None,
-    threshold: torch.Tensor | None = None,
-    recompute_eps: bool = True,
-    noise: torch.Tensor | None = None,
-    rng_state: torch.Tensor | None = None,
-    validate: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of DDIM / DDPM / DDIM inversion for a batch.
-
-    Args:
-        sample: x at the current level, (B, ...), fp16/bf16/fp32/fp64.
-        model_output: the network's prediction, like ``sample``.
-        timestep, prev_timestep: current and target levels, ints or (B,) int64 (per sample);
-            -1 is clean data (abar = 1).
-        alphas_cumprod: (T,) schedule table; cast to float64 on the sample's device.
-        mode: "ddim" or "ddpm"; prediction: "epsilon", "sample" or "v_prediction";
-        eta: DDIM stochasticity; variance: DDPM "posterior" or "beta".
-        clip: clamp x0 to [-clip, clip]; threshold: (B,) per-sample dynamic threshold
-            (clamp to [-k, k] and divide by k); recompute_eps: re-derive the noise from the
-            clipped x0 (the DDIM convention of guided-diffusion; diffusers' default is False).
-        noise: N(0, I) like ``sample``, used where the step adds noise; or
-        rng_state: int64 [seed, offset] on the sample's device for in-kernel noise.
-        validate: check the levels' range (and, for DDPM, that each step goes to a cleaner
-            level) and that thresholds are finite and > 0. This reads tensor values, a host
-            synchronisation on a GPU: the samplers, which build valid levels, turn it off.
-
-    Returns:
-        (x at the target level, predicted x0 after clipping), both like ``sample``.
-    """
-    check_float("sample", sample)
-    batch = sample.shape[0]
-    timestep = _levels(timestep, batch, sample.device, "timestep")
-    prev_timestep = _levels(prev_timestep, batch, sample.device, "prev_timestep")
-    if clip is not None and not (math.isfinite(clip) and clip > 0):
-        raise ValueError(f"clip must be finite and > 0 (None: no clipping), got {clip}")
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be finite and >= 0, got {eta}")
-    if validate:
-        _check_values(mode, timestep, prev_timestep, alphas_cumprod.shape[0], threshold)
-    table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
-    args = (
-        _choice(MODES, mode, "mode"),
-        _choice(PREDICTIONS, prediction, "prediction"),
-        _choice(VARIANCES, variance, "variance"),
-        float(eta),
-        float(clip) if clip is not None else 0.0,
-        bool(recompute_eps),
-        threshold,
-        noise,
-        rng_state,
-    )
-    if backend(sample.device).name == "cpp":
-        return torch.ops.patronus.scheduler_step(
-            sample, model_output, timestep, prev_timestep, table, *args
-        )
-    return scheduler_step_ref(sample, model_output, timestep, prev_timestep, table, *args)
-
-
+# -------------------------------------------------------------------------------- reference
 def _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps):
-    """Per-sample float64 coefficients, as ``step::coefficients`` in csrc/scheduler_step.h."""
+    """Per-sample float64 coefficients, as ``step::coefficients`` in csrc/scheduler_step/step.h."""
     sc, nc = abar_c.sqrt(), (1.0 - abar_c).sqrt()
     zero, one = torch.zeros_like(sc), torch.ones_like(sc)
     if prediction == PREDICTIONS["epsilon"]:
@@ -279,6 +210,53 @@ def philox_normal(
     return torch.stack(normals, dim=1).flatten()[:numel].reshape(shape)
 
 
+# --------------------------------------------------------------------------------- backends
+_PROBES = {"cpp": _backend.cpp_probe("scheduler_step_fwd"), "torch": _backend.torch_probe}
+
+
+def _select(device: torch.device) -> _backend.BackendChoice:
+    return _backend.select("scheduler_step", device, _PROBES)
+
+
+def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
+    """The backend ``scheduler_step`` would use on ``device``, with the reason."""
+    return {"scheduler_step": _select(device)}
+
+
+# -------------------------------------------------------------------------------- custom op
+@torch.library.custom_op("patronus::scheduler_step", mutates_args=())
+def _scheduler_step_op(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor,
+    prev_timestep: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    mode: int,
+    prediction: int,
+    variance: int,
+    eta: float,
+    clip: float,
+    recompute_eps: bool,
+    threshold: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    rng_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    args = (sample, model_output, timestep, prev_timestep, alphas_cumprod, mode, prediction,
+            variance, eta, clip, recompute_eps, threshold, noise, rng_state)  # fmt: skip
+    if _select(sample.device).name == "cpp":
+        return torch.ops.patronus.scheduler_step_fwd(*args)
+    return scheduler_step_ref(*args)
+
+
+@_scheduler_step_op.register_fake
+def _scheduler_step_fake(sample, model_output, *args):
+    return torch.empty_like(sample), torch.empty_like(sample)
+
+
+def _no_context(ctx, inputs, output) -> None:
+    return None
+
+
 def _not_differentiable(ctx, *grads):
     raise RuntimeError(
         "patronus::scheduler_step is not differentiable: samplers run without gradients; "
@@ -286,15 +264,72 @@ def _not_differentiable(ctx, *grads):
     )
 
 
-if _backend.load_extension()[0] is not None:
+_scheduler_step_op.register_autograd(_not_differentiable, setup_context=_no_context)
 
-    @torch.library.register_fake("patronus::scheduler_step")
-    def _scheduler_step_fake(sample, model_output, *args):
-        return torch.empty_like(sample), torch.empty_like(sample)
 
-    def _no_context(ctx, inputs, output):
-        return None
+# ------------------------------------------------------------------------------- public API
+def scheduler_step(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    timestep: int | torch.Tensor,
+    prev_timestep: int | torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    *,
+    mode: str = "ddim",
+    prediction: str = "epsilon",
+    eta: float = 0.0,
+    variance: str = "posterior",
+    clip: float | None = None,
+    threshold: torch.Tensor | None = None,
+    recompute_eps: bool = True,
+    noise: torch.Tensor | None = None,
+    rng_state: torch.Tensor | None = None,
+    validate: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of DDIM / DDPM / DDIM inversion for a batch.
 
-    torch.library.register_autograd(
-        "patronus::scheduler_step", _not_differentiable, setup_context=_no_context
+    Args:
+        sample: x at the current level, (B, ...), fp16/bf16/fp32/fp64.
+        model_output: the network's prediction, like ``sample``.
+        timestep, prev_timestep: current and target levels, ints or (B,) int64 (per sample);
+            -1 is clean data (abar = 1).
+        alphas_cumprod: (T,) schedule table; cast to float64 on the sample's device.
+        mode: "ddim" or "ddpm"; prediction: "epsilon", "sample" or "v_prediction";
+        eta: DDIM stochasticity; variance: DDPM "posterior" or "beta".
+        clip: clamp x0 to [-clip, clip]; threshold: (B,) per-sample dynamic threshold
+            (clamp to [-k, k] and divide by k); recompute_eps: re-derive the noise from the
+            clipped x0 (the DDIM convention of guided-diffusion; diffusers' default is False).
+        noise: N(0, I) like ``sample``, used where the step adds noise; or
+        rng_state: int64 [seed, offset] on the sample's device for in-kernel noise.
+        validate: check the levels' range (and, for DDPM, that each step goes to a cleaner
+            level) and that thresholds are finite and > 0. This reads tensor values, a host
+            synchronisation on a GPU: the samplers, which build valid levels, turn it off.
+
+    Returns:
+        (x at the target level, predicted x0 after clipping), both like ``sample``.
+    """
+    check_float("sample", sample)
+    batch = sample.shape[0]
+    timestep = _levels(timestep, batch, sample.device, "timestep")
+    prev_timestep = _levels(prev_timestep, batch, sample.device, "prev_timestep")
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be finite and > 0 (None: no clipping), got {clip}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be finite and >= 0, got {eta}")
+    if validate:
+        _check_values(mode, timestep, prev_timestep, alphas_cumprod.shape[0], threshold)
+    table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
+    args = (
+        _choice(MODES, mode, "mode"),
+        _choice(PREDICTIONS, prediction, "prediction"),
+        _choice(VARIANCES, variance, "variance"),
+        float(eta),
+        float(clip) if clip is not None else 0.0,
+        bool(recompute_eps),
+        threshold,
+        noise,
+        rng_state,
+    )
+    return torch.ops.patronus.scheduler_step(
+        sample, model_output, timestep, prev_timestep, table, *args
     )

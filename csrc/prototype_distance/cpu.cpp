@@ -21,7 +21,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include "target_clones.h"
+#include "../common/target_clones.h"
 
 #include <algorithm>
 #include <cmath>

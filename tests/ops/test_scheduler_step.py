@@ -1,4 +1,5 @@
-"""The fused scheduler step (cpp kernel and PyTorch reference) against float64 equations."""
+"""The op patronus::scheduler_step (the fused step) on every backend and device against float64
+equations. Inputs are drawn on the CPU (seeded) and moved to the device under test."""
 
 import numpy as np
 import pytest
@@ -19,15 +20,7 @@ from patronus.testing import STEP_TOLERANCES
 
 TABLE = NoiseSchedule.from_name("linear", 1000).alphas_cumprod
 ABAR = np.concatenate([TABLE.numpy(), [1.0]])  # index -1 -> 1
-BACKENDS = ["cpp", "torch"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    if request.param == "cpp" and _backend.load_extension()[0] is None:
-        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
-    monkeypatch.setenv("PATRONUS_BACKEND", request.param)
-    return request.param
+BACKENDS = {"cpu": ["cpp", "torch"], "cuda": ["cpp", "torch"]}
 
 
 def reference64(x, out, noise, c, p, mode, prediction, eta, variance, clip, threshold, recompute):
@@ -67,14 +60,28 @@ def reference64(x, out, noise, c, p, mode, prediction, eta, variance, clip, thre
 
 
 def random_levels(mode, batch, generator):
-    c = torch.randint(0, 1000, (batch,), generator=generator)
+    c = torch.randint(0, 1000, (batch,), generator=generator, device="cpu")
     if mode == "ddim":  # any earlier level, clean data included, and some inversion steps
-        p = (c - torch.randint(1, 60, (batch,), generator=generator)).clamp_min(-1)
+        p = (c - torch.randint(1, 60, (batch,), generator=generator, device="cpu")).clamp_min(-1)
         p[0] = min(int(c[0]) + 20, 999)  # an inversion step (towards noise)
         c[1], p[1] = -1, 0  # the inversion's first step, from clean data
     else:
         p = c - 1
     return c, p
+
+
+def on_device(backend, step):
+    """``step`` with its tensor arguments moved to the backend's device, results moved back."""
+
+    def moved(*args, **kwargs):
+        def move(value):
+            return value.to(backend.device) if isinstance(value, torch.Tensor) else value
+
+        args = [move(a) for a in args]
+        results = step(*args, **{k: move(v) for k, v in kwargs.items()})
+        return tuple(r.cpu() for r in results)
+
+    return moved
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -83,19 +90,19 @@ def random_levels(mode, batch, generator):
 def test_step_matches_float64_equations(backend, dtype, mode, prediction):
     generator = torch.Generator().manual_seed(hash((mode, prediction, str(dtype))) % 2**31)
     batch = 6
-    x = torch.randn(batch, 3, 5, 7, generator=generator).to(dtype)
-    out = torch.randn(batch, 3, 5, 7, generator=generator).to(dtype)
-    noise = torch.randn(batch, 3, 5, 7, generator=generator).to(dtype)
+    x, out, noise = (
+        torch.randn(batch, 3, 5, 7, generator=generator, device="cpu").to(dtype) for _ in range(3)
+    )
     c, p = random_levels(mode, batch, generator)
     if prediction != "epsilon":  # sample/v predictions need a noisy current level
         c = c.clamp_min(0)
         p = torch.where(p == c, p - 1, p)
     eta = 0.8 if mode == "ddim" else 0.0
-    dynamic = torch.rand(batch, generator=generator) + 1
+    dynamic = torch.rand(batch, generator=generator, device="cpu") + 1
     for clip, threshold, recompute in [
         (None, None, True), (1.0, None, True), (1.0, None, False), (None, dynamic, True),
     ]:  # fmt: skip
-        prev, x0 = scheduler_step(
+        prev, x0 = on_device(backend, scheduler_step)(
             x, out, c, p, TABLE, mode=mode, prediction=prediction, eta=eta, clip=clip,
             threshold=threshold, recompute_eps=recompute, noise=noise,
         )  # fmt: skip
@@ -116,9 +123,11 @@ def test_step_matches_float64_equations(backend, dtype, mode, prediction):
 
 @pytest.mark.parametrize("variance", ["posterior", "beta"])
 def test_ddpm_variances(backend, variance):
-    x, out, noise = (torch.randn(3, 2, 4, dtype=torch.float64) for _ in range(3))
-    c = torch.tensor([500, 10, 0])
-    prev, _ = scheduler_step(x, out, c, c - 1, TABLE, mode="ddpm", variance=variance, noise=noise)
+    x, out, noise = (torch.randn(3, 2, 4, dtype=torch.float64, device="cpu") for _ in range(3))
+    c = torch.tensor([500, 10, 0], device="cpu")
+    prev, _ = on_device(backend, scheduler_step)(
+        x, out, c, c - 1, TABLE, mode="ddpm", variance=variance, noise=noise
+    )
     expected, _ = reference64(x.numpy(), out.numpy(), noise.numpy(), c.numpy(), (c - 1).numpy(),
                               "ddpm", "epsilon", 0.0, variance, None, None, True)  # fmt: skip
     np.testing.assert_allclose(prev.numpy(), expected, rtol=1e-12, atol=1e-12)
@@ -134,7 +143,7 @@ def test_kernel_and_reference_agree_bit_for_bit():
     rng = torch.tensor([12345, 17])
     args = (x, out, c, p, TABLE.double(), MODES["ddim"], PREDICTIONS["epsilon"],
             VARIANCES["posterior"], 0.5, 1.0, True, None, None, rng)  # fmt: skip
-    fused = torch.ops.patronus.scheduler_step(*args)
+    fused = torch.ops.patronus.scheduler_step_fwd(*args)
     reference = scheduler_step_ref(*args)
     for a, b in zip(fused, reference, strict=True):
         assert torch.equal(a, b)
@@ -156,14 +165,15 @@ def test_in_kernel_noise_is_reproducible_and_standard_normal(backend):
     z = draw(2024, 3) / sigma
     assert torch.equal(draw(2024, 3), z * sigma)
     assert not torch.equal(draw(2024, 4), z * sigma) and not torch.equal(draw(7, 3), z * sigma)
-    torch.testing.assert_close(z.double(), philox_normal(2024, 3, shape, "cpu"), rtol=0, atol=1e-5)
-    values = z.flatten().double().numpy()
+    expected = philox_normal(2024, 3, shape, "cpu")
+    torch.testing.assert_close(z.double().cpu(), expected, rtol=0, atol=1e-5)
+    values = z.flatten().double().cpu().numpy()
     assert abs(values.mean()) < 4 / np.sqrt(values.size)
     assert abs(values.std() - 1) < 4 / np.sqrt(2 * values.size)
     assert abs(stats.skew(values)) < 0.02 and abs(stats.kurtosis(values)) < 0.04
     assert stats.kstest(values, "norm").pvalue > 1e-3
     # neighbouring offsets (consecutive steps) are independent
-    other = (draw(2024, 4) / sigma).flatten().double().numpy()
+    other = (draw(2024, 4) / sigma).flatten().double().cpu().numpy()
     assert abs(np.corrcoef(values, other)[0, 1]) < 4 / np.sqrt(values.size)
 
 
@@ -210,27 +220,56 @@ def test_invalid_arguments_are_refused_on_every_backend(backend, change, error, 
         scheduler_step(x, x, timestep, prev, TABLE, **args)
 
 
-def test_opcheck():
-    if _backend.load_extension()[0] is None:
-        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+def test_opcheck(backend):
     x = torch.randn(4, 2, 3, 3)
     c = torch.tensor([900, 500, 20, 0])
     rng = torch.tensor([1, 2])
+    table = TABLE.to(x.device, torch.float64)
     for mode, eta in ((0, 0.0), (0, 1.0), (1, 0.0)):
         torch.library.opcheck(
             torch.ops.patronus.scheduler_step.default,
-            (x, torch.randn_like(x), c, c - 1, TABLE.double(), mode, 0, 0, eta, 1.0, True, None,
-             None, rng),
-        )  # fmt: skip
+            (x, torch.randn_like(x), c, c - 1, table, mode, 0, 0, eta, 1.0, True, None, None, rng),
+        )
 
 
-def test_step_is_not_differentiable():
-    if _backend.load_extension()[0] is None:
-        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
+def test_step_is_not_differentiable(backend):
     x = torch.randn(2, 3, requires_grad=True)
     c = torch.tensor([5, 5])
     prev, _ = torch.ops.patronus.scheduler_step(
-        x, x, c, c - 1, TABLE.double(), 0, 0, 0, 0.0, 0.0, True, None, None, None
-    )
+        x, x, c, c - 1, TABLE.to(x.device, torch.float64), 0, 0, 0, 0.0, 0.0, True, None, None,
+        None,
+    )  # fmt: skip
     with pytest.raises(RuntimeError, match="not differentiable"):
         prev.sum().backward()
+
+
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    x, out = torch.randn(3, 2, 5), torch.randn(3, 2, 5)
+    c, rng = torch.tensor([700, 300, 0]), torch.tensor([5, 0])
+
+    def step(x, out, c, rng):
+        return scheduler_step(x, out, c, c - 1, TABLE, mode="ddpm", rng_state=rng, validate=False)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(x, out, c, rng), step(x, out, c, rng), strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_matches_cpu():
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = torch.randn(8, 3, 17, 9).to(dtype)  # odd sizes: the unvectorised path
+        out = torch.randn_like(x)
+        c = torch.randint(1, 1000, (8,))
+        rng = torch.tensor([99, 4])
+        for shape_x in (x, x[:, :, :16, :8].contiguous()):  # and the vectorised one
+            o = out[:, :, : shape_x.shape[2], : shape_x.shape[3]].contiguous()
+            kw = dict(mode="ddpm", clip=1.0)
+            cpu = scheduler_step(shape_x, o, c, c - 1, TABLE, rng_state=rng, **kw)
+            gpu = scheduler_step(shape_x.cuda(), o.cuda(), c.cuda(), c.cuda() - 1, TABLE,
+                                 rng_state=rng.cuda(), **kw)  # fmt: skip
+            for a, b in zip(cpu, gpu, strict=True):
+                torch.testing.assert_close(b.cpu().float(), a.float(),
+                                           atol=1e-5 if dtype == torch.float32 else 1e-2,
+                                           rtol=1e-3)  # fmt: skip

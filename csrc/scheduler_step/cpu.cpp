@@ -1,5 +1,6 @@
-// CPU kernel of patronus::scheduler_step: one parallel pass over the elements in chunks of a
-// sample, a branch-free vectorisable loop per chunk, float32 opmath for half types.
+// CPU kernel patronus::scheduler_step_fwd (of the op patronus::scheduler_step): one parallel
+// pass over the elements in chunks of a sample, a branch-free vectorisable loop per chunk,
+// float32 opmath for half types.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -11,8 +12,8 @@
 #include <tuple>
 #include <vector>
 
-#include "../scheduler_step_checks.h"
-#include "target_clones.h"
+#include "checks.h"
+#include "../common/target_clones.h"
 
 namespace patronus {
 namespace {
@@ -168,6 +169,6 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(patronus, CPU, m) { m.impl("scheduler_step", &scheduler_step_cpu); }
+TORCH_LIBRARY_IMPL(patronus, CPU, m) { m.impl("scheduler_step_fwd", &scheduler_step_cpu); }
 
 }  // namespace patronus

@@ -5,7 +5,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
-#include "scheduler_step.h"
+#include "step.h"
 
 namespace patronus {
 

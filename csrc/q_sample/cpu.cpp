@@ -1,4 +1,5 @@
-// CPU kernel of patronus::q_sample: one parallel pass, float32 opmath for half types.
+// CPU kernel patronus::q_sample_fwd (of the op patronus::q_sample): one parallel pass,
+// float32 opmath for half types.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -51,6 +52,6 @@ at::Tensor q_sample_cpu(const at::Tensor& x0, const at::Tensor& noise,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(patronus, CPU, m) { m.impl("q_sample", &q_sample_cpu); }
+TORCH_LIBRARY_IMPL(patronus, CPU, m) { m.impl("q_sample_fwd", &q_sample_cpu); }
 
 }  // namespace patronus

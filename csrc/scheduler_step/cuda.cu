@@ -1,4 +1,4 @@
-// CUDA launcher of patronus::scheduler_step (the kernel is in csrc/scheduler_step_kernel.cuh).
+// CUDA kernel patronus::scheduler_step_fwd (the kernel body is in kernel.cuh, beside it).
 // One launch on the current stream, no host synchronisation, no allocation beyond the outputs.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <tuple>
 
-#include "../scheduler_step_checks.h"
-#include "../scheduler_step_kernel.cuh"
+#include "checks.h"
+#include "kernel.cuh"
 
 namespace patronus {
 namespace {
@@ -93,6 +93,6 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(patronus, CUDA, m) { m.impl("scheduler_step", &scheduler_step_cuda); }
+TORCH_LIBRARY_IMPL(patronus, CUDA, m) { m.impl("scheduler_step_fwd", &scheduler_step_cuda); }
 
 }  // namespace patronus

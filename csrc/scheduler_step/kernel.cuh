@@ -1,4 +1,4 @@
-// CUDA kernel of patronus::scheduler_step, torch-free (the launcher in csrc/cuda/ instantiates it
+// CUDA kernel of the scheduler step, torch-free (the launcher cuda.cu beside it instantiates it
 // for the ATen types; `nvcc -c csrc/tests/nvcc_check.cu` compiles it anywhere). One launch: each
 // thread owns groups of four consecutive elements (one Philox call, one vector load/store of four
 // elements when aligned), computes its samples' coefficients from the schedule table in device
@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "scheduler_step.h"
+#include "step.h"
 
 namespace patronus {
 namespace step {

@@ -1,10 +1,9 @@
-"""Prototype ops on every backend against a float64 brute force.
+"""The prototype ops (patronus::prototype_min_distance, its backward, and
+patronus::prototype_distance_map) on every backend and device against a float64 brute force.
 
-``triton`` runs the Triton kernels under the interpreter on CPU (conftest sets TRITON_INTERPRET=1
-without a GPU); ``cpp`` the extension's CPU kernels; ``torch`` the references.
+On CPU, ``triton`` runs the Triton kernels under the interpreter, ``cpp`` the extension's kernels,
+``torch`` the references; the distance map has no ``cpp`` backend.
 """
-
-import os
 
 import pytest
 import torch
@@ -18,7 +17,8 @@ from patronus.ops import (
 )
 from patronus.testing import brute_force_distances, tolerance
 
-BACKENDS = ["torch", "cpp", "triton"]
+BACKENDS = {"cpu": ["torch", "cpp", "triton"], "cuda": ["torch", "triton"]}
+MAP_BACKENDS = ("torch", "triton")
 SHAPES = [  # (B, D, H, W, P), deliberately odd
     (3, 7, 5, 3, 11),
     (2, 1, 4, 4, 3),  # D = 1
@@ -28,24 +28,6 @@ SHAPES = [  # (B, D, H, W, P), deliberately odd
     (5, 128, 10, 10, 30),  # the Fashion-MNIST paper shape
 ]
 HALF = (torch.float16, torch.bfloat16)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    if request.param == "cpp" and _backend.load_extension()[0] is None:
-        pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if request.param == "triton" and not (interpreted or torch.cuda.is_available()):
-        pytest.fail("without a GPU the Triton tests need TRITON_INTERPRET=1 (tests/conftest)")
-    monkeypatch.setenv("PATRONUS_BACKEND", request.param)
-    return request.param
-
-
-@pytest.fixture(params=["torch", "triton"])
-def map_backend(request, monkeypatch):
-    """prototype_distance_map has no cpp backend (it is for figures, not training)."""
-    monkeypatch.setenv("PATRONUS_BACKEND", request.param)
-    return request.param
 
 
 def oracle(features, prototypes):
@@ -110,7 +92,8 @@ def test_ties_take_the_smallest_index(backend):
     assert torch.equal(index, torch.zeros_like(index))
     # copy each prototype's winning patch to a later position: the first copy stays the winner
     for seed in range(4):
-        check_duplicated_winners(torch.Generator().manual_seed(seed), prototypes)
+        generator = torch.Generator(torch.get_default_device()).manual_seed(seed)
+        check_duplicated_winners(generator, prototypes)
 
 
 def check_duplicated_winners(generator, prototypes):
@@ -143,7 +126,8 @@ def test_empty_batch(backend):
     assert min_dist.shape == (0, 2) and index.shape == (0, 2)
 
 
-def test_empty_batch_map(map_backend):
+@pytest.mark.backends(*MAP_BACKENDS)
+def test_empty_batch_map(backend):
     assert prototype_distance_map(torch.randn(0, 4, 3, 3), torch.rand(2, 4)).shape == (0, 2, 3, 3)
 
 
@@ -189,8 +173,8 @@ def test_backward_is_bit_reproducible(backend):
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
-def test_atomic_triton_backward_is_close(monkeypatch):
-    monkeypatch.setenv("PATRONUS_BACKEND", "triton")
+@pytest.mark.backends("triton")
+def test_atomic_triton_backward_is_close(backend, monkeypatch):
     monkeypatch.setenv("PATRONUS_DETERMINISTIC", "0")
     features = torch.randn(3, 20, 5, 5, requires_grad=True)
     prototypes = torch.rand(9, 20, requires_grad=True)
@@ -202,7 +186,7 @@ def test_atomic_triton_backward_is_close(monkeypatch):
     torch.testing.assert_close(prototypes.grad, reference_p.grad)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"], indirect=True)
+@pytest.mark.backends("torch", "cpp")
 def test_gradcheck(backend):
     features = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
     prototypes = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
@@ -211,8 +195,8 @@ def test_gradcheck(backend):
     )
 
 
-def test_gradcheck_map(monkeypatch):
-    monkeypatch.setenv("PATRONUS_BACKEND", "torch")  # float64 never runs on Triton
+@pytest.mark.backends("torch")  # float64 never runs on Triton
+def test_gradcheck_map(backend):
     features = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
     prototypes = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(prototype_distance_map, (features, prototypes), fast_mode=True)
@@ -230,13 +214,14 @@ def test_opcheck(backend):
     )
 
 
-def test_opcheck_map(map_backend):
+@pytest.mark.backends(*MAP_BACKENDS)
+def test_opcheck_map(backend):
     features = torch.randn(2, 5, 3, 4, requires_grad=True)
     prototypes = torch.rand(6, 5, requires_grad=True)
     torch.library.opcheck(torch.ops.patronus.prototype_distance_map, (features, prototypes))
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"], indirect=True)
+@pytest.mark.backends("torch", "triton")
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
 
@@ -272,7 +257,8 @@ def test_torch_compile_inductor():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_distance_map_matches_brute_force(map_backend, dtype):
+@pytest.mark.backends(*MAP_BACKENDS)
+def test_distance_map_matches_brute_force(backend, dtype):
     features = torch.randn(2, 9, 5, 3).to(dtype)
     prototypes = torch.rand(7, 9).to(dtype)
     result = prototype_distance_map(features, prototypes)
@@ -283,7 +269,8 @@ def test_distance_map_matches_brute_force(map_backend, dtype):
     assert (result >= 0).all()
 
 
-def test_distance_map_gradient(map_backend):
+@pytest.mark.backends(*MAP_BACKENDS)
+def test_distance_map_gradient(backend):
     features = torch.randn(2, 4, 3, 3, requires_grad=True)
     prototypes = torch.rand(5, 4, requires_grad=True)
     weights = torch.randn(2, 5, 3, 3)
@@ -366,7 +353,7 @@ def _backend_choices_cpu():
 def test_winner_is_right_under_a_large_common_offset(backend, offset, seed):
     """Features with a large common offset and prototypes close to some of their patches: the
     expanded form cancels in float32 unless the inputs are centred first."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(torch.get_default_device()).manual_seed(seed)
     features = offset + 0.05 * torch.randn(8, 128, 13, 13, generator=generator)
     prototypes = features[0].flatten(1).t()[:16] + 0.002 * torch.randn(16, 128, generator=generator)
     min_dist, index = prototype_min_distance(features, prototypes)
@@ -429,3 +416,44 @@ def test_double_backward(backend):
     assert torch.autograd.gradgradcheck(
         lambda f, p: prototype_min_distance(f, p)[0], (features, prototypes)
     )
+
+
+# ------------------------------ GPU only: sizes and graph capture the interpreter cannot run
+GPU_SHAPES = [(64, 128, 26, 26, 100), (4, 256, 32, 32, 2000)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_triton_forward_at_paper_sizes(monkeypatch, shape, dtype):
+    monkeypatch.setenv("PATRONUS_BACKEND", "triton")
+    batch, dim, height, width, num = shape
+    features = torch.randn(batch, dim, height, width, device="cuda").to(dtype)
+    prototypes = torch.rand(num, dim, device="cuda")
+    min_dist, index = prototype_min_distance(features, prototypes)
+    distances = brute_force_distances(features, prototypes)
+    expected = distances.min(2).values
+    torch.testing.assert_close(min_dist.double(), expected, atol=1e-3, rtol=1e-4)
+    chosen = distances.gather(2, index[..., None])[..., 0]
+    # the chosen patch is a minimiser up to the half-precision products' rounding
+    half = dtype != torch.float32
+    torch.testing.assert_close(chosen, expected, atol=0.05 if half else 1e-3,
+                               rtol=1e-2 if half else 1e-4)  # fmt: skip
+
+
+@pytest.mark.cuda
+def test_triton_under_compile_and_cuda_graph(monkeypatch):
+    monkeypatch.setenv("PATRONUS_BACKEND", "triton")
+    torch._dynamo.reset()
+    features = torch.randn(4, 32, 6, 6, device="cuda")
+    prototypes = torch.rand(10, 32, device="cuda")
+    compiled = torch.compile(lambda f, p: prototype_min_distance(f, p)[0] * 2, fullgraph=True)
+    torch.testing.assert_close(compiled(features, prototypes),
+                               2 * prototype_min_distance(features, prototypes)[0])  # fmt: skip
+    static_out = prototype_min_distance(features, prototypes)[0]  # warm-up (autotuning)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = prototype_min_distance(features, prototypes)[0]
+    features.copy_(torch.randn_like(features))
+    graph.replay()
+    torch.testing.assert_close(static_out, prototype_min_distance(features, prototypes)[0])
