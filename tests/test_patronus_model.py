@@ -130,7 +130,7 @@ def test_sampling_and_inversion_are_the_same_without_the_extension(
     results = {}
     for name in ("cpp", "torch"):
         choice = _backend.BackendChoice(name, "test")
-        monkeypatch.setattr(step_module, "backend", lambda device, choice=choice: choice)
+        monkeypatch.setattr(step_module, "_select", lambda device, choice=choice: choice)
         x_T = model.invert(images, steps=10)
         s = model.encode(images)
         generator = torch.Generator().manual_seed(5)

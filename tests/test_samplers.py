@@ -9,12 +9,14 @@ import torch
 
 from patronus.diffusion import (
     NoiseSchedule,
+    SamplerOptions,
     ddim_inversion,
     ddim_sampling,
     ddpm_sampling,
     respaced_timesteps,
     run_sampler,
 )
+from patronus.diffusion.samplers import sample
 from patronus.ops.scheduler import philox_normal
 
 SCHEDULE = NoiseSchedule.from_name("linear", 1000)
@@ -179,6 +181,40 @@ def test_invalid_arguments():
         run_sampler(ddpm_sampling(toy_eps, x, NoiseSchedule.from_name("cosine", 3), variance="x"))
     with pytest.raises(ValueError, match="no steps"):
         run_sampler(iter([]))
+
+
+def test_sampler_options_build_and_refuse():
+    assert SamplerOptions.of() == SamplerOptions()
+    assert SamplerOptions.of(20, clip_x0=True) == SamplerOptions(steps=20, clip_x0=True)
+    base = SamplerOptions(sampler="ddpm", variance="beta")
+    assert SamplerOptions.of(base, eta=0.5) == SamplerOptions("ddpm", eta=0.5, variance="beta")
+    assert base.network_calls(SCHEDULE) == 1000
+    assert SamplerOptions(steps=7).network_calls(SCHEDULE) == 7
+    with pytest.raises(TypeError, match=r"unknown sampling option\(s\) \['clip'\]"):
+        SamplerOptions.of(clip=True)
+    with pytest.raises(TypeError, match="SamplerOptions or a number of steps"):
+        SamplerOptions.of("ddim")
+    for bad, match in [({"sampler": "euler"}, "sampler must be"), ({"steps": 0}, "steps must be"),
+                       ({"steps": 2.5}, "steps must be"), ({"eta": -1.0}, "eta must be"),
+                       ({"variance": "x"}, "variance must be"),
+                       ({"dynamic_threshold": 1.5}, "dynamic_threshold")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            SamplerOptions(**bad)
+
+
+def test_sample_dispatches_like_the_sampler_it_names():
+    x_T = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    options = SamplerOptions(steps=6, eta=0.7, clip_x0=True)
+    got = run_sampler(sample(toy_eps, x_T, SCHEDULE, options, torch.Generator().manual_seed(1)))
+    expected = run_sampler(ddim_sampling(toy_eps, x_T, SCHEDULE, 6, 0.7, True,
+                                         torch.Generator().manual_seed(1)))  # fmt: skip
+    assert torch.equal(got, expected)
+    schedule = NoiseSchedule.from_name("linear", 30)
+    options = SamplerOptions(sampler="ddpm", variance="beta")
+    got = run_sampler(sample(toy_eps, x_T, schedule, options, torch.Generator().manual_seed(2)))
+    expected = run_sampler(ddpm_sampling(toy_eps, x_T, schedule, False,
+                                         torch.Generator().manual_seed(2), "beta"))  # fmt: skip
+    assert torch.equal(got, expected)
 
 
 def test_clipping_bounds_every_predicted_x0():

@@ -18,6 +18,7 @@ from patronus.cli.loading import (
     read_activations,
 )
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+from patronus.diffusion import SamplerOptions
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
@@ -132,24 +133,15 @@ def sample(args: argparse.Namespace) -> int:
     model = load_checkpoint(args)
     s, originals = _activations(args, model)
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    steps = model.schedule.timesteps if args.sampler == "ddpm" else args.steps
+    options = SamplerOptions(args.sampler, args.steps, args.eta, clip_x0=args.clip)
+    steps = options.network_calls(model.schedule)
     rows = []
     for index in range(args.variations):
         say(
             f"sampling {s.shape[0]} image(s), {steps} {args.sampler} steps "
             f"(variation {index + 1} of {args.variations})"
         )
-        rows.append(
-            model.sample(
-                s,
-                args.steps,
-                args.sampler,
-                args.eta,
-                generator,
-                clip_x0=args.clip,
-                progress=not args.no_progress,
-            )
-        )
+        rows.append(model.sample(s, options, generator=generator, progress=not args.no_progress))
     samples = torch.stack(rows, 1)  # (B, variations, C, H, W)
     check_finite(samples.flatten(0, 1), "samples")
     grid_rows = ([] if originals is None else [originals]) + rows

@@ -2,6 +2,7 @@
 
 from patronus.diffusion.loss import noisy_sample, sample_timesteps
 from patronus.diffusion.samplers import (
+    SamplerOptions,
     SamplerStep,
     StepOptions,
     ddim_inversion,
@@ -14,6 +15,7 @@ from patronus.diffusion.timesteps import respaced_timesteps
 
 __all__ = [
     "NoiseSchedule",
+    "SamplerOptions",
     "SamplerStep",
     "StepOptions",
     "cosine_betas",

@@ -21,8 +21,9 @@ every stochastic sampler reproducible.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -60,6 +61,73 @@ class StepOptions:
     def __post_init__(self) -> None:
         if self.dynamic_threshold is not None and not 0.0 < self.dynamic_threshold <= 1.0:
             raise ValueError(f"dynamic_threshold must be in (0, 1], got {self.dynamic_threshold}")
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How a model samples: the sampler, its steps, and how each step is taken."""
+
+    sampler: str = "ddim"  # "ddim": respaced steps with ``eta``; "ddpm": all T ancestral steps
+    steps: int = 50  # DDIM steps (DDPM runs all T steps and ignores it)
+    eta: float = 0.0  # DDIM stochasticity (0: deterministic)
+    clip_x0: bool = False  # clip every predicted x0 to [-1, 1]
+    dynamic_threshold: float | None = None  # per-sample quantile of |x0| (Imagen), e.g. 0.995
+    variance: str = "posterior"  # DDPM: "posterior" or "beta"
+    cuda_graph: bool = False  # capture one step (network + scheduler) as a CUDA graph, replay it
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.variance not in DDPM_VARIANCES:
+            raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {self.variance!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
+        StepOptions(dynamic_threshold=self.dynamic_threshold)  # raises on a bad threshold
+
+    @classmethod
+    def of(cls, options: SamplerOptions | int | None = None, **changes) -> SamplerOptions:
+        """``options`` (or the defaults; an int is the number of steps) with ``changes`` to its
+        fields, e.g. ``SamplerOptions.of(20, clip_x0=True)``."""
+        names = [field.name for field in fields(cls)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {unknown}; the options are {names}")
+        if options is None or isinstance(options, int):
+            base = cls() if options is None else cls(steps=options)
+        elif isinstance(options, cls):
+            base = options
+        else:
+            raise TypeError(f"options must be SamplerOptions or a number of steps, got {options!r}")
+        return replace(base, **changes)
+
+    @property
+    def step_options(self) -> StepOptions:
+        return StepOptions(clip_x0=self.clip_x0, dynamic_threshold=self.dynamic_threshold)
+
+    def network_calls(self, schedule: NoiseSchedule) -> int:
+        """Network evaluations per image."""
+        return schedule.timesteps if self.sampler == "ddpm" else self.steps
+
+
+def sample(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    schedule: NoiseSchedule,
+    options: SamplerOptions,
+    generator: torch.Generator | None = None,
+) -> Iterator[SamplerStep]:
+    """The trajectory from x_T to clean data with the sampler ``options`` names."""
+    if options.sampler == "ddpm":
+        return ddpm_sampling(
+            eps_fn, x_T, schedule, generator=generator, variance=options.variance,
+            options=options.step_options, cuda_graph=options.cuda_graph,
+        )  # fmt: skip
+    return ddim_sampling(
+        eps_fn, x_T, schedule, options.steps, options.eta, generator=generator,
+        options=options.step_options, cuda_graph=options.cuda_graph,
+    )  # fmt: skip
 
 
 def _random_states(
@@ -147,12 +215,7 @@ def ddim_sampling(
     targets = _levels(x_T, [*descending[1:], -1])
     states = _random_states(len(descending), generator, x_T.device) if eta > 0 else None
     step = _runner(eps_fn, table, options, x_T, cuda_graph, states is not None, eta=eta)
-    x = x_T
-    for index, t in enumerate(descending):
-        rng = states[index] if states is not None else None
-        x_prev, x0 = step(x, current[index], current[index], targets[index], rng)
-        yield SamplerStep(index, t, x, x0, x_prev)
-        x = x_prev
+    return _walk(step, x_T, descending, current, current, targets, states)
 
 
 def ddpm_sampling(
@@ -175,11 +238,7 @@ def ddpm_sampling(
     targets = _levels(x_T, [t - 1 for t in descending])
     states = _random_states(len(descending), generator, x_T.device)
     step = _runner(eps_fn, table, options, x_T, cuda_graph, True, mode="ddpm", variance=variance)
-    x = x_T
-    for index, t in enumerate(descending):
-        x_prev, x0 = step(x, current[index], current[index], targets[index], states[index])
-        yield SamplerStep(index, t, x, x0, x_prev)
-        x = x_prev
+    return _walk(step, x_T, descending, current, current, targets, states)
 
 
 def ddim_inversion(
@@ -195,10 +254,25 @@ def ddim_inversion(
     current = _levels(x0, [-1, *timesteps[:-1]])
     targets = _levels(x0, timesteps)
     step = _runner(eps_fn, table, StepOptions(), x0, cuda_graph, False)
-    x = x0
-    for index, t in enumerate(timesteps):
-        x_next, pred_x0 = step(x, targets[index], current[index], targets[index], None)
-        yield SamplerStep(index, t, x, pred_x0, x_next)
+    # the network sees the target level: the inversion predicts the noise it is moving towards
+    return _walk(step, x0, timesteps, targets, current, targets, None)
+
+
+def _walk(
+    step: Callable,
+    x: torch.Tensor,
+    shown: list[int],
+    network: list[torch.Tensor],
+    current: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    states: torch.Tensor | None,
+) -> Iterator[SamplerStep]:
+    """Run ``step`` from level ``current[i]`` to ``targets[i]``, the network evaluated at
+    ``network[i]`` (reported as ``shown[i]``), with the random state ``states[i]`` if any."""
+    for index, t in enumerate(shown):
+        rng = None if states is None else states[index]
+        x_next, x0 = step(x, network[index], current[index], targets[index], rng)
+        yield SamplerStep(index, t, x, x0, x_next)
         x = x_next
 
 

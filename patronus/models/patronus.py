@@ -8,16 +8,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from patronus.diffusion import samplers
 from patronus.diffusion.loss import noisy_sample
 from patronus.diffusion.samplers import (
-    DDPM_VARIANCES,
-    SAMPLERS,
     EpsFn,
+    SamplerOptions,
     SamplerStep,
-    StepOptions,
     ddim_inversion,
-    ddim_sampling,
-    ddpm_sampling,
     run_sampler,
 )
 from patronus.diffusion.schedules import NoiseSchedule
@@ -152,75 +149,47 @@ class Patronus(nn.Module):
     def sample_steps(
         self,
         s: torch.Tensor,
-        steps: int = 50,
-        sampler: str = "ddim",
-        eta: float = 0.0,
+        options: SamplerOptions | int | None = None,
+        *,
         generator: torch.Generator | None = None,
         x_T: torch.Tensor | None = None,
-        clip_x0: bool = False,
-        variance: str = "posterior",
-        dynamic_threshold: float | None = None,
-        cuda_graph: bool = False,
+        **changes,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
+        options = SamplerOptions.of(options, **changes)
         self.check_activations(s)
         if x_T is None:
             x_T = self.initial_noise(s.shape[0], generator)
         self.check_images(x_T, "x_T")
         if x_T.shape[0] != s.shape[0]:
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
-        options = StepOptions(clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
-        if sampler == "ddim":
-            return ddim_sampling(
-                self.eps_fn(s), x_T, self.schedule, steps, eta, generator=generator,
-                options=options, cuda_graph=cuda_graph,
-            )  # fmt: skip
-        if sampler == "ddpm":
-            if variance not in DDPM_VARIANCES:
-                raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
-            return ddpm_sampling(
-                self.eps_fn(s), x_T, self.schedule, generator=generator, variance=variance,
-                options=options, cuda_graph=cuda_graph,
-            )  # fmt: skip
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        return samplers.sample(self.eps_fn(s), x_T, self.schedule, options, generator)
 
     def sample(
         self,
         s: torch.Tensor,
-        steps: int = 50,
-        sampler: str = "ddim",
-        eta: float = 0.0,
+        options: SamplerOptions | int | None = None,
+        *,
         generator: torch.Generator | None = None,
         x_T: torch.Tensor | None = None,
-        clip_x0: bool = False,
-        variance: str = "posterior",
-        dynamic_threshold: float | None = None,
         callback: Callback | None = None,
         progress: bool = False,
-        cuda_graph: bool = False,
+        **changes,
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) conditioned on activations s (B, P).
 
-        ``sampler="ddim"`` uses ``steps`` respaced steps and ``eta``; ``"ddpm"`` runs all T
-        ancestral steps (``steps`` is ignored). ``x_T`` defaults to N(0, I) drawn from
-        ``generator``, which also seeds the steps' noise; ``clip_x0`` clips every predicted x0 to
-        [-1, 1]; ``dynamic_threshold`` (a quantile, e.g. 0.995) clips and rescales it per sample.
-        ``cuda_graph`` captures one step (network + scheduler) as a CUDA graph and replays it.
+        ``options`` is a :class:`~patronus.diffusion.SamplerOptions` (default: 50 DDIM steps) or
+        a number of steps; keywords change its fields: ``sampler`` ("ddim": ``steps`` respaced
+        steps with ``eta``; "ddpm": all T ancestral steps with ``variance``), ``clip_x0`` (clip
+        every predicted x0 to [-1, 1]), ``dynamic_threshold`` (a quantile, e.g. 0.995: clip and
+        rescale per sample), ``cuda_graph`` (capture one step, network + scheduler, as a CUDA
+        graph and replay it). ``x_T`` defaults to N(0, I) drawn from ``generator``, which also
+        seeds the steps' noise. E.g. ``model.sample(s, 20, clip_x0=True, generator=g)``.
         """
+        options = SamplerOptions.of(options, **changes)
         with self._inference():
-            trajectory = self.sample_steps(
-                s,
-                steps,
-                sampler,
-                eta,
-                generator,
-                x_T,
-                clip_x0,
-                variance,
-                dynamic_threshold,
-                cuda_graph,
-            )
-            total = self.schedule.timesteps if sampler == "ddpm" else steps
+            trajectory = self.sample_steps(s, options, generator=generator, x_T=x_T)
+            total = options.network_calls(self.schedule)
             return run_sampler(trajectory, callback, progress, total, "sampling")
 
     def _own_activations(self, x0: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
