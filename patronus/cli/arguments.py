@@ -61,6 +61,20 @@ def device(text: str) -> str:
     return text
 
 
+def number(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: Callable[[str], float],
+    default: float,
+    help: str,
+    note: str | None = None,
+) -> None:
+    """A checked numeric flag (``kind`` is one of the types above) whose help ends with its
+    default, e.g. "steps between checkpoints (default 500)"; ``note`` says what it means."""
+    shown = f"{default}: {note}" if note else f"{default}"
+    parser.add_argument(flag, type=kind, default=default, help=f"{help} (default {shown})")
+
+
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder")
     parser.add_argument(
@@ -78,9 +92,7 @@ def add_device(parser: argparse.ArgumentParser, default: str | None = "cpu") -> 
 
 
 def add_seed(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--seed", type=nonnegative_int, default=0, help="seed of every random choice (default 0)"
-    )
+    number(parser, "--seed", nonnegative_int, 0, "seed of every random choice")
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:

@@ -39,15 +39,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "standardised per fold), TAD and captured attributes on held-out folds.",
     )
     _common(probes, "probes")
-    probes.add_argument(
-        "--limit",
-        type=a.positive_int,
-        default=10000,
-        help="the first N training images (default 10000)",
-    )
-    probes.add_argument(
-        "--folds", type=a.at_least_two, default=5, help="cross-validation folds (default 5)"
-    )
+    a.number(probes, "--limit", a.positive_int, 10000, "the first N training images")
+    a.number(probes, "--folds", a.at_least_two, 5, "cross-validation folds")
     probes.set_defaults(handler=run_probes)
 
     fid = kinds.add_parser(
@@ -57,12 +50,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "them as PNG, and compare them with the test images: FID and KID.",
     )
     _common(fid, "fid")
-    fid.add_argument(
-        "--num", type=a.positive_int, default=10000, help="generated images (default 10000)"
-    )
-    fid.add_argument(
-        "--steps", type=a.positive_int, default=50, help="respaced DDIM steps (default 50)"
-    )
+    a.number(fid, "--num", a.positive_int, 10000, "generated images")
+    a.number(fid, "--steps", a.positive_int, 50, "respaced DDIM steps")
     fid.add_argument(
         "--unconditional",
         action="store_true",
@@ -75,11 +64,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="a saved feature classifier (default CHECKPOINT/classifier when "
         "present, else one is trained and saved in the output folder)",
     )
-    fid.add_argument(
+    a.number(
+        fid,
         "--classifier-steps",
-        type=a.positive_int,
-        default=2000,
-        help="training steps of a new feature classifier (default 2000)",
+        a.positive_int,
+        2000,
+        "training steps of a new feature classifier",
     )
     fid.add_argument(
         "--inception-weights",
@@ -97,26 +87,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     _common(diagnose, "diagnosis")
     diagnose.add_argument("--target", required=True, help="a binary attribute, e.g. Smiling")
-    diagnose.add_argument(
-        "--limit", type=a.positive_int, default=5000, help="training images encoded (default 5000)"
-    )
-    diagnose.add_argument(
-        "--num-images",
-        type=a.positive_int,
-        default=64,
-        help="images edited by the intervention (default 64)",
-    )
-    diagnose.add_argument(
-        "--steps",
-        type=a.positive_int,
-        default=50,
-        help="respaced DDIM steps of the intervention (default 50)",
-    )
-    diagnose.add_argument(
+    a.number(diagnose, "--limit", a.positive_int, 5000, "training images encoded")
+    a.number(diagnose, "--num-images", a.positive_int, 64, "images edited by the intervention")
+    a.number(diagnose, "--steps", a.positive_int, 50, "respaced DDIM steps of the intervention")
+    a.number(
+        diagnose,
         "--classifier-steps",
-        type=a.positive_int,
-        default=1000,
-        help="training steps of the attribute classifier (default 1000)",
+        a.positive_int,
+        1000,
+        "training steps of the attribute classifier",
     )
     diagnose.set_defaults(handler=run_diagnose)
 
@@ -128,9 +107,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "`evaluate fid --unconditional --prior OUT` use it.",
     )
     _common(prior, "prior")
-    prior.add_argument(
-        "--epochs", type=a.positive_int, default=200, help="training epochs (default 200)"
-    )
+    a.number(prior, "--epochs", a.positive_int, 200, "training epochs")
     prior.add_argument("--limit", type=a.positive_int, help="the first N training images")
     prior.set_defaults(handler=run_train_prior)
 

@@ -33,18 +33,9 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="the dataset's folder")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
-    parser.add_argument(
-        "--num", type=a.positive_int, default=16, help="images taken from the dataset (default 16)"
-    )
-    parser.add_argument(
-        "--offset",
-        type=a.nonnegative_int,
-        default=0,
-        help="index of the first dataset image taken (default 0)",
-    )
-    parser.add_argument(
-        "--steps", type=a.positive_int, default=50, help="respaced DDIM steps (default 50)"
-    )
+    a.number(parser, "--num", a.positive_int, 16, "images taken from the dataset")
+    a.number(parser, "--offset", a.nonnegative_int, 0, "index of the first dataset image taken")
+    a.number(parser, "--steps", a.positive_int, 50, "respaced DDIM steps")
     a.add_seed(parser)
     a.add_device(parser)
     a.add_progress(parser)
@@ -72,12 +63,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="DDIM stochasticity (default 0: deterministic)",
     )
-    parser.add_argument(
-        "--variations",
-        type=a.positive_int,
-        default=1,
-        help="samples per activation vector (default 1)",
-    )
+    a.number(parser, "--variations", a.positive_int, 1, "samples per activation vector")
     parser.add_argument("--clip", action="store_true", help="clip predicted x0 to [-1, 1]")
     parser.add_argument(
         "--unconditional",

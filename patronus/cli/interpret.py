@@ -24,11 +24,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         parser = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         a.add_checkpoint(parser)
         parser.add_argument("--data-dir", type=Path, help="default: the checkpoint's dataset")
-        parser.add_argument(
-            "--num-images",
-            type=a.positive_int,
-            default=8,
-            help="test images every prototype is edited into (default 8)",
+        a.number(
+            parser, "--num-images", a.positive_int, 8, "test images every prototype is edited into"
         )
         parser.add_argument(
             "--prototypes",
@@ -36,36 +33,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             nargs="+",
             help="prototype indices (default: all)",
         )
-        parser.add_argument(
-            "--steps",
-            type=a.positive_int,
-            default=50,
-            help="respaced DDIM steps of inversion and decoding (default 50)",
+        a.number(
+            parser, "--steps", a.positive_int, 50, "respaced DDIM steps of inversion and decoding"
         )
-        parser.add_argument(
+        a.number(
+            parser,
             "--quantile",
-            type=a.quantile,
-            default=0.99,
-            help="each edit sets s_J to this quantile of J's activations over the "
-            "reference images (default 0.99)",
+            a.quantile,
+            0.99,
+            "each edit sets s_J to this quantile of J's activations over the reference images",
         )
         parser.add_argument(
             "--global-max",
             action="store_true",
             help="the original's bound instead: one global maximum for all",
         )
-        parser.add_argument(
+        a.number(
+            parser,
             "--reference-size",
-            type=a.positive_int,
-            default=512,
-            help="training images drawn (seeded) for the bounds (default 512)",
+            a.positive_int,
+            512,
+            "training images drawn (seeded) for the bounds",
         )
         if name != "trace":
-            parser.add_argument(
+            a.number(
+                parser,
                 "--pool-size",
-                type=a.positive_int,
-                default=2048,
-                help="training images searched for the nearest patches (default 2048)",
+                a.positive_int,
+                2048,
+                "training images searched for the nearest patches",
             )
         a.add_seed(parser)
         a.add_device(parser)

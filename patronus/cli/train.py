@@ -52,12 +52,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=a.positive_float, help="epochs, converted to steps")
     parser.add_argument("--batch-size", type=a.positive_int, help="global batch size")
     parser.add_argument("--lr", type=a.positive_float, help="AdamW learning rate")
-    parser.add_argument(
-        "--warmup",
-        type=a.nonnegative_int,
-        default=0,
-        help="linear learning-rate warm-up steps (default 0)",
-    )
+    a.number(parser, "--warmup", a.nonnegative_int, 0, "linear learning-rate warm-up steps")
     parser.add_argument(
         "--amp",
         choices=("auto", "bf16", "fp16", "off"),
@@ -77,31 +72,18 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="weight of the prototype-distinct loss (default 0)",
     )
-    parser.add_argument(
-        "--log-every",
-        type=a.positive_int,
-        default=10,
-        help="steps between metric rows (default 10)",
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=a.positive_int,
-        default=500,
-        help="steps between checkpoints (default 500)",
-    )
-    parser.add_argument(
+    a.number(parser, "--log-every", a.positive_int, 10, "steps between metric rows")
+    a.number(parser, "--checkpoint-every", a.positive_int, 500, "steps between checkpoints")
+    a.number(
+        parser,
         "--sample-every",
-        type=a.nonnegative_int,
-        default=0,
-        help="steps between sample grids (default 0: at checkpoints only)",
+        a.nonnegative_int,
+        0,
+        "steps between sample grids",
+        note="at checkpoints only",
     )
     a.add_seed(parser)
-    parser.add_argument(
-        "--num-workers",
-        type=a.nonnegative_int,
-        default=0,
-        help="data loading processes (default 0)",
-    )
+    a.number(parser, "--num-workers", a.nonnegative_int, 0, "data loading processes")
     a.add_device(parser, default=None)
     a.add_progress(parser)
     parser.set_defaults(handler=run)
