@@ -97,6 +97,19 @@ def select(op: str, device: torch.device, probes: Mapping[str, Probe]) -> Backen
     raise BackendUnavailableError(f"no backend can run {op!r} on {device.type}: {refusals}")
 
 
+@dataclass(frozen=True)
+class OpBackends:
+    """One op's backends, in order of preference, each with its availability probe; ``torch``
+    must be among them (always available)."""
+
+    op: str
+    probes: Mapping[str, Probe]
+
+    def select(self, device: torch.device) -> BackendChoice:
+        """The backend serving ``op`` on ``device`` now, with the reason."""
+        return select(self.op, device, self.probes)
+
+
 def torch_probe(device: torch.device) -> str | None:
     return None
 

@@ -128,9 +128,10 @@ def test_sampling_and_inversion_are_the_same_without_the_extension(
     torch.manual_seed(0)
     model = Patronus(config)
     results = {}
-    for name in ("cpp", "torch"):
-        choice = _backend.BackendChoice(name, "test")
-        monkeypatch.setattr(step_module, "_select", lambda device, choice=choice: choice)
+    probes = dict(step_module.BACKENDS.probes)
+    for name in ("cpp", "torch"):  # the scheduler step's only backend
+        backends = _backend.OpBackends("scheduler_step", {name: probes[name]})
+        monkeypatch.setattr(step_module, "BACKENDS", backends)
         x_T = model.invert(images, steps=10)
         s = model.encode(images)
         generator = torch.Generator().manual_seed(5)

@@ -112,6 +112,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     prior.set_defaults(handler=run_train_prior)
 
 
+def _start(args: argparse.Namespace, name: str):
+    """Every evaluation command begins alike: the time, its output folder (refused before any
+    work if it holds files), the model, and its dataset's spec and split builder."""
+    started = now()
+    out = output_folder(args.out, name, args.overwrite)
+    model = load_checkpoint(args)
+    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    return started, out, model, spec, build
+
+
 def _finish(out: Path, name: str, data: dict, started: float) -> int:
     (out / name).write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
@@ -124,10 +134,7 @@ def run_probes(args: argparse.Namespace) -> int:
     from patronus.eval.encode import encode_dataset
     from patronus.eval.probes import linear_probes, tad
 
-    started = now()
-    out = output_folder(args.out, "probes", args.overwrite)
-    model = load_checkpoint(args)
-    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    started, out, model, spec, build = _start(args, "probes")
     train = build("train")
     say(f"encoding up to {args.limit} {spec['name']} training images")
     activations, labels = encode_dataset(model, train, args.limit, progress=not args.no_progress)
@@ -186,10 +193,7 @@ def _classifier(args, model, build, out: Path):
 def run_fid(args: argparse.Namespace) -> int:
     from patronus.eval.generation import distances, generate, write_pngs
 
-    started = now()
-    out = output_folder(args.out, "fid", args.overwrite)
-    model = load_checkpoint(args)
-    _, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    started, out, model, _, build = _start(args, "fid")
     generator = torch.Generator(args.device).manual_seed(args.seed)
     if args.unconditional:
         from patronus.models.prior import load_prior, sample_prior
@@ -232,10 +236,7 @@ def run_train_prior(args: argparse.Namespace) -> int:
     from patronus.models.prior import ActivationPrior, PriorConfig, save_prior
     from patronus.train.prior import train_prior
 
-    started = now()
-    out = output_folder(args.out, "prior", args.overwrite)
-    model = load_checkpoint(args)
-    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    started, out, model, spec, build = _start(args, "prior")
     say(f"encoding the {spec['name']} training images")
     activations, _ = encode_dataset(
         model, build("train"), args.limit, progress=not args.no_progress
@@ -260,10 +261,7 @@ def run_diagnose(args: argparse.Namespace) -> int:
     from patronus.eval.diagnosis import confirm, diagnose, write_diagnosis
     from patronus.eval.encode import encode_dataset
 
-    started = now()
-    out = output_folder(args.out, "diagnosis", args.overwrite)
-    model = load_checkpoint(args)
-    spec, build = dataset_builder(args.checkpoint, model, args.data_dir)
+    started, out, model, spec, build = _start(args, "diagnosis")
     train = build("train")
     names = getattr(train, "attribute_names", None)
     # check the target against the dataset's attributes before encoding anything

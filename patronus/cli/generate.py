@@ -57,12 +57,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default="ddim",
         help="ddim (--steps respaced steps) or ddpm (all T ancestral steps)",
     )
-    parser.add_argument(
-        "--eta",
-        type=a.nonnegative_float,
-        default=0.0,
-        help="DDIM stochasticity (default 0: deterministic)",
-    )
+    a.number(parser, "--eta", a.nonnegative_float, 0.0, "DDIM stochasticity", note="deterministic")
     a.number(parser, "--variations", a.positive_int, 1, "samples per activation vector")
     parser.add_argument("--clip", action="store_true", help="clip predicted x0 to [-1, 1]")
     parser.add_argument(

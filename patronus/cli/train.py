@@ -60,18 +60,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="mixed precision (auto: bf16 on CUDA, off on CPU)",
     )
     parser.add_argument("--ema", type=a.decay, help="EMA decay, e.g. 0.999 (default: none)")
-    parser.add_argument(
-        "--grad-clip",
-        type=a.nonnegative_float,
-        default=1.0,
-        help="gradient norm clipping (default 1.0; 0 turns it off)",
-    )
-    parser.add_argument(
-        "--distinct-weight",
-        type=a.nonnegative_float,
-        default=0.0,
-        help="weight of the prototype-distinct loss (default 0)",
-    )
+    a.number(parser, "--grad-clip", a.nonnegative_float, 1.0, "gradient norm clipping (0: off)")
+    a.number(parser, "--distinct-weight", a.nonnegative_float, 0.0, "weight of the distinct loss")
     a.number(parser, "--log-every", a.positive_int, 10, "steps between metric rows")
     a.number(parser, "--checkpoint-every", a.positive_int, 500, "steps between checkpoints")
     a.number(

@@ -20,13 +20,17 @@ from patronus.ops.prototype_distance import (
 )
 from patronus.ops.scheduler import philox_normal, scheduler_step, scheduler_step_ref
 
+_OPS = (
+    prototype_distance.MIN_BACKENDS,
+    prototype_distance.MAP_BACKENDS,
+    scheduler.BACKENDS,
+    noising.BACKENDS,
+)
+
 
 def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
     """The backend every op would use on ``device``, with the reason."""
-    choices: dict[str, _backend.BackendChoice] = {}
-    for module in (prototype_distance, scheduler, noising):
-        choices.update(module.backend_choices(device))
-    return choices
+    return {backends.op: backends.select(device) for backends in _OPS}
 
 
 __all__ = [

@@ -51,16 +51,9 @@ def q_sample_ref(
 
 
 # --------------------------------------------------------------------------------- backends
-_PROBES = {"cpp": _backend.cpp_probe("q_sample_fwd"), "torch": _backend.torch_probe}
-
-
-def _select(device: torch.device) -> _backend.BackendChoice:
-    return _backend.select("q_sample", device, _PROBES)
-
-
-def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
-    """The backend ``q_sample`` would use on ``device``, with the reason."""
-    return {"q_sample": _select(device)}
+BACKENDS = _backend.OpBackends(
+    "q_sample", {"cpp": _backend.cpp_probe("q_sample_fwd"), "torch": _backend.torch_probe}
+)
 
 
 # -------------------------------------------------------------------------------- custom op
@@ -68,7 +61,7 @@ def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
 def _q_sample_op(
     x0: torch.Tensor, noise: torch.Tensor, signal_scale: torch.Tensor, noise_scale: torch.Tensor
 ) -> torch.Tensor:
-    if _select(x0.device).name == "cpp":
+    if BACKENDS.select(x0.device).name == "cpp":
         return torch.ops.patronus.q_sample_fwd(x0, noise, signal_scale, noise_scale)
     return q_sample_ref(x0, noise, signal_scale, noise_scale).contiguous()
 

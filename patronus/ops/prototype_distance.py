@@ -187,19 +187,20 @@ def _triton_probe(device: torch.device) -> str | None:
     return "Triton kernels need CUDA tensors (on CPU only forced, under TRITON_INTERPRET=1)"
 
 
-_MIN_PROBES = {
-    "triton": _triton_probe,
-    "cpp": _backend.cpp_probe("prototype_min_distance_fwd"),
-    "torch": _backend.torch_probe,
-}
-_MAP_PROBES = {"triton": _triton_probe, "torch": _backend.torch_probe}
+_CPP_PROBE = _backend.cpp_probe("prototype_min_distance_fwd")
+MIN_BACKENDS = _backend.OpBackends(
+    MIN_OP, {"triton": _triton_probe, "cpp": _CPP_PROBE, "torch": _backend.torch_probe}
+)
+MAP_BACKENDS = _backend.OpBackends(MAP_OP, {"triton": _triton_probe, "torch": _backend.torch_probe})
 
 
-def _choose(op: str, features: torch.Tensor, prototypes: torch.Tensor) -> str:
-    probes = _MIN_PROBES if op == MIN_OP else _MAP_PROBES
-    name = _backend.select(op, features.device, probes).name
+def _choose(backends: _backend.OpBackends, features: torch.Tensor, prototypes: torch.Tensor) -> str:
+    """The backend's name; float64 never runs on Triton (the next backend serves it)."""
+    name = backends.select(features.device).name
     if name == "triton" and opmath_dtype(features, prototypes) == torch.float64:
-        name = "cpp" if op == MIN_OP and _MIN_PROBES["cpp"](features.device) is None else "torch"
+        name = (
+            "cpp" if "cpp" in backends.probes and _CPP_PROBE(features.device) is None else "torch"
+        )
     return name
 
 
@@ -209,20 +210,12 @@ def _triton_kernels():
     return prototype_distance
 
 
-def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
-    """The backend each prototype op would use on ``device`` (for ``patronus.info``)."""
-    return {
-        MIN_OP: _backend.select(MIN_OP, device, _MIN_PROBES),
-        MAP_OP: _backend.select(MAP_OP, device, _MAP_PROBES),
-    }
-
-
 # ---------------------------------------------------------------------------- custom op: min
 @torch.library.custom_op("patronus::prototype_min_distance", mutates_args=())
 def _min_distance_op(
     features: torch.Tensor, prototypes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    backend = _choose(MIN_OP, features, prototypes)
+    backend = _choose(MIN_BACKENDS, features, prototypes)
     if backend == "triton":
         return _triton_kernels().min_distance_forward(as_patches(features), prototypes)
     if backend == "cpp":
@@ -247,7 +240,7 @@ def _min_distance_backward_op(
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_backward_inputs(grad, features, prototypes, index)
-    backend = _choose(MIN_OP, features, prototypes)
+    backend = _choose(MIN_BACKENDS, features, prototypes)
     if backend == "triton":
         grad_features = torch.empty_like(features)
         grad_prototypes = _triton_kernels().min_distance_backward(
@@ -294,7 +287,7 @@ _min_distance_op.register_autograd(_min_distance_backward, setup_context=_min_di
 @torch.library.custom_op("patronus::prototype_distance_map", mutates_args=())
 def _distance_map_op(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     batch, _, height, width = features.shape
-    if _choose(MAP_OP, features, prototypes) == "triton":
+    if _choose(MAP_BACKENDS, features, prototypes) == "triton":
         distances = _triton_kernels().distance_map(as_patches(features), prototypes)
         return distances.reshape(batch, prototypes.shape[0], height, width)
     with torch.no_grad():

@@ -211,16 +211,10 @@ def philox_normal(
 
 
 # --------------------------------------------------------------------------------- backends
-_PROBES = {"cpp": _backend.cpp_probe("scheduler_step_fwd"), "torch": _backend.torch_probe}
-
-
-def _select(device: torch.device) -> _backend.BackendChoice:
-    return _backend.select("scheduler_step", device, _PROBES)
-
-
-def backend_choices(device: torch.device) -> dict[str, _backend.BackendChoice]:
-    """The backend ``scheduler_step`` would use on ``device``, with the reason."""
-    return {"scheduler_step": _select(device)}
+BACKENDS = _backend.OpBackends(
+    "scheduler_step",
+    {"cpp": _backend.cpp_probe("scheduler_step_fwd"), "torch": _backend.torch_probe},
+)
 
 
 # -------------------------------------------------------------------------------- custom op
@@ -243,7 +237,7 @@ def _scheduler_step_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     args = (sample, model_output, timestep, prev_timestep, alphas_cumprod, mode, prediction,
             variance, eta, clip, recompute_eps, threshold, noise, rng_state)  # fmt: skip
-    if _select(sample.device).name == "cpp":
+    if BACKENDS.select(sample.device).name == "cpp":
         return torch.ops.patronus.scheduler_step_fwd(*args)
     return scheduler_step_ref(*args)
 

@@ -343,7 +343,7 @@ def test_backend_selection(monkeypatch):
 
 
 def _backend_choices_cpu():
-    from patronus.ops.prototype_distance import backend_choices
+    from patronus.ops import backend_choices
 
     return backend_choices(torch.device("cpu"))
 

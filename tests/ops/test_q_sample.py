@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from patronus import _backend
-from patronus.ops import q_sample, q_sample_ref
-from patronus.ops.noising import backend_choices
+from patronus.ops import backend_choices, q_sample, q_sample_ref
 from patronus.testing import tolerance
 
 BACKENDS = {"cpu": ["cpp", "torch"], "cuda": ["torch"]}
