@@ -42,9 +42,16 @@ def _meta() -> dict[str, int]:
     return dict(INTERPRETER_META) if INTERPRET else {}
 
 
-_FORWARD_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-    for bn, bp, bd, w, s in [
+def _configs(rows: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
+    """Autotune configurations from rows (BLOCK_N, BLOCK_P, BLOCK_D, num_warps, num_stages)."""
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+        for bn, bp, bd, w, s in rows
+    ]
+
+
+_FORWARD_CONFIGS = _configs(
+    [
         (128, 64, 64, 4, 3),
         (128, 128, 64, 8, 3),
         (64, 64, 64, 4, 4),
@@ -52,16 +59,10 @@ _FORWARD_CONFIGS = [
         (64, 128, 32, 4, 4),
         (256, 64, 32, 8, 3),
     ]
-]
-_BACKWARD_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-    for bn, bp, bd, w, s in [
-        (64, 64, 64, 4, 3),
-        (128, 64, 64, 8, 3),
-        (64, 32, 128, 4, 3),
-        (128, 32, 64, 4, 3),
-    ]
-]
+)
+_BACKWARD_CONFIGS = _configs(
+    [(64, 64, 64, 4, 3), (128, 64, 64, 8, 3), (64, 32, 128, 4, 3), (128, 32, 64, 4, 3)]
+)
 
 
 @triton.jit

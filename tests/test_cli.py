@@ -20,22 +20,8 @@ def test_info(capsys):
 
 
 def test_train_then_resume(tmp_path, capsys):
-    common = [
-        "train",
-        "--preset",
-        "synthetic-tiny",
-        "--dataset",
-        "synthetic",
-        "--limit",
-        "48",
-        "--batch-size",
-        "16",
-        "--out",
-        str(tmp_path),
-        "--no-progress",
-        "--log-every",
-        "1",
-    ]
+    flags = "--preset synthetic-tiny --dataset synthetic --limit 48 --batch-size 16 --no-progress"
+    common = ["train", *flags.split(), "--log-every", "1", "--out", str(tmp_path)]
     assert main([*common, "--steps", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 3
     assert main([*common, "--steps", "5", "--resume"]) == 0

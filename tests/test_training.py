@@ -155,36 +155,12 @@ def test_resume_refuses_another_model(tmp_path):
 def test_torchrun_two_cpu_processes_train_and_checkpoint(tmp_path):
     """DDP with gloo: 2 processes, the global batch split between them, one checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "patronus",
-        "train",
-        "--preset",
-        "synthetic-tiny",
-        "--dataset",
-        "synthetic",
-        "--limit",
-        "64",
-        "--steps",
-        "4",
-        "--batch-size",
-        "16",
-        "--lr",
-        "2e-3",
-        "--out",
-        str(tmp_path),
-        "--log-every",
-        "1",
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+    torchrun = "-m torch.distributed.run --standalone --nproc-per-node 2"
+    train = (
+        "-m patronus train --preset synthetic-tiny --dataset synthetic --limit 64 --steps 4 "
+        "--batch-size 16 --lr 2e-3 --log-every 1 --no-progress --device cpu"
+    )
+    command = [sys.executable, *torchrun.split(), *train.split(), "--out", str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

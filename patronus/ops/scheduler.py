@@ -218,28 +218,20 @@ BACKENDS = _backend.OpBackends(
 
 
 # -------------------------------------------------------------------------------- custom op
-@torch.library.custom_op("patronus::scheduler_step", mutates_args=())
-def _scheduler_step_op(
-    sample: torch.Tensor,
-    model_output: torch.Tensor,
-    timestep: torch.Tensor,
-    prev_timestep: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    mode: int,
-    prediction: int,
-    variance: int,
-    eta: float,
-    clip: float,
-    recompute_eps: bool,
-    threshold: torch.Tensor | None,
-    noise: torch.Tensor | None,
-    rng_state: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    args = (sample, model_output, timestep, prev_timestep, alphas_cumprod, mode, prediction,
-            variance, eta, clip, recompute_eps, threshold, noise, rng_state)  # fmt: skip
-    if BACKENDS.select(sample.device).name == "cpp":
+def _on_backend(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's body: the arguments of ``scheduler_step_ref``, run on the chosen backend."""
+    if BACKENDS.select(args[0].device).name == "cpp":
         return torch.ops.patronus.scheduler_step_fwd(*args)
     return scheduler_step_ref(*args)
+
+
+# the op takes the reference's arguments (its schema is inferred from the reference's signature)
+_scheduler_step_op = torch.library.custom_op(
+    "patronus::scheduler_step",
+    _on_backend,
+    mutates_args=(),
+    schema=torch.library.infer_schema(scheduler_step_ref, mutates_args=()),
+)
 
 
 @_scheduler_step_op.register_fake
