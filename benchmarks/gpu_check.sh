@@ -1,25 +1,96 @@
 #!/usr/bin/env bash
-# The one command for a GPU machine (`make gpu-check`): uses its python3 as it is (no venv, no
-# installs), builds the extension in place, runs the CUDA tests and the benchmarks, and writes
-# everything under $OUT (default benchmarks/results/gpu).
-set -euo pipefail
+# The one command for a GPU machine (`make gpu-check`), sized to a short loan: it uses the
+# machine's python3 as it is (no venv, no installs), builds the extension in place, then runs
+# stages in order of importance, each time-boxed, writing its log (and benchmark JSON) under $OUT
+# as it goes, and the Markdown tables after every benchmark stage, so that a timeout still leaves
+# everything that finished. $OUT/stages.txt says how each stage ended.
+#
+#   OUT=folder            where results go (default benchmarks/results/gpu)
+#   STAGES="a b ..."      run only these stages (a rerun after a fix), default all, in this order:
+#     build      the extension (CPU and CUDA kernels) with this python3
+#     op-tests   the ops' CUDA tests (tests/ops -m cuda): Triton and CUDA kernels against float64
+#     proto      the prototype op at B64 D256 32x32 P2000, fp32 and bf16: original two-conv form,
+#                eager, torch.compile, patronus; forward, backward, forward+backward, peak memory
+#     step       the scheduler step against a copy, eager, torch.compile and diffusers
+#     loops      50-step (then 1000-step) sampling loops: eager, fused, compiled, CUDA graph,
+#                and the network calls alone
+#     train      fmnist32 training step: the original code as it trains, ours fp32/bf16/
+#                channels_last/compile (the original's code must be carried in benchmarks/.original)
+#     cuda-tests the remaining CUDA tests (models: bf16 training, CUDA-graph sampling)
+#     proto-paper the prototype op at the paper's shapes
+#   BUDGET=seconds        total time for the stages (default 520); a stage gets what is left
+#   PYTHON=python3        the interpreter
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
+PY=${PYTHON:-python3}
+BUDGET=${BUDGET:-520}
+ALL="build op-tests proto step loops train cuda-tests proto-paper"
+STAGES=${STAGES:-$ALL}
 mkdir -p "$OUT"
 # run from the source tree (patronus.kernels reads the top-level kernels/ folder)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee "$OUT/versions.txt"
-for module in numpy safetensors tqdm PIL matplotlib; do
-    python3 -c "import $module" 2>/dev/null && echo "$module: yes" || echo "$module: missing"
-done | tee -a "$OUT/versions.txt"
-python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-python3 -m patronus info | tee "$OUT/info.txt"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-status=0
-python3 -m pytest tests -m cuda -q -ra -p no:cacheprovider --junitxml="$OUT/tests.xml" 2>&1 \
-    | tee "$OUT/tests.txt" || status=1
-python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-min-rounds=5 \
-    --benchmark-max-time=1 --benchmark-json="$OUT/benchmarks.json" 2>&1 \
-    | tee "$OUT/benchmarks.txt" || status=1
-python3 benchmarks/report.py "$OUT/benchmarks.json" --out "$OUT" || status=1
-exit $status
+START=$(date +%s)
+STATUS=0
+BENCH=(-q -p no:cacheprovider --benchmark-min-rounds=3 --benchmark-max-time=0.3)
+
+wanted() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# stage NAME LIMIT COMMAND...: runs COMMAND for at most LIMIT seconds (less if the budget has
+# less left; skipped under 20 s), its output in $OUT/NAME.txt.
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    wanted "$name" || return 0
+    local left=$((BUDGET - ($(date +%s) - START)))
+    if ((left < 20)); then
+        echo "$name: skipped, ${left}s of the ${BUDGET}s budget left" | tee -a "$OUT/stages.txt"
+        return 0
+    fi
+    ((limit > left)) && limit=$left
+    local begun=$(date +%s) rc=0
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >"$OUT/$name.txt" 2>&1 || rc=$?
+    local took=$(($(date +%s) - begun))
+    local how="rc=$rc"
+    ((rc == 124 || rc == 130)) && how="timed out"
+    echo "$name: $how after ${took}s (limit ${limit}s)" | tee -a "$OUT/stages.txt"
+    tail -n 4 "$OUT/$name.txt"
+    ((rc == 0)) || STATUS=1
+}
+
+tables() {  # the Markdown tables of every benchmark JSON so far (none yet: nothing to do)
+    local files=("$OUT"/bench-*.json)
+    [ -e "${files[0]}" ] || return 0
+    "$PY" benchmarks/report.py "${files[@]}" --out "$OUT" >/dev/null
+}
+
+bench() {  # bench NAME LIMIT PYTEST-ARGS...: a benchmark stage, then the tables
+    local name=$1 limit=$2
+    shift 2
+    stage "$name" "$limit" "$PY" -m pytest "${BENCH[@]}" --benchmark-json="$OUT/bench-$name.json" "$@"
+    wanted "$name" && { tables || echo "report of $name failed" | tee -a "$OUT/stages.txt"; }
+}
+
+{
+    echo "started $(date -u +%FT%TZ), stages: $STAGES, budget ${BUDGET}s"
+    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+    for module in numpy safetensors tqdm PIL matplotlib diffusers scipy; do
+        "$PY" -c "import $module" 2>/dev/null && echo "$module: yes" || echo "$module: missing"
+    done
+    [ -d benchmarks/.original/models ] && echo "original code: carried" || echo "original code: absent"
+} | tee "$OUT/versions.txt"
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+
+stage build 180 "$PY" setup.py build_ext --inplace
+wanted build && { "$PY" -m patronus info | tee "$OUT/info.txt"; }
+stage op-tests 100 "$PY" -m pytest tests/ops -m cuda -q -ra -p no:cacheprovider -x \
+    --junitxml="$OUT/op-tests.xml"
+bench proto 100 benchmarks/test_prototype_ops.py -k large
+bench step 40 benchmarks/test_scheduler_step.py -k test_step
+bench loops 80 benchmarks/test_scheduler_step.py -k "test_sampling_loop and ddim50"
+bench train 100 benchmarks/test_throughput.py -k test_training_variants
+stage cuda-tests 60 "$PY" -m pytest tests -m cuda -q -ra -p no:cacheprovider \
+    --ignore=tests/ops --junitxml="$OUT/cuda-tests.xml"
+bench proto-paper 60 benchmarks/test_prototype_ops.py -k "not large"
+echo "finished after $(($(date +%s) - START))s, status $STATUS" | tee -a "$OUT/stages.txt"
+exit $STATUS

@@ -1,9 +1,10 @@
 """Turn a pytest-benchmark JSON file into a markdown table with device, versions and date.
 
-usage: python benchmarks/report.py RESULTS.json [--out FOLDER]
-Writes FOLDER/<device>-<date>.md and a slim FOLDER/<device>-<date>.json (each benchmark's
-summary statistics and facts, without the per-round timings of pytest-benchmark's raw file);
-FOLDER defaults to the JSON file's folder.
+usage: python benchmarks/report.py RESULTS.json [MORE.json ...] [--out FOLDER]
+Several files (e.g. one per stage of the GPU check) are merged into one report. Writes
+FOLDER/<device>-<date>.md and a slim FOLDER/<device>-<date>.json (each benchmark's summary
+statistics and facts, without the per-round timings of pytest-benchmark's raw file); FOLDER
+defaults to the first JSON file's folder.
 """
 
 from __future__ import annotations
@@ -26,38 +27,40 @@ def markdown(data: dict) -> str:
         f"python {machine.get('python_version')}",
         f"- commit: {data.get('commit_info', {}).get('id', 'unknown')}",
         "- times are medians over the benchmark's rounds",
-        "",
-        "| benchmark | preset | backend | batch | median ms | images/s | rounds |",
-        "|---|---|---|---:|---:|---:|---:|",
     ]
+    rows = []
     for bench in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         info, stats = bench["extra_info"], bench["stats"]
-        if "provider" in info:
+        if "provider" in info or "variant" in info:
             continue  # in the tables below
         median = stats["median"]
-        lines.append(
+        rows.append(
             f"| {info.get('kind', bench['name'])} | {info.get('preset', '')} | "
             f"{info.get('backend', '')} | {info.get('batch', '')} | {median * 1e3:.1f} | "
             f"{info.get('batch', 0) / median:.1f} | {stats['rounds']} |"
         )
+    if rows:
+        lines += ["", "| benchmark | preset | backend | batch | median ms | images/s | rounds |",
+                  "|---|---|---|---:|---:|---:|---:|", *rows]  # fmt: skip
     lines += provider_tables(data["benchmarks"])
     lines += step_tables(data["benchmarks"])
     lines += loop_tables(data["benchmarks"])
+    lines += training_tables(data["benchmarks"])
     lines += ["", "```", machine.get("patronus_info", ""), "```", ""]
     return "\n".join(lines)
 
 
 def provider_tables(benchmarks: list[dict]) -> list[str]:
     """Per (op, shape): providers side by side, patronus's speed-up over each, peak memory."""
-    cells: dict[tuple[str, str], dict[str, dict[str, dict]]] = {}
+    cells: dict[tuple[str, str, str], dict[str, dict[str, dict]]] = {}
     for bench in benchmarks:
         info = bench["extra_info"]
         if info.get("kind") != "min distance":
             continue
-        key = (info["kind"], info["shape"])
+        key = (info["kind"], info["shape"], info.get("dtype", ""))
         cells.setdefault(key, {}).setdefault(info["provider"], {})[info["mode"]] = bench
     lines = []
-    for (kind, shape), providers in sorted(cells.items()):
+    for (kind, shape, _), providers in sorted(cells.items()):
         ours = providers.get("patronus", {})
         any_bench = next(iter(next(iter(providers.values())).values()))
         info = any_bench["extra_info"]
@@ -124,7 +127,8 @@ def step_tables(benchmarks: list[dict]) -> list[str]:
 
 
 def loop_tables(benchmarks: list[dict]) -> list[str]:
-    """Whole sampling loops: images/s, eager vs patronus."""
+    """Whole sampling loops: images/s, speed-ups, and the share of time outside the network (the
+    loop against its network calls alone, with or without a CUDA graph like the loop)."""
     loops: dict[str, dict[str, dict]] = {}
     for bench in benchmarks:
         info = bench["extra_info"]
@@ -134,15 +138,39 @@ def loop_tables(benchmarks: list[dict]) -> list[str]:
     for loop, providers in sorted(loops.items()):
         ours = providers.get("patronus")
         lines += ["", f"## sampling loop: {loop} (paper Fashion-MNIST model)", "",
-                  "| provider | batch | CUDA graph | s per loop | images/s | patronus speed-up |",
-                  "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+                  "| provider | batch | CUDA graph | s per loop | images/s | patronus speed-up "
+                  "| outside the network |",
+                  "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
         for provider, bench in providers.items():
             info, median = bench["extra_info"], bench["stats"]["median"]
             speedup = f"{median / ours['stats']['median']:.2f}x" if ours else "-"
+            network = providers.get("network-graph" if info["cuda_graph"] else "network")
+            outside = "-"
+            if network is not None and not provider.startswith("network"):
+                outside = f"{1 - network['stats']['median'] / median:.1%}"
             lines.append(
-                f"| {provider} | {info['batch']} | {info['cuda_graph']} | {median:.2f} | "
-                f"{info['batch'] / median:.1f} | {speedup} |"
+                f"| {provider} | {info['batch']} | {info['cuda_graph']} | {median:.3f} | "
+                f"{info['batch'] / median:.1f} | {speedup} | {outside} |"
             )
+    return lines
+
+
+def training_tables(benchmarks: list[dict]) -> list[str]:
+    """Training variants of one model: images/s and the speed-up over the original code."""
+    rows = [b for b in benchmarks if b["extra_info"].get("kind") == "training variant"]
+    if not rows:
+        return []
+    original = next((b for b in rows if b["extra_info"]["variant"] == "original"), None)
+    lines = ["", "## training step: paper Fashion-MNIST model (fmnist32)", "",
+             "| variant | batch | median ms | images/s | vs the original code |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for bench in rows:
+        info, median = bench["extra_info"], bench["stats"]["median"]
+        ratio = f"{original['stats']['median'] / median:.2f}x" if original else "-"
+        lines.append(
+            f"| {info['variant']} | {info['batch']} | {median * 1e3:.1f} | "
+            f"{info['batch'] / median:.1f} | {ratio} |"
+        )
     return lines
 
 
@@ -177,14 +205,15 @@ def slim(data: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("results", type=Path)
+    parser.add_argument("results", type=Path, nargs="+", help="pytest-benchmark JSON files")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    data = json.loads(args.results.read_text())
+    runs = [json.loads(path.read_text()) for path in args.results]
+    data = {**runs[0], "benchmarks": [bench for run in runs for bench in run["benchmarks"]]}
     device = data["machine_info"].get("device", "device")
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     stem = f"{slug}-{data['datetime'][:10]}"
-    out = args.out or args.results.parent
+    out = args.out or args.results[0].parent
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(markdown(data))
     (out / f"{stem}.json").write_text(json.dumps(slim(data), indent=1) + "\n")

@@ -76,13 +76,16 @@ def pytest_generate_tests(metafunc):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_min_distance(benchmark, provider, mode, shape_name, device):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_min_distance(benchmark, provider, mode, precision, shape_name, device):
     if shape_name not in shapes(device):
         pytest.skip("the large shape runs on CUDA only")
+    if precision == "bfloat16" and device.type != "cuda":
+        pytest.skip("bf16 autocast is measured on CUDA")
     batch, dim, height, width, num = shapes(device)[shape_name]
     torch.manual_seed(0)
-    # on CUDA as in bf16 autocast training: bf16 features from the encoder, fp32 prototypes
-    amp = device.type == "cuda"
+    # bf16 as in bf16 autocast training: bf16 features from the encoder, fp32 prototypes
+    amp = precision == "bfloat16"
     dtype = torch.bfloat16 if amp else torch.float32
     features = torch.randn(batch, dim, height, width, device=device, dtype=dtype)
     prototypes = torch.rand(num, dim, device=device)
@@ -106,7 +109,7 @@ def test_min_distance(benchmark, provider, mode, shape_name, device):
         activation_mb=saved_for_backward(fn, features, prototypes, provider),
         product_flops=2 * batch * height * width * num * dim,
     )  # fmt: skip
-    benchmark.group = f"min distance {shape_name} {mode}"
+    benchmark.group = f"min distance {shape_name} {precision} {mode}"
     if mode == "forward":
 
         @torch.no_grad()

@@ -3,8 +3,9 @@ a fraction of a device-to-device copy measured in the same run), and whole sampl
 
 The step benchmarks one DDIM update (eta = 0, epsilon prediction, float32) that reads x and the
 model output and writes x_prev and x0. Whole loops: images/s of 50-step DDIM (everywhere) and
-1000-step DDIM (CUDA only) of the paper's Fashion-MNIST model, eager (PyTorch step, no graph) vs
-patronus (fused step, and CUDA graphs on CUDA).
+1000-step DDIM (CUDA only) of the paper's Fashion-MNIST model: eager (PyTorch step), patronus
+(fused step), with the UNet compiled, with CUDA graphs, and the network calls alone (the
+non-network share of each loop's time).
 """
 
 from __future__ import annotations
@@ -83,26 +84,64 @@ def test_step(benchmark, provider, shape_name, device):
 
 
 LOOPS = {"ddim50": 50, "ddim1000": 1000}
+# eager: PyTorch's step, no graph; patronus: the fused step; -compiled: compile_denoiser();
+# -graph: one CUDA graph per step. network / network-graph: the loop's network calls alone, for
+# the non-network share of each loop's time.
+LOOP_PROVIDERS = ["network", "eager", "patronus", "patronus-compiled", "network-graph",
+                  "patronus-graph"]  # fmt: skip
+CUDA_ONLY = ("patronus-compiled", "network-graph", "patronus-graph")
 
 
-@pytest.mark.parametrize("provider", ["eager", "patronus"])
+def network_loop(model, s, x_T, steps: int, graph: bool):
+    """The network evaluations of a ``steps``-step DDIM loop, without the scheduler step."""
+    from patronus.diffusion.graphed_step import GraphedStep
+    from patronus.diffusion.timesteps import respaced_timesteps
+
+    eps_fn = model.eps_fn(s)
+
+    def body(x, net_t, current, target, rng):
+        return x, eps_fn(x, net_t)
+
+    call = GraphedStep(body, x_T, stochastic=False) if graph else body
+    levels = [torch.full((x_T.shape[0],), t, device=x_T.device) for t in
+              respaced_timesteps(model.schedule.timesteps, steps)[::-1]]  # fmt: skip
+
+    def run():
+        for t in levels:
+            call(x_T, t, t, t, None)
+
+    return run
+
+
+@pytest.mark.parametrize("provider", LOOP_PROVIDERS)
 @pytest.mark.parametrize("loop", list(LOOPS))
 def test_sampling_loop(benchmark, provider, loop, device, monkeypatch):
     if loop == "ddim1000" and device.type != "cuda":
         pytest.skip("1000-step loops run on CUDA only")
+    if provider in CUDA_ONLY and device.type != "cuda":
+        pytest.skip("CUDA graphs and compiling the UNet (minutes on a CPU) are measured on CUDA")
     preset = get_preset("fmnist32")
     batch = 64 if device.type == "cuda" else 4
     torch.manual_seed(0)
     model = Patronus(preset.model).to(device).eval()
+    if provider == "patronus-compiled":
+        model.compile_denoiser()
     s = torch.rand(batch, preset.model.num_prototypes, device=device)
     x_T = torch.randn(batch, *preset.model.image_shape, device=device)
-    graph = provider == "patronus" and device.type == "cuda"
+    graph = provider.endswith("graph")
     if provider == "eager":
         monkeypatch.setenv("PATRONUS_BACKEND", "torch")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if provider.startswith("network"):
+        with torch.no_grad(), amp:
+            network = network_loop(model, s, x_T, LOOPS[loop], graph)
 
     def run():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            model.sample(s, steps=LOOPS[loop], x_T=x_T, cuda_graph=graph)
+        with torch.no_grad(), amp:
+            if provider.startswith("network"):
+                network()
+            else:
+                model.sample(s, LOOPS[loop], x_T=x_T, cuda_graph=graph)
         synchronize(device)
 
     run()
