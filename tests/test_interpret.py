@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -267,6 +268,20 @@ def test_report_is_self_contained_and_every_figure_decodes(trained, test_set, tm
     assert "s_J before" in page and "every activation is negative" in page
     if not all(results["best_reached_bound"]):
         assert "no edit reached the value s_J was set to" in page
+    # the fidelity headline, recomputed from the saved activations of every edit
+    arrays = np.load(tmp_path / "report" / "results.npz")
+    requested = np.asarray(results["bounds"])[:, None] - arrays["before"]
+    shares = (arrays["edit_activation"] - arrays["before"])[requested > 0] / requested[
+        requested > 0
+    ]
+    summary = results["edit_fidelity"]
+    assert summary["edits"] == requested.size
+    assert summary["median_fidelity"] == pytest.approx(
+        float(torch.tensor(shares).clamp(-1, 2).median()), abs=1e-5
+    )
+    assert summary["share_reaching_half"] == pytest.approx(float((shares >= 0.5).mean()))
+    assert "Can these explanations be trusted?" in page
+    assert f"{summary['median_fidelity']:.2f}" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

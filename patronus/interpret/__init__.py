@@ -9,6 +9,7 @@ from patronus.interpret.analyses import (
     slerp,
     variations,
 )
+from patronus.interpret.fidelity import EditFidelity, edit_fidelity
 from patronus.interpret.what import (
     Inversion,
     NearestPatches,
@@ -24,6 +25,7 @@ from patronus.interpret.where import Localization, box_iou, crop, localize, upsa
 
 __all__ = [
     "Consistency",
+    "EditFidelity",
     "Emergence",
     "Inversion",
     "Localization",
@@ -33,6 +35,7 @@ __all__ = [
     "box_iou",
     "consistency",
     "crop",
+    "edit_fidelity",
     "edited_activations",
     "emergence_steps",
     "extrapolation",

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from patronus.interpret import analyses, figures
+from patronus.interpret.fidelity import EditFidelity, edit_fidelity
 from patronus.interpret.what import (
     activation_bounds,
     invert_images,
@@ -162,9 +163,12 @@ def write_visualization(
     figures.nearest_patches_figure(
         nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
     )
-    numbers = {"prototypes": prototypes, **_kept_edit_numbers(vis)}
-    arrays = {**_edit_arrays(vis), **_nearest_arrays(nearest)}
+    fidelity = edit_fidelity(vis)
+    numbers = {"prototypes": prototypes, **_kept_edit_numbers(vis), **_fidelity_numbers(fidelity)}
+    arrays = {**_edit_arrays(vis), **_nearest_arrays(nearest), **_fidelity_arrays(fidelity)}
     _write_results(out_dir, "visualize", numbers, arrays)
+    if log is not None:
+        log(fidelity_headline(numbers["edit_fidelity"]))
     return path
 
 
@@ -182,6 +186,42 @@ def _edit_arrays(vis) -> dict[str, torch.Tensor]:
 def _nearest_arrays(nearest) -> dict[str, torch.Tensor]:
     return {"nearest_image": nearest.image_index, "nearest_distance": nearest.distance,
             "nearest_boxes": nearest.boxes}  # fmt: skip
+
+
+def _fidelity_numbers(fidelity: EditFidelity) -> dict:
+    return {
+        "edit_fidelity": fidelity.summary(),
+        "fidelity_per_prototype": fidelity.per_prototype().tolist(),
+    }
+
+
+def _fidelity_arrays(fidelity: EditFidelity) -> dict[str, torch.Tensor]:
+    return {"fidelity_raw": fidelity.raw, "change_inside": fidelity.inside,
+            "change_outside": fidelity.outside}  # fmt: skip
+
+
+TRUSTED = {"median_fidelity": 0.7, "share_reaching_half": 0.8, "inside_outside_ratio": 3.0}
+
+
+def trusted(summary: dict) -> bool:
+    """Whether edit fidelity clears every bar of ``TRUSTED`` (a NaN never does)."""
+    return all(summary[key] >= bar for key, bar in TRUSTED.items())
+
+
+def fidelity_headline(summary: dict) -> str:
+    """One plain sentence on whether the edits (and so the explanations) can be trusted."""
+    verdict = (
+        "the decoded edits deliver what they ask for, where the prototype fires"
+        if trusted(summary)
+        else "the model follows its prototypes only weakly: read the edits with care"
+    )
+    return (
+        f"edit fidelity: median {summary['median_fidelity']:.2f} of the requested activation "
+        f"change is delivered, {summary['share_reaching_half']:.0%} of "
+        f"{summary['edits_with_a_request']} edits reach half of their request, pixels change "
+        f"{summary['inside_outside_ratio']:.1f}x as much inside the prototype's box as outside: "
+        f"{verdict}"
+    )
 
 
 def _emergence_arrays(emergence, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -336,6 +376,7 @@ def build_report(
         "activation": model.config.activation,
         "prototypes": prototypes,
         **_kept_edit_numbers(vis),
+        **_fidelity_numbers(edit_fidelity(vis)),
         "emergence_median_t": median_t,
         "emergence_fraction_of_images": (emerged >= 0).float().mean(1).tolist(),
         "reconstruction_mse": mse.tolist(),
@@ -346,6 +387,7 @@ def build_report(
     }
     arrays = {
         **_edit_arrays(vis),
+        **_fidelity_arrays(edit_fidelity(vis)),
         **_emergence_arrays(emergence, prefix="emergence_"),
         **_nearest_arrays(nearest),
     }
@@ -353,6 +395,8 @@ def build_report(
     page = _page(png, results, prototypes, evaluations)
     path = out_dir / "report.html"
     path.write_text(page)
+    if log is not None:
+        log(fidelity_headline(results["edit_fidelity"]))
     return path
 
 
@@ -366,6 +410,32 @@ ACTIVATION_NOTES = {
 }
 
 
+def _fidelity_box(summary: dict) -> str:
+    """The headline: can the explanations below be trusted?"""
+    colour = "#e6f4ea" if trusted(summary) else "#fdecea"
+    rows = [
+        ["median edit fidelity (delivered / requested activation change; 1 = all of it)",
+         f"{summary['median_fidelity']:.2f}", f">= {TRUSTED['median_fidelity']}"],
+        ["edits reaching half of their request",
+         f"{summary['share_reaching_half']:.0%} of {summary['edits_with_a_request']}",
+         f">= {TRUSTED['share_reaching_half']:.0%}"],
+        ["pixel change inside the prototype's box / outside it",
+         f"{summary['inside_outside_ratio']:.1f}x", f">= {TRUSTED['inside_outside_ratio']:.0f}x"],
+    ]  # fmt: skip
+    verdict = (
+        "The edits deliver what they ask for, where the prototype fires: the explanations below "
+        "show what the model uses."
+        if trusted(summary)
+        else "This model follows its prototypes only weakly: the edits below change the image "
+        "less than they ask, or not where the prototype is. Read them with care."
+    )
+    return (
+        f'<div style="background:{colour};padding:.5em 1em;border-radius:6px">'
+        f"<p><b>Can these explanations be trusted?</b> {verdict}</p>"
+        f"{_table(['edit fidelity', 'this model', 'trusted when'], rows)}</div>"
+    )
+
+
 def _page(png, results, prototypes, evaluations) -> str:
     info = results["info"]
     rows = [
@@ -377,6 +447,7 @@ def _page(png, results, prototypes, evaluations) -> str:
             f"{b:.2f}",
             f"{results['best_share_of_request'][i]:.0%}",
             "yes" if results["best_reached_bound"][i] else "no",
+            f"{results['fidelity_per_prototype'][i]:.2f}",
             results["emergence_median_t"][i]
             if results["emergence_median_t"][i] is not None
             else "-",
@@ -420,6 +491,7 @@ def _page(png, results, prototypes, evaluations) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Patronus report</title>
 <style>{STYLE}</style></head><body>
 <h1>Patronus interpretability report</h1>
+{_fidelity_box(results["edit_fidelity"])}
 {facts}
 <p class="note">{ACTIVATION_NOTES[results["activation"]]}</p>
 <h2>What and where: prototype visualisations</h2>
@@ -444,6 +516,7 @@ little), and J's similarity over the edit.</p>
                 "set to",
                 "share of the requested change",
                 "reached",
+                "median fidelity (all its edits)",
                 "median emergence t",
                 "emerges in",
             ],
