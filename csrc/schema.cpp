@@ -18,11 +18,12 @@ TORCH_LIBRARY(patronus, m) {
   // `timestep` to `prev_timestep` ((B,) int64, -1 = clean) with `alphas_cumprod` (T,) float64,
   // given the model output. mode 0 DDIM / 1 DDPM; prediction 0 epsilon / 1 sample / 2 v;
   // variance 0 posterior / 1 beta; clip > 0 clamps x0; threshold (B,) clamps and rescales x0 per
-  // sample; noise, or rng_state int64 [seed, offset] for in-kernel Philox noise. Returns
+  // sample; noise, or rng_state int64 [seed, offset] for in-kernel Philox noise; null_output
+  // (the unconditioned model output) guides: null + guidance_scale (out - null). Returns
   // (prev, x0).
   m.def(
       "scheduler_step_fwd(Tensor sample, Tensor model_output, Tensor timestep, "
       "Tensor prev_timestep, Tensor alphas_cumprod, int mode, int prediction, int variance, "
       "float eta, float clip, bool recompute_eps, Tensor? threshold, Tensor? noise, "
-      "Tensor? rng_state) -> (Tensor, Tensor)");
+      "Tensor? rng_state, Tensor? null_output, float guidance_scale) -> (Tensor, Tensor)");
 }

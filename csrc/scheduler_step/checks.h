@@ -5,6 +5,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <cmath>
+
 #include "step.h"
 
 namespace patronus {
@@ -17,7 +19,9 @@ inline step::Options check_scheduler_step(const at::Tensor& sample, const at::Te
                                           double clip, bool recompute_eps,
                                           const c10::optional<at::Tensor>& threshold,
                                           const c10::optional<at::Tensor>& noise,
-                                          const c10::optional<at::Tensor>& rng_state) {
+                                          const c10::optional<at::Tensor>& rng_state,
+                                          const c10::optional<at::Tensor>& null_output,
+                                          double guidance_scale) {
   TORCH_CHECK(sample.dim() >= 1, "scheduler_step: sample must be (B, ...)");
   TORCH_CHECK(model_output.sizes() == sample.sizes() &&
                   model_output.scalar_type() == sample.scalar_type(),
@@ -54,6 +58,13 @@ inline step::Options check_scheduler_step(const at::Tensor& sample, const at::Te
                     rng_state->device() == sample.device(),
                 "scheduler_step: rng_state must be int64 [seed, offset] on the sample's device");
   }
+  if (null_output.has_value()) {
+    TORCH_CHECK(null_output->sizes() == sample.sizes() &&
+                    null_output->scalar_type() == sample.scalar_type() &&
+                    null_output->device() == sample.device(),
+                "scheduler_step: null_output must match sample in shape, dtype and device");
+  }
+  TORCH_CHECK(std::isfinite(guidance_scale), "scheduler_step: guidance_scale must be finite");
   // decided without reading the levels (which would synchronise with a GPU)
   TORCH_CHECK(!(mode == step::kDDPM || eta > 0.0) || noise.has_value() || rng_state.has_value(),
               "scheduler_step: DDPM and DDIM with eta > 0 add noise: pass noise or rng_state");

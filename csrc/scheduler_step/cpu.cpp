@@ -63,8 +63,9 @@ struct Elementwise {
     PATRONUS_STEP_LOOP(false, false)                \
   }
 
-template <typename scalar_t, typename opmath_t>
-void step_chunk(const scalar_t* x, const scalar_t* out, scalar_t* prev, scalar_t* x0,
+// `out` is the model output (scalar_t) or, when guided, the guided output in opmath (out_t).
+template <typename scalar_t, typename opmath_t, typename out_t>
+void step_chunk(const scalar_t* x, const out_t* out, scalar_t* prev, scalar_t* x0,
                 const opmath_t* noise, int64_t length, const Elementwise<opmath_t>& k, bool clip,
                 bool noisy) {
   PATRONUS_STEP_CHUNK_BODY
@@ -72,13 +73,23 @@ void step_chunk(const scalar_t* x, const scalar_t* out, scalar_t* prev, scalar_t
 
 // float32, the common case, in AVX-512 / AVX2 / baseline clones
 template <>
-PATRONUS_CLONES void step_chunk<float, float>(const float* x, const float* out, float* prev,
-                                              float* x0, const float* noise, int64_t length,
-                                              const Elementwise<float>& k, bool clip,
-                                              bool noisy) {
+PATRONUS_CLONES void step_chunk<float, float, float>(const float* x, const float* out,
+                                                     float* prev, float* x0, const float* noise,
+                                                     int64_t length, const Elementwise<float>& k,
+                                                     bool clip, bool noisy) {
   using scalar_t = float;
   using opmath_t = float;
   PATRONUS_STEP_CHUNK_BODY
+}
+
+// The guided model output of elements [start, start + length): null + w (out - null).
+template <typename scalar_t, typename opmath_t>
+void fill_guided(const scalar_t* out, const scalar_t* null_out, opmath_t w, int64_t start,
+                 int64_t length, opmath_t* result) {
+  for (int64_t i = 0; i < length; ++i) {
+    result[i] = step::guided(static_cast<opmath_t>(out[start + i]),
+                             static_cast<opmath_t>(null_out[start + i]), w);
+  }
 }
 
 // The noise of elements [start, start + length): given, or Philox normals of their groups.
@@ -102,13 +113,16 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
     const at::Tensor& prev_timestep, const at::Tensor& alphas_cumprod, int64_t mode,
     int64_t prediction, int64_t variance, double eta, double clip, bool recompute_eps,
     const c10::optional<at::Tensor>& threshold, const c10::optional<at::Tensor>& noise,
-    const c10::optional<at::Tensor>& rng_state) {
+    const c10::optional<at::Tensor>& rng_state, const c10::optional<at::Tensor>& null_output,
+    double guidance_scale) {
   const step::Options options =
       check_scheduler_step(sample, model_output, timestep, prev_timestep, alphas_cumprod, mode,
                            prediction, variance, eta, clip, recompute_eps, threshold, noise,
-                           rng_state);
+                           rng_state, null_output, guidance_scale);
   const at::Tensor x = sample.contiguous();
   const at::Tensor out = model_output.contiguous();
+  const at::Tensor unconditioned =
+      null_output.has_value() ? null_output->contiguous() : at::Tensor();
   at::Tensor prev = at::empty_like(x);
   at::Tensor x0 = at::empty_like(x);
   const int64_t numel = x.numel();
@@ -143,12 +157,16 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
     const scalar_t* out_ptr = out.const_data_ptr<scalar_t>();
+    const scalar_t* null_ptr =
+        unconditioned.defined() ? unconditioned.const_data_ptr<scalar_t>() : nullptr;
+    const opmath_t w = static_cast<opmath_t>(guidance_scale);
     const scalar_t* z_ptr = z.defined() ? z.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* prev_ptr = prev.mutable_data_ptr<scalar_t>();
     scalar_t* x0_ptr = x0.mutable_data_ptr<scalar_t>();
     const int64_t chunks_per_sample = (per_sample + kChunk - 1) / kChunk;
     at::parallel_for(0, batch * chunks_per_sample, 1, [&](int64_t begin, int64_t end) {
       std::vector<opmath_t> noise_buffer(kChunk);
+      std::vector<opmath_t> guided_buffer(null_ptr != nullptr ? kChunk : 0);
       for (int64_t job = begin; job < end; ++job) {
         const int64_t b = job / chunks_per_sample;
         const int64_t start = b * per_sample + (job % chunks_per_sample) * kChunk;
@@ -158,9 +176,17 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
         if (noisy) {
           fill_noise(z_ptr, seed, offset, start, length, noise_buffer.data());
         }
-        step_chunk<scalar_t, opmath_t>(x_ptr + start, out_ptr + start, prev_ptr + start,
-                                       x0_ptr + start, noise_buffer.data(), length, k,
-                                       thresholds[b] > 0.0, noisy);
+        const bool clips = thresholds[b] > 0.0;
+        if (null_ptr != nullptr) {
+          fill_guided(out_ptr, null_ptr, w, start, length, guided_buffer.data());
+          step_chunk<scalar_t, opmath_t, opmath_t>(x_ptr + start, guided_buffer.data(),
+                                                   prev_ptr + start, x0_ptr + start,
+                                                   noise_buffer.data(), length, k, clips, noisy);
+        } else {
+          step_chunk<scalar_t, opmath_t, scalar_t>(x_ptr + start, out_ptr + start,
+                                                   prev_ptr + start, x0_ptr + start,
+                                                   noise_buffer.data(), length, k, clips, noisy);
+        }
       }
     });
   });

@@ -27,11 +27,12 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
     const at::Tensor& prev_timestep, const at::Tensor& alphas_cumprod, int64_t mode,
     int64_t prediction, int64_t variance, double eta, double clip, bool recompute_eps,
     const c10::optional<at::Tensor>& threshold, const c10::optional<at::Tensor>& noise,
-    const c10::optional<at::Tensor>& rng_state) {
+    const c10::optional<at::Tensor>& rng_state, const c10::optional<at::Tensor>& null_output,
+    double guidance_scale) {
   const step::Options options =
       check_scheduler_step(sample, model_output, timestep, prev_timestep, alphas_cumprod, mode,
                            prediction, variance, eta, clip, recompute_eps, threshold, noise,
-                           rng_state);
+                           rng_state, null_output, guidance_scale);
   const c10::cuda::CUDAGuard guard(sample.device());
   const at::Tensor x = sample.contiguous();
   const at::Tensor out = model_output.contiguous();
@@ -44,6 +45,8 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
   const at::Tensor limits = threshold.has_value() ? threshold->to(at::kDouble).contiguous()
                                                   : at::Tensor();
   const at::Tensor z = noise.has_value() ? noise->contiguous() : at::Tensor();
+  const at::Tensor unconditioned =
+      null_output.has_value() ? null_output->contiguous() : at::Tensor();
   const at::Tensor rng = !noise.has_value() && rng_state.has_value() ? rng_state->contiguous()
                                                                      : at::Tensor();
 
@@ -57,6 +60,7 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
   args.numel = numel;
   args.per_sample = numel / x.size(0);
   args.options = options;
+  args.guidance_scale = guidance_scale;
 
   const int threads = 256;
   const int64_t groups = (numel + 3) / 4;
@@ -71,19 +75,22 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scheduler_step", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* z_ptr = z.defined() ? z.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* null_ptr =
+        unconditioned.defined() ? unconditioned.const_data_ptr<scalar_t>() : nullptr;
     const size_t vector_bytes = sizeof(scalar_t) * 4;
     const bool vectorized = numel % 4 == 0 && aligned(x.const_data_ptr(), vector_bytes) &&
                             aligned(out.const_data_ptr(), vector_bytes) &&
                             aligned(prev.const_data_ptr(), vector_bytes) &&
                             aligned(x0.const_data_ptr(), vector_bytes) &&
-                            (z_ptr == nullptr || aligned(z_ptr, vector_bytes));
+                            (z_ptr == nullptr || aligned(z_ptr, vector_bytes)) &&
+                            (null_ptr == nullptr || aligned(null_ptr, vector_bytes));
     if (vectorized) {
       step::scheduler_step_kernel<scalar_t, opmath_t, true><<<blocks, threads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), z_ptr,
+          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), null_ptr, z_ptr,
           prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), args);
     } else {
       step::scheduler_step_kernel<scalar_t, opmath_t, false><<<blocks, threads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), z_ptr,
+          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), null_ptr, z_ptr,
           prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), args);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();

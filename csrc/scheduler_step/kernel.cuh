@@ -24,6 +24,7 @@ struct KernelArgs {
   const double* alphas_cumprod;
   const double* threshold;  // (B,) or nullptr: static clip
   const int64_t* rng_state;  // [seed, offset] or nullptr: noise given (or not needed)
+  double guidance_scale;     // w, used where null_output is given
   int64_t steps;             // T: levels are clamped to [-1, T - 1] (checking would need a sync)
   int64_t numel;
   int64_t per_sample;
@@ -42,6 +43,7 @@ __device__ __forceinline__ Coefficients sample_coefficients(const KernelArgs& a,
 template <typename scalar_t, typename opmath_t, bool kVectorized>
 __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
                                       const scalar_t* __restrict__ model_output,
+                                      const scalar_t* __restrict__ null_output,
                                       const scalar_t* __restrict__ noise,
                                       scalar_t* __restrict__ prev, scalar_t* __restrict__ x0,
                                       KernelArgs args) {
@@ -53,13 +55,17 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
        g += stride) {
     const int64_t base = g * 4;
-    scalar_t x[4], out[4], z[4], prev_v[4], x0_v[4];
+    scalar_t x[4], out[4], null_v[4], z[4], prev_v[4], x0_v[4];
     if (kVectorized) {
       const Vec4<scalar_t> xs = reinterpret_cast<const Vec4<scalar_t>*>(sample)[g];
       const Vec4<scalar_t> os = reinterpret_cast<const Vec4<scalar_t>*>(model_output)[g];
       for (int lane = 0; lane < 4; ++lane) {
         x[lane] = xs.v[lane];
         out[lane] = os.v[lane];
+      }
+      if (null_output != nullptr) {
+        const Vec4<scalar_t> ns = reinterpret_cast<const Vec4<scalar_t>*>(null_output)[g];
+        for (int lane = 0; lane < 4; ++lane) null_v[lane] = ns.v[lane];
       }
       if (noise != nullptr) {
         const Vec4<scalar_t> zs = reinterpret_cast<const Vec4<scalar_t>*>(noise)[g];
@@ -70,6 +76,7 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
         const int64_t i = base + lane < args.numel ? base + lane : args.numel - 1;
         x[lane] = sample[i];
         out[lane] = model_output[i];
+        if (null_output != nullptr) null_v[lane] = null_output[i];
         if (noise != nullptr) z[lane] = noise[i];
       }
     }
@@ -90,10 +97,14 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
         noise_value = noise != nullptr ? static_cast<opmath_t>(z[lane])
                                        : static_cast<opmath_t>(normals[lane]);
       }
+      opmath_t out_value = static_cast<opmath_t>(out[lane]);
+      if (null_output != nullptr) {
+        out_value = guided<opmath_t>(out_value, static_cast<opmath_t>(null_v[lane]),
+                                     static_cast<opmath_t>(args.guidance_scale));
+      }
       opmath_t x0_value;
-      const opmath_t next = update<opmath_t>(static_cast<opmath_t>(x[lane]),
-                                             static_cast<opmath_t>(out[lane]), noise_value, k,
-                                             static_cast<opmath_t>(limit),
+      const opmath_t next = update<opmath_t>(static_cast<opmath_t>(x[lane]), out_value,
+                                             noise_value, k, static_cast<opmath_t>(limit),
                                              args.threshold != nullptr, &x0_value);
       prev_v[lane] = static_cast<scalar_t>(next);
       x0_v[lane] = static_cast<scalar_t>(x0_value);

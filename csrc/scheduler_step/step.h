@@ -14,6 +14,9 @@
 //     x_p = sqrt(abar_p) beta / (1 - abar_c) x0 + sqrt(alpha) (1 - abar_p) / (1 - abar_c) x + sigma z,
 //     alpha = abar_c / abar_p, beta = 1 - alpha,
 //     sigma^2 = beta (1 - abar_p) / (1 - abar_c) ("posterior") or beta ("beta"); 0 when p = -1
+// Guidance: with the model's output without conditioning (null_output) and a scale w, the model
+// output used above is null_output + w (model_output - null_output) (classifier-free guidance,
+// Ho & Salimans 2022, eq. 6, in the epsilon form), combined in the same pass.
 // Coefficients are computed per sample in double; elements in float (double for double data).
 // z is either given or drawn in the kernel: Philox4x32-10 keyed by the seed, counter (element
 // group, offset), Box-Muller in double, so CPU and CUDA draw the same numbers.
@@ -99,6 +102,12 @@ PATRONUS_HOST_DEVICE Coefficients coefficients(double abar_c, double abar_p, con
 template <typename opmath_t>
 PATRONUS_HOST_DEVICE opmath_t clamp(opmath_t v, opmath_t lo, opmath_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// The guided model output of one element: null + w (out - null).
+template <typename opmath_t>
+PATRONUS_HOST_DEVICE opmath_t guided(opmath_t out, opmath_t null_out, opmath_t w) {
+  return null_out + w * (out - null_out);
 }
 
 // One element: returns x_p and writes x0 (after clipping). `threshold` > 0 clips; `rescale`

@@ -33,7 +33,9 @@ from patronus.diffusion.schedules import NoiseSchedule
 from patronus.diffusion.timesteps import respaced_timesteps
 from patronus.ops.scheduler import scheduler_step
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# eps_fn(x_t, t) -> the network's output, or (conditioned, null-conditioned) outputs, which the
+# step combines as null + guidance_scale (conditioned - null)
+EpsFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 SAMPLERS = ("ddim", "ddpm")
 DDPM_VARIANCES = ("posterior", "beta")
@@ -57,8 +59,12 @@ class StepOptions:
     clip_x0: bool = False  # clip predicted x0 to [-1, 1] (and re-derive the noise from it)
     dynamic_threshold: float | None = None  # quantile of |x0| per sample (Imagen), e.g. 0.995
     prediction: str = "epsilon"  # what the network predicts: "epsilon", "sample", "v_prediction"
+    # w of null + w (conditioned - null), where the network returns both (see EpsFn)
+    guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
         if self.dynamic_threshold is not None and not 0.0 < self.dynamic_threshold <= 1.0:
             raise ValueError(f"dynamic_threshold must be in (0, 1], got {self.dynamic_threshold}")
 
@@ -74,6 +80,7 @@ class SamplerOptions:
     dynamic_threshold: float | None = None  # per-sample quantile of |x0| (Imagen), e.g. 0.995
     variance: str = "posterior"  # DDPM: "posterior" or "beta"
     cuda_graph: bool = False  # capture one step (network + scheduler) as a CUDA graph, replay it
+    guidance_scale: float | None = None  # w of the prototype guidance (None: the model's own)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -84,7 +91,7 @@ class SamplerOptions:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
         if not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
-        StepOptions(dynamic_threshold=self.dynamic_threshold)  # raises on a bad threshold
+        self.step_options  # noqa: B018 (building the step's options checks them)
 
     @classmethod
     def of(cls, options: SamplerOptions | int | None = None, **changes) -> SamplerOptions:
@@ -102,9 +109,16 @@ class SamplerOptions:
             raise TypeError(f"options must be SamplerOptions or a number of steps, got {options!r}")
         return replace(base, **changes)
 
+    def replace(self, **changes) -> SamplerOptions:
+        return replace(self, **changes)
+
     @property
     def step_options(self) -> StepOptions:
-        return StepOptions(clip_x0=self.clip_x0, dynamic_threshold=self.dynamic_threshold)
+        return StepOptions(
+            clip_x0=self.clip_x0,
+            dynamic_threshold=self.dynamic_threshold,
+            guidance_scale=1.0 if self.guidance_scale is None else self.guidance_scale,
+        )
 
     def network_calls(self, schedule: NoiseSchedule) -> int:
         """Network evaluations per image."""
@@ -146,24 +160,29 @@ def generator_device(generator: torch.Generator | None) -> torch.device:
 
 def _step(
     x: torch.Tensor,
-    output: torch.Tensor,
+    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     current: torch.Tensor,
     target: torch.Tensor,
     table: torch.Tensor,
     options: StepOptions,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fused step; ``output`` is the network's, or (conditioned, null) for guidance."""
+    output, null = output if isinstance(output, tuple) else (output, None)
+    w = options.guidance_scale
     threshold = None
     if options.dynamic_threshold is not None:
         if options.prediction != "epsilon":
             raise ValueError("dynamic_threshold is implemented for epsilon predictions")
         padded = torch.cat([table, table.new_ones(1)])
         abar = padded[current].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-        x0 = predicted_x0(x, output, abar, options.prediction)
+        guided = output if null is None else null + w * (output - null)
+        x0 = predicted_x0(x, guided, abar, options.prediction)
         threshold = dynamic_thresholds(x0, options.dynamic_threshold)
     return scheduler_step(
         x, output, current, target, table, prediction=options.prediction,
-        clip=1.0 if options.clip_x0 else None, threshold=threshold, validate=False, **kwargs,
+        clip=1.0 if options.clip_x0 else None, threshold=threshold, null_output=null,
+        guidance_scale=w, validate=False, **kwargs,
     )  # fmt: skip
 
 
@@ -247,13 +266,16 @@ def ddim_inversion(
     schedule: NoiseSchedule,
     steps: int = 50,
     cuda_graph: bool = False,
+    guidance_scale: float = 1.0,
 ) -> Iterator[SamplerStep]:
-    """Deterministic DDIM encoding of clean data x0 into x_{T-1} (= x_T of the decoder)."""
+    """Deterministic DDIM encoding of clean data x0 into x_{T-1} (= x_T of the decoder), with
+    the guidance scale decoding will use where ``eps_fn`` returns (conditioned, null)."""
     timesteps = respaced_timesteps(schedule.timesteps, steps)
     table = schedule.alphas_cumprod.to(x0.device)
     current = _levels(x0, [-1, *timesteps[:-1]])
     targets = _levels(x0, timesteps)
-    step = _runner(eps_fn, table, StepOptions(), x0, cuda_graph, False)
+    options = StepOptions(guidance_scale=guidance_scale)
+    step = _runner(eps_fn, table, options, x0, cuda_graph, False)
     # the network sees the target level: the inversion predicts the noise it is moving towards
     return _walk(step, x0, timesteps, targets, current, targets, None)
 

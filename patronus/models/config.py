@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,8 +80,21 @@ class PatronusConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # guidance on the prototype conditioning: in training, each image's activations are replaced
+    # by a learned null vector with this probability (0: no null vector, no guidance) ...
+    condition_dropout: float = 0.0
+    # ... and sampling uses null + w (conditioned - null) with this recommended scale w (1: none)
+    guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
+        if self.guidance_scale != 1.0 and self.condition_dropout == 0.0:
+            raise ValueError(
+                "guidance_scale != 1 needs a null vector: train with condition_dropout > 0"
+            )
         if min(self.image_channels, self.image_size, self.num_prototypes) < 1:
             raise ValueError("image_channels, image_size and num_prototypes must be >= 1")
         if self.activation not in ("log", "linear"):

@@ -58,6 +58,8 @@ class Patronus(nn.Module):
         self.schedule = NoiseSchedule.from_name(
             config.diffusion.schedule, config.diffusion.timesteps
         )
+        if config.condition_dropout > 0:  # the activations guidance pushes away from
+            self.null_activations = nn.Parameter(torch.zeros(config.num_prototypes))
         self._abar_by_device: dict[torch.device, torch.Tensor] = {}
 
     @property
@@ -114,9 +116,14 @@ class Patronus(nn.Module):
         return self._abar_by_device[device]
 
     def training_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """MSE between ``noise`` and the prediction at x_t = q(x0, t, noise), s from x0."""
+        """MSE between ``noise`` and the prediction at x_t = q(x0, t, noise), s from x0 (in
+        training mode replaced by the null vector with probability ``condition_dropout``)."""
         x_t = noisy_sample(x0, t, noise, self.alphas_cumprod(x0.device))
-        eps = self(x_t, t, self.encode(x0))
+        s = self.encode(x0)
+        if self.training and self.config.condition_dropout > 0:
+            dropped = torch.rand(s.shape[0], device=s.device) < self.config.condition_dropout
+            s = torch.where(dropped[:, None], self.null_activations.to(s.dtype), s)
+        eps = self(x_t, t, s)
         return nn.functional.mse_loss(eps.float(), noise.float())
 
     def compile_denoiser(self, **options) -> Patronus:
@@ -125,9 +132,30 @@ class Patronus(nn.Module):
         self.unet.compile(**options)
         return self
 
-    def eps_fn(self, s: torch.Tensor) -> EpsFn:
-        """The denoiser conditioned on s, as the samplers call it."""
-        return lambda x_t, t: self(x_t, t, s).to(x_t.dtype)
+    def guidance_scale(self, scale: float | None = None) -> float:
+        """``scale``, or this model's recommended one (``config.guidance_scale``) for None."""
+        scale = self.config.guidance_scale if scale is None else float(scale)
+        if scale != 1.0 and not hasattr(self, "null_activations"):
+            raise ValueError(
+                f"guidance_scale={scale} needs a model trained with condition_dropout > 0 (it "
+                "learns the null activations guidance pushes away from); use 1 or None"
+            )
+        return scale
+
+    def eps_fn(self, s: torch.Tensor, guidance_scale: float = 1.0) -> EpsFn:
+        """The denoiser conditioned on s, as the samplers call it. With a scale other than 1 it
+        returns (conditioned, null-conditioned) predictions from one batched call, which the
+        fused scheduler step combines as null + w (conditioned - null)."""
+        if self.guidance_scale(guidance_scale) == 1.0:
+            return lambda x_t, t: self(x_t, t, s).to(x_t.dtype)
+        both = torch.cat([s, self.null_activations.to(s).expand_as(s)])
+
+        def guided(x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self(x_t.repeat(2, 1, 1, 1), t.repeat(2), both).to(x_t.dtype)
+            conditioned, null = out.chunk(2)
+            return conditioned, null
+
+        return guided
 
     # ------------------------------------------------------------------------------ sampling
     @contextmanager
@@ -157,13 +185,15 @@ class Patronus(nn.Module):
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
         options = SamplerOptions.of(options, **changes)
+        options = options.replace(guidance_scale=self.guidance_scale(options.guidance_scale))
         self.check_activations(s)
         if x_T is None:
             x_T = self.initial_noise(s.shape[0], generator)
         self.check_images(x_T, "x_T")
         if x_T.shape[0] != s.shape[0]:
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
-        return samplers.sample(self.eps_fn(s), x_T, self.schedule, options, generator)
+        eps_fn = self.eps_fn(s, options.guidance_scale)
+        return samplers.sample(eps_fn, x_T, self.schedule, options, generator)
 
     def sample(
         self,
@@ -205,10 +235,12 @@ class Patronus(nn.Module):
         s: torch.Tensor | None = None,
         steps: int = 50,
         cuda_graph: bool = False,
+        guidance_scale: float | None = None,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`invert` (call within ``torch.no_grad()``)."""
         s = self._own_activations(x0, s)
-        return ddim_inversion(self.eps_fn(s), x0, self.schedule, steps, cuda_graph)
+        scale = self.guidance_scale(guidance_scale)
+        return ddim_inversion(self.eps_fn(s, scale), x0, self.schedule, steps, cuda_graph, scale)
 
     def invert(
         self,
@@ -218,21 +250,26 @@ class Patronus(nn.Module):
         callback: Callback | None = None,
         progress: bool = False,
         cuda_graph: bool = False,
+        guidance_scale: float | None = None,
     ) -> torch.Tensor:
-        """DDIM-invert clean images (B, C, H, W) into x_T given s (default: encode(x0))."""
+        """DDIM-invert clean images (B, C, H, W) into x_T given s (default: encode(x0)), with
+        the guidance scale decoding will use (default: the model's), so decoding returns x0."""
         with self._inference():
-            return run_sampler(
-                self.invert_steps(x0, s, steps, cuda_graph), callback, progress, steps, "inverting"
-            )
+            trajectory = self.invert_steps(x0, s, steps, cuda_graph, guidance_scale)
+            return run_sampler(trajectory, callback, progress, steps, "inverting")
 
     def reconstruct(
-        self, x0: torch.Tensor, steps: int = 50, progress: bool = False
+        self,
+        x0: torch.Tensor,
+        steps: int = 50,
+        progress: bool = False,
+        guidance_scale: float | None = None,
     ) -> torch.Tensor:
         """Invert x0 with its own activations, then decode with DDIM (eta = 0): (B, C, H, W)."""
         with self._inference():
             s = self.encode(x0)
-            x_T = self.invert(x0, s, steps, progress=progress)
-            return self.sample(s, steps, x_T=x_T, progress=progress)
+            x_T = self.invert(x0, s, steps, progress=progress, guidance_scale=guidance_scale)
+            return self.sample(s, steps, x_T=x_T, progress=progress, guidance_scale=guidance_scale)
 
     def edit(
         self,
@@ -241,20 +278,24 @@ class Patronus(nn.Module):
         steps: int = 50,
         x_T: torch.Tensor | None = None,
         progress: bool = False,
+        guidance_scale: float | None = None,
     ) -> torch.Tensor:
         """Invert x0 with its own activations, then decode from the same x_T with edited ones.
 
         ``s_edit`` is the new (B, P) activations, or a function of the original ones returning
         them (e.g. ``lambda s: s.index_fill(1, torch.tensor([j]), 9.0)``). Pass ``x_T`` to reuse
-        an inversion.
+        an inversion (made with the same guidance scale). ``guidance_scale`` defaults to the
+        model's recommended one.
         """
         with self._inference():
             s = self.encode(x0)
             if x_T is None:
-                x_T = self.invert(x0, s, steps, progress=progress)
+                x_T = self.invert(x0, s, steps, progress=progress, guidance_scale=guidance_scale)
             new_s = s_edit(s.clone()) if callable(s_edit) else s_edit
             if new_s.shape != s.shape:
                 raise ValueError(
                     f"edited activations must be {tuple(s.shape)}, got {tuple(new_s.shape)}"
                 )
-            return self.sample(new_s, steps, x_T=x_T, progress=progress)
+            return self.sample(
+                new_s, steps, x_T=x_T, progress=progress, guidance_scale=guidance_scale
+            )

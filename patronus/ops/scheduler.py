@@ -130,11 +130,14 @@ def scheduler_step_ref(
     threshold: torch.Tensor | None,
     noise: torch.Tensor | None,
     rng_state: torch.Tensor | None,
+    null_output: torch.Tensor | None,
+    guidance_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The op's reference in PyTorch: same arguments as ``patronus::scheduler_step`` (levels as
     (B,) int64, float64 table, integer enums) and the same order of float operations."""
-    if model_output.shape != sample.shape or model_output.dtype != sample.dtype:
-        raise ValueError("model_output must match sample in shape and dtype")
+    for name, other in (("model_output", model_output), ("null_output", null_output)):
+        if other is not None and (other.shape != sample.shape or other.dtype != sample.dtype):
+            raise ValueError(f"{name} must match sample in shape and dtype")
     if (mode == MODES["ddpm"] or eta > 0) and noise is None and rng_state is None:
         raise ValueError("DDPM and DDIM with eta > 0 add noise: pass noise or rng_state")
     steps = alphas_cumprod.shape[0]
@@ -152,6 +155,9 @@ def scheduler_step_ref(
     )
     x = sample.to(opmath)
     out = model_output.to(opmath)
+    if null_output is not None:  # guidance: null + w (out - null)
+        null = null_output.to(opmath)
+        out = null + guidance_scale * (out - null)
     x0 = x0_x * x + x0_out * out
     eps = eps_x * x + eps_out * out
     limit = threshold.to(opmath).reshape(shape) if threshold is not None else None
@@ -270,6 +276,8 @@ def scheduler_step(
     recompute_eps: bool = True,
     noise: torch.Tensor | None = None,
     rng_state: torch.Tensor | None = None,
+    null_output: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of DDIM / DDPM / DDIM inversion for a batch.
@@ -287,6 +295,9 @@ def scheduler_step(
             clipped x0 (the DDIM convention of guided-diffusion; diffusers' default is False).
         noise: N(0, I) like ``sample``, used where the step adds noise; or
         rng_state: int64 [seed, offset] on the sample's device for in-kernel noise.
+        null_output: the model's output without conditioning, like ``sample``: the step then
+            uses ``null_output + guidance_scale * (model_output - null_output)`` (classifier-free
+            guidance), combined in the same pass. Without it ``guidance_scale`` is unused.
         validate: check the levels' range (and, for DDPM, that each step goes to a cleaner
             level) and that thresholds are finite and > 0. This reads tensor values, a host
             synchronisation on a GPU: the samplers, which build valid levels, turn it off.
@@ -302,6 +313,8 @@ def scheduler_step(
         raise ValueError(f"clip must be finite and > 0 (None: no clipping), got {clip}")
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
     if validate:
         _check_values(mode, timestep, prev_timestep, alphas_cumprod.shape[0], threshold)
     table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
@@ -315,6 +328,8 @@ def scheduler_step(
         threshold,
         noise,
         rng_state,
+        null_output,
+        float(guidance_scale),
     )
     return torch.ops.patronus.scheduler_step(
         sample, model_output, timestep, prev_timestep, table, *args

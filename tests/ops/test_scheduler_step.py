@@ -133,19 +133,54 @@ def test_ddpm_variances(backend, variance):
     np.testing.assert_allclose(prev.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_kernel_and_reference_agree_bit_for_bit():
+@pytest.mark.parametrize("guided", [False, True])
+def test_kernel_and_reference_agree_bit_for_bit(guided):
     if _backend.load_extension()[0] is None:
         pytest.skip("patronus._C is not built (PATRONUS_BUILD_EXT=0)")
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, 9, 9, generator=generator)
     out = torch.randn(8, 3, 9, 9, generator=generator)
+    null = torch.randn(8, 3, 9, 9, generator=generator) if guided else None
     c, p = random_levels("ddim", 8, generator)
     rng = torch.tensor([12345, 17])
     args = (x, out, c, p, TABLE.double(), MODES["ddim"], PREDICTIONS["epsilon"],
-            VARIANCES["posterior"], 0.5, 1.0, True, None, None, rng)  # fmt: skip
+            VARIANCES["posterior"], 0.5, 1.0, True, None, None, rng, null, 2.5)  # fmt: skip
     fused = torch.ops.patronus.scheduler_step_fwd(*args)
     reference = scheduler_step_ref(*args)
     for a, b in zip(fused, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.5, -0.5])
+def test_guidance_matches_float64_equations(backend, dtype, scale):
+    """The step with null_output uses null + w (out - null); w = 0 is the null-conditioned step
+    exactly (bit for bit), and without null_output the scale is unused."""
+    generator = torch.Generator().manual_seed(7)
+    x, out, null, noise = (
+        torch.randn(5, 2, 6, 7, generator=generator, device="cpu").to(dtype) for _ in range(4)
+    )
+    c, p = random_levels("ddim", 5, generator)
+    step = on_device(backend, scheduler_step)
+    kwargs = dict(eta=0.6, clip=1.0, noise=noise)
+    prev, x0 = step(x, out, c, p, TABLE, null_output=null, guidance_scale=scale, **kwargs)
+    combined = null.double() + scale * (out.double() - null.double())
+    expected_prev, expected_x0 = reference64(
+        x.double().numpy(), combined.numpy(), noise.double().numpy(), c.numpy(), p.numpy(),
+        "ddim", "epsilon", 0.6, "posterior", 1.0, None, True,
+    )  # fmt: skip
+    tolerance = STEP_TOLERANCES[dtype] * (1 + abs(scale))
+    assert np.max(np.abs(prev.double().numpy() - expected_prev) / (1 + np.abs(expected_prev))) < (
+        tolerance
+    )
+    assert np.max(np.abs(x0.double().numpy() - expected_x0) / (1 + np.abs(expected_x0))) < (
+        tolerance
+    )
+    if scale == 0.0:
+        for a, b in zip((prev, x0), step(x, null, c, p, TABLE, **kwargs), strict=True):
+            assert torch.equal(a, b)
+    unguided = step(x, out, c, p, TABLE, guidance_scale=scale, **kwargs)
+    for a, b in zip(unguided, step(x, out, c, p, TABLE, **kwargs), strict=True):
         assert torch.equal(a, b)
 
 
@@ -228,8 +263,15 @@ def test_opcheck(backend):
     for mode, eta in ((0, 0.0), (0, 1.0), (1, 0.0)):
         torch.library.opcheck(
             torch.ops.patronus.scheduler_step.default,
-            (x, torch.randn_like(x), c, c - 1, table, mode, 0, 0, eta, 1.0, True, None, None, rng),
-        )
+            (x, torch.randn_like(x), c, c - 1, table, mode, 0, 0, eta, 1.0, True, None, None, rng,
+             None, 1.0),
+        )  # fmt: skip
+    null = torch.randn_like(x)
+    torch.library.opcheck(
+        torch.ops.patronus.scheduler_step.default,
+        (x, torch.randn_like(x), c, c - 1, table, 0, 0, 0, 0.0, 0.0, True, None, None, None, null,
+         3.0),
+    )  # fmt: skip
 
 
 def test_step_is_not_differentiable(backend):
@@ -237,7 +279,7 @@ def test_step_is_not_differentiable(backend):
     c = torch.tensor([5, 5])
     prev, _ = torch.ops.patronus.scheduler_step(
         x, x, c, c - 1, TABLE.to(x.device, torch.float64), 0, 0, 0, 0.0, 0.0, True, None, None,
-        None,
+        None, None, 1.0,
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="not differentiable"):
         prev.sum().backward()
