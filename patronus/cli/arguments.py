@@ -91,6 +91,25 @@ def add_device(parser: argparse.ArgumentParser, default: str | None = "cpu") -> 
     )
 
 
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def add_guidance(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--guidance-scale",
+        type=finite_float,
+        help="prototype guidance w of null + w (conditioned - null) (default: the model's "
+        "recommended scale; 1 is no guidance; needs a model trained with --condition-dropout)",
+    )
+
+
 def add_seed(parser: argparse.ArgumentParser) -> None:
     number(parser, "--seed", nonnegative_int, 0, "seed of every random choice")
 

@@ -97,6 +97,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         1000,
         "training steps of the attribute classifier",
     )
+    a.add_guidance(diagnose)
     diagnose.set_defaults(handler=run_diagnose)
 
     prior = sub.add_parser(
@@ -289,6 +290,7 @@ def run_diagnose(args: argparse.Namespace) -> int:
             values[: len(images)],
             classifier,
             args.steps,
+            guidance_scale=args.guidance_scale,
         )
     write_diagnosis(result, out)
     print(result.to_json())

@@ -36,6 +36,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     a.number(parser, "--num", a.positive_int, 16, "images taken from the dataset")
     a.number(parser, "--offset", a.nonnegative_int, 0, "index of the first dataset image taken")
     a.number(parser, "--steps", a.positive_int, 50, "respaced DDIM steps")
+    a.add_guidance(parser)
     a.add_seed(parser)
     a.add_device(parser)
     a.add_progress(parser)
@@ -114,7 +115,9 @@ def sample(args: argparse.Namespace) -> int:
     model = load_checkpoint(args)
     s, originals = _activations(args, model)
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    options = SamplerOptions(args.sampler, args.steps, args.eta, clip_x0=args.clip)
+    options = SamplerOptions(
+        args.sampler, args.steps, args.eta, clip_x0=args.clip, guidance_scale=args.guidance_scale
+    )
     steps = options.network_calls(model.schedule)
     rows = []
     for index in range(args.variations):
@@ -146,9 +149,11 @@ def invert(args: argparse.Namespace) -> int:
         s = model.encode(images)
     progress = not args.no_progress
     say(f"inverting {images.shape[0]} image(s), {args.steps} DDIM steps")
-    x_T = model.invert(images, s, args.steps, progress=progress)
+    x_T = model.invert(images, s, args.steps, progress=progress, guidance_scale=args.guidance_scale)
     say("decoding them back")
-    reconstructions = model.sample(s, args.steps, x_T=x_T, progress=progress)
+    reconstructions = model.sample(
+        s, args.steps, x_T=x_T, progress=progress, guidance_scale=args.guidance_scale
+    )
     check_finite(reconstructions, "reconstructions")
     save_tensors({"x_T": x_T, "activations": s}, out / "latents.safetensors")
     save_grid(torch.cat([images, reconstructions]), out / "reconstructions.png", images.shape[0])

@@ -63,6 +63,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 2048,
                 "training images searched for the nearest patches",
             )
+        a.add_guidance(parser)
         a.add_seed(parser)
         a.add_device(parser)
         a.add_progress(parser)
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         prototypes=tuple(args.prototypes) if args.prototypes else None,
         progress=not args.no_progress,
+        guidance_scale=args.guidance_scale,
     )
     write = {
         "visualize": reporting.write_visualization,

@@ -54,6 +54,20 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=a.positive_float, help="AdamW learning rate")
     a.number(parser, "--warmup", a.nonnegative_int, 0, "linear learning-rate warm-up steps")
     parser.add_argument(
+        "--activation", choices=("log", "linear"), help="prototype activation (default: preset's)"
+    )
+    parser.add_argument(
+        "--condition-dropout",
+        type=a.nonnegative_float,
+        help="probability of training on the learned null activations instead of the image's "
+        "(enables prototype guidance; default: the preset's, 0)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=a.finite_float,
+        help="the guidance scale this model recommends, stored with it (default 1: none)",
+    )
+    parser.add_argument(
         "--amp",
         choices=("auto", "bf16", "fp16", "off"),
         default="auto",
@@ -86,6 +100,23 @@ def _dataset(spec: dict, image_shape: tuple[int, int, int]):
     return build_dataset(
         spec["name"], spec.get("data_dir"), "train", size, channels, spec.get("limit"), spec["seed"]
     )
+
+
+def _model_config(config, args: argparse.Namespace):
+    """The preset's model with the flags that change it."""
+    changes = {
+        name: value
+        for name, value in (
+            ("activation", args.activation),
+            ("condition_dropout", args.condition_dropout),
+            ("guidance_scale", args.guidance_scale),
+        )
+        if value is not None
+    }
+    try:
+        return config.replace(**changes)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
 
 
 def _new_run(args: argparse.Namespace, preset, steps_of):
@@ -149,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.steps is not None:
             train_config = train_config.replace(max_steps=args.steps)
     else:
-        model_config = preset.model
+        model_config = _model_config(preset.model, args)
         data_spec = {
             "name": args.dataset or preset.dataset,
             "data_dir": str(args.data_dir) if args.data_dir else None,

@@ -112,9 +112,11 @@ def intervene(
     classifier: SmallClassifier,
     attribute_index: int,
     steps: int = 50,
+    guidance_scale: float | None = None,
 ) -> float:
     """Mean |change| of the classifier's probability of attribute ``attribute_index`` when the
-    ``prototypes`` of each image are moved to the other target group's typical strong values."""
+    ``prototypes`` of each image are moved to the other target group's typical strong values
+    (inverted and decoded with ``guidance_scale``, default the model's)."""
     if not prototypes:
         return 0.0
     index = torch.tensor(list(prototypes))
@@ -127,7 +129,7 @@ def intervene(
 
     positive = typical(group_positive, upward)
     negative = typical(group_negative, ~upward)
-    inversion = invert_images(model, images, steps)
+    inversion = invert_images(model, images, steps, guidance_scale)
     edited = inversion.activations.clone()
     flip = target_labels.bool()
     edited[flip.nonzero()[:, 0][:, None], index] = negative.to(edited)
@@ -148,6 +150,7 @@ def confirm(
     classifier: SmallClassifier,
     steps: int = 50,
     min_effect: float = 0.1,
+    guidance_scale: float | None = None,
 ) -> Diagnosis:
     """Run the intervention for every flagged suspect; returns the diagnosis with effects."""
     t = diagnosis.attributes.index(diagnosis.target)
@@ -164,6 +167,7 @@ def confirm(
                 classifier,
                 a,
                 steps,
+                guidance_scale,
             )
             suspect = Suspect(
                 **{**asdict(suspect), "effect": effect, "confirmed": effect >= min_effect}

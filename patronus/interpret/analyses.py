@@ -33,7 +33,8 @@ def variations(
     (n, count, C, H, W)."""
     n = inversion.images.shape[0]
     s = inversion.activations.repeat_interleave(count, 0)
-    samples = model.sample(s, inversion.steps, generator=generator, clip_x0=True)
+    samples = model.sample(s, inversion.steps, generator=generator, clip_x0=True,
+                           guidance_scale=inversion.guidance_scale)  # fmt: skip
     return samples.reshape(n, count, *samples.shape[1:])
 
 

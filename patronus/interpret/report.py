@@ -41,6 +41,8 @@ class ReportOptions:
     seed: int = 0
     batch_size: int = 256
     progress: bool = False  # a progress bar over the network calls on stderr
+    guidance_scale: float | None = None  # prototype guidance of inversion and decoding (None:
+    # the model's recommended scale)
 
 
 Log = Callable[[str], None]
@@ -87,7 +89,8 @@ def _prepare(model: Patronus, inputs: ReportInputs, options: ReportOptions, prog
     reference = model.encode(inputs.reference.to(device))
     bounds = activation_bounds(reference, options.quantile, options.global_max)
     progress.stage(f"inverting {len(images)} images ({options.steps} DDIM steps)")
-    return prototypes, reference, bounds, invert_images(model, images, options.steps)
+    inversion = invert_images(model, images, options.steps, options.guidance_scale)
+    return prototypes, reference, bounds, inversion
 
 
 def _what(model: Patronus, inputs: ReportInputs, options: ReportOptions, setup, progress):
@@ -374,6 +377,7 @@ def build_report(
         "options": asdict(options),
         "info": inputs.info,
         "activation": model.config.activation,
+        "guidance_scale": inversion.guidance_scale,
         "prototypes": prototypes,
         **_kept_edit_numbers(vis),
         **_fidelity_numbers(edit_fidelity(vis)),
@@ -475,6 +479,7 @@ def _page(png, results, prototypes, evaluations) -> str:
         [[k, v] for k, v in info.items()]
         + [
             ["respaced DDIM steps", opts["steps"]],
+            ["prototype guidance scale (inversion and decoding)", results["guidance_scale"]],
             [
                 "network evaluations per edit (inversion + decoding)",
                 f"{evaluations['per_edit']} (the original: {evaluations['original_per_edit']})",

@@ -48,25 +48,33 @@ class Inversion:
     activations: torch.Tensor  # (n, P)
     x_T: torch.Tensor  # (n, C, H, W)
     steps: int
+    guidance_scale: float = 1.0  # the prototype guidance inverted (and decoded) with
 
     def decode_steps(
         self, model: Patronus, s: torch.Tensor, x_T: torch.Tensor | None = None
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`decode` (call within ``torch.no_grad()``, model in eval mode)."""
-        return model.sample_steps(s, self.steps, x_T=self.x_T if x_T is None else x_T)
+        x_T = self.x_T if x_T is None else x_T
+        return model.sample_steps(s, self.steps, x_T=x_T, guidance_scale=self.guidance_scale)
 
     def decode(
         self, model: Patronus, s: torch.Tensor, x_T: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Decode activations s (B, P) from x_T (B, C, H, W; default this inversion's) with the
         inversion's own settings, so that ``decode(model, activations)`` is the reconstruction."""
-        return model.sample(s, self.steps, x_T=self.x_T if x_T is None else x_T)
+        x_T = self.x_T if x_T is None else x_T
+        return model.sample(s, self.steps, x_T=x_T, guidance_scale=self.guidance_scale)
 
 
 @torch.no_grad()
-def invert_images(model: Patronus, images: torch.Tensor, steps: int = 50) -> Inversion:
+def invert_images(
+    model: Patronus, images: torch.Tensor, steps: int = 50, guidance_scale: float | None = None
+) -> Inversion:
+    """DDIM-invert images (n, C, H, W) with their own activations and the guidance scale every
+    decode of this inversion will use (default: the model's recommended one)."""
+    scale = model.guidance_scale(guidance_scale)
     s = model.encode(images)
-    return Inversion(images, s, model.invert(images, s, steps), steps)
+    return Inversion(images, s, model.invert(images, s, steps, guidance_scale=scale), steps, scale)
 
 
 def edited_activations(
