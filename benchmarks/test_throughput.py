@@ -39,6 +39,23 @@ def setup_model(preset_name: str, device: torch.device, train: bool):
     return model, x0, batch
 
 
+def training_step(model: Patronus, x0: torch.Tensor, amp: bool):
+    """One optimizer step of ``model`` on ``x0`` (bf16 autocast if ``amp``), synchronised."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    timesteps = model.config.diffusion.timesteps
+
+    def step():
+        t = torch.randint(0, timesteps, (x0.shape[0],), device=x0.device)
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model.training_loss(x0, t, torch.randn_like(x0))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        synchronize(x0.device)
+
+    return step
+
+
 def record(benchmark, preset: str, backend: str, batch: int, device: torch.device, kind: str):
     benchmark.group = f"{kind} {preset}"
     benchmark.extra_info.update(
@@ -51,19 +68,7 @@ def record(benchmark, preset: str, backend: str, batch: int, device: torch.devic
 def test_training_step(benchmark, preset, backend, device, monkeypatch):
     monkeypatch.setenv("PATRONUS_BACKEND", backend)
     model, x0, batch = setup_model(preset, device, train=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    amp = device.type == "cuda"
-    timesteps = model.config.diffusion.timesteps
-
-    def step():
-        t = torch.randint(0, timesteps, (batch,), device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.training_loss(x0, t, torch.randn_like(x0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        synchronize(device)
-
+    step = training_step(model, x0, amp=device.type == "cuda")
     step()  # warm-up
     record(benchmark, preset, backend, batch, device, "training step")
     benchmark(step)
@@ -100,17 +105,7 @@ def test_training_variants(benchmark, variant, device):
             x0 = x0.contiguous(memory_format=torch.channels_last)
         if variant.endswith("compile"):
             model.compile_denoiser()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        amp = variant != "fp32"
-
-        def step():
-            t = torch.randint(0, timesteps, (batch,), device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = model.training_loss(x0, t, torch.randn_like(x0))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            synchronize(device)
+        step = training_step(model, x0, amp=variant != "fp32")
 
     step()  # warm-up (and compilation)
     step()
