@@ -245,3 +245,13 @@ def test_diagnose_checks_the_attributes_before_encoding(tiny_run_copy, tmp_path,
                  str(tmp_path / "d"), "--no-progress"]) == 2  # fmt: skip
     assert "has no binary attributes" in capsys.readouterr().err
     assert time.perf_counter() - started < 10
+
+
+def test_guidance_flags_a_model_cannot_use_are_one_line_errors(tiny_run, tmp_path, capsys):
+    from patronus.cli import main
+
+    code = main(["sample", str(tiny_run), "--num", "2", "--steps", "2", "--guidance-scale", "3",
+                 "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert "condition_dropout > 0" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "samples.png").exists()

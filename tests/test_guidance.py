@@ -1,10 +1,13 @@
 """Guidance on the prototype conditioning: a learned null vector, condition dropout in training,
 null + w (conditioned - null) in the fused step when sampling, inverting and editing."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from patronus import Patronus, load_model, save_model
+from patronus.data import SyntheticShapes
 from patronus.diffusion import (
     NoiseSchedule,
     StepOptions,
@@ -12,6 +15,7 @@ from patronus.diffusion import (
     ddim_sampling,
     run_sampler,
 )
+from patronus.interpret import edited_activations, invert_images
 
 
 class Captured(Exception):
@@ -129,3 +133,27 @@ def test_checkpoints_keep_the_null_vector_and_the_scale(guided, tmp_path):
     loaded = load_model(tmp_path / "ckpt")
     assert loaded.config.guidance_scale == 2.0 and loaded.config.condition_dropout == 0.3
     assert torch.equal(loaded.null_activations, guided.null_activations)
+
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "synthetic-tiny-600"
+
+
+def test_edit_guidance_amplifies_edits_and_keeps_reconstructions():
+    """Guiding an edit against the image's own activations: an unchanged vector still decodes
+    to the reconstruction (up to the batched call's rounding), and the edit's effect grows."""
+    model = load_model(FIXTURE).eval()
+    data = SyntheticShapes(8, 24, 3, seed=5)
+    images = torch.stack([data[i][0] for i in range(4)])
+    inversion = invert_images(model, images, steps=10)
+    own = inversion.activations
+    reconstruction = inversion.decode(model, own)
+    torch.testing.assert_close(inversion.decode(model, own, edit_guidance=3.0), reconstruction,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    edited = edited_activations(own, [2], own[:, 2].max(0).values.reshape(1) + 5.0)
+    change = {
+        w: (inversion.decode(model, edited, edit_guidance=w) - reconstruction).abs().mean()
+        for w in (1.0, 3.0)
+    }
+    assert change[3.0] > 1.5 * change[1.0], change
+    with pytest.raises(ValueError, match="not edits of the 4 images"):
+        inversion.decode(model, own[:3], x_T=inversion.x_T[:3], edit_guidance=2.0)

@@ -64,6 +64,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 "training images searched for the nearest patches",
             )
         a.add_guidance(parser)
+        parser.add_argument(
+            "--edit-guidance",
+            type=a.finite_float,
+            default=1.0,
+            help="decode edits as own + w (edit - own), w times the edit's effect on each step; "
+            "unedited decodes stay the reconstructions (default 1: plain edits)",
+        )
         a.add_seed(parser)
         a.add_device(parser)
         a.add_progress(parser)
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         prototypes=tuple(args.prototypes) if args.prototypes else None,
         progress=not args.no_progress,
         guidance_scale=args.guidance_scale,
+        edit_guidance=args.edit_guidance,
     )
     write = {
         "visualize": reporting.write_visualization,

@@ -19,7 +19,18 @@ def load_checkpoint(args: argparse.Namespace):
     from patronus.checkpoint import load_model
 
     say(f"loading {args.checkpoint}")
-    return load_model(args.checkpoint, ema=not args.no_ema, map_location=args.device).eval()
+    model = load_model(args.checkpoint, ema=not args.no_ema, map_location=args.device).eval()
+    requested = getattr(args, "guidance_scale", None)
+    try:  # a scale this model cannot guide with is the user's to fix, before any work
+        scale = model.guidance_scale(requested)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    if getattr(args, "edit_guidance", 1.0) != 1.0 and scale != 1.0:
+        raise CommandError(
+            f"--edit-guidance needs inversions without prototype guidance, but the guidance "
+            f"scale is {scale}: add --guidance-scale 1"
+        )
+    return model
 
 
 def dataset_spec(checkpoint: Path) -> dict:

@@ -88,9 +88,15 @@ class Consistency:
 
 
 @torch.no_grad()
-def consistency(model: Patronus, inversion: Inversion, prototype: int, value: float) -> Consistency:
+def consistency(
+    model: Patronus,
+    inversion: Inversion,
+    prototype: int,
+    value: float,
+    edit_guidance: float = 1.0,
+) -> Consistency:
     s = edited_activations(inversion.activations, [prototype], torch.tensor([value]))
-    edits = inversion.decode(model, s)
+    edits = inversion.decode(model, s, edit_guidance=edit_guidance)
     output = model.prototype_output(edits)
     boxes = cell_boxes(model, output.patch_index[:, prototype].cpu())
     return Consistency(prototype, edits, boxes, output.activations[:, prototype])

@@ -43,6 +43,7 @@ class ReportOptions:
     progress: bool = False  # a progress bar over the network calls on stderr
     guidance_scale: float | None = None  # prototype guidance of inversion and decoding (None:
     # the model's recommended scale)
+    edit_guidance: float = 1.0  # edits decoded as own + w (edit - own): w times the edit's effect
 
 
 Log = Callable[[str], None]
@@ -97,7 +98,9 @@ def _what(model: Patronus, inputs: ReportInputs, options: ReportOptions, setup, 
     prototypes, _, bounds, inversion = setup
     n = inversion.images.shape[0]
     progress.stage(f"what: editing {len(prototypes)} prototypes into {n} images")
-    vis = visualize_prototypes(model, inversion, bounds, prototypes, options.batch_size)
+    vis = visualize_prototypes(
+        model, inversion, bounds, prototypes, options.batch_size, options.edit_guidance
+    )
     located = localize(model, vis.best_edits())
     edit_maps = located.similarity[torch.arange(len(prototypes)), torch.tensor(prototypes)]
     progress.stage(f"what: the nearest patches among {len(inputs.pool)} training images")
@@ -269,8 +272,9 @@ def write_emergence(
             f"when: tracing {len(prototypes)} prototypes in {len(inversion.images)} images"
         )
         emergence = trace_emergence(
-            model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
-        )
+            model, inversion, prototypes, bounds[prototypes], options.emergence_fraction,
+            edit_guidance=options.edit_guidance,
+        )  # fmt: skip
     finally:
         progress.close()
     path = out_dir / "when.png"
@@ -309,8 +313,9 @@ def build_report(
         vis, nearest, edit_maps = _what(model, inputs, options, setup, progress)
         progress.stage(f"when: tracing {len(prototypes)} prototypes in {len(images)} images")
         emergence = trace_emergence(
-            model, inversion, prototypes, bounds[prototypes], options.emergence_fraction
-        )
+            model, inversion, prototypes, bounds[prototypes], options.emergence_fraction,
+            edit_guidance=options.edit_guidance,
+        )  # fmt: skip
         progress.stage("analyses: reconstruction, variations, interpolation")
         reconstructed, mse = analyses.reconstruction(model, inversion)
         generator = torch.Generator(model.device).manual_seed(options.seed)
@@ -322,7 +327,9 @@ def build_report(
         values = torch.linspace(low, high + 0.5 * (high - low), 8)
         progress.stage(f"analyses: extrapolation and consistency of prototype {strongest}")
         extrapolated = analyses.extrapolation(model, inversion, strongest, values)
-        consistent = analyses.consistency(model, inversion, strongest, float(bounds[strongest]))
+        consistent = analyses.consistency(
+            model, inversion, strongest, float(bounds[strongest]), options.edit_guidance
+        )
     finally:
         progress.close()
     if log is not None:
@@ -480,6 +487,7 @@ def _page(png, results, prototypes, evaluations) -> str:
         + [
             ["respaced DDIM steps", opts["steps"]],
             ["prototype guidance scale (inversion and decoding)", results["guidance_scale"]],
+            ["edit guidance (edits decoded as own + w (edit - own))", opts["edit_guidance"]],
             [
                 "network evaluations per edit (inversion + decoding)",
                 f"{evaluations['per_edit']} (the original: {evaluations['original_per_edit']})",

@@ -50,20 +50,48 @@ class Inversion:
     steps: int
     guidance_scale: float = 1.0  # the prototype guidance inverted (and decoded) with
 
+    def _guidance(self, s: torch.Tensor, edit_guidance: float) -> dict:
+        """The sampler's guidance settings: the inversion's own, or with ``edit_guidance`` != 1
+        guidance against the images' own activations (s holds edits of them, tiled as
+        :func:`edited_activations` tiles them)."""
+        if edit_guidance == 1.0:
+            return {"guidance_scale": self.guidance_scale}
+        if self.guidance_scale != 1.0:
+            raise ValueError("edit guidance needs an inversion made without guidance (scale 1)")
+        repeats, leftover = divmod(s.shape[0], self.activations.shape[0])
+        if leftover:
+            raise ValueError(
+                f"{s.shape[0]} activations are not edits of the {len(self.images)} images"
+            )
+        reference = self.activations.repeat(repeats, 1)
+        return {"guidance_scale": edit_guidance, "guidance_reference": reference}
+
     def decode_steps(
-        self, model: Patronus, s: torch.Tensor, x_T: torch.Tensor | None = None
+        self,
+        model: Patronus,
+        s: torch.Tensor,
+        x_T: torch.Tensor | None = None,
+        edit_guidance: float = 1.0,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`decode` (call within ``torch.no_grad()``, model in eval mode)."""
         x_T = self.x_T if x_T is None else x_T
-        return model.sample_steps(s, self.steps, x_T=x_T, guidance_scale=self.guidance_scale)
+        return model.sample_steps(s, self.steps, x_T=x_T, **self._guidance(s, edit_guidance))
 
     def decode(
-        self, model: Patronus, s: torch.Tensor, x_T: torch.Tensor | None = None
+        self,
+        model: Patronus,
+        s: torch.Tensor,
+        x_T: torch.Tensor | None = None,
+        edit_guidance: float = 1.0,
     ) -> torch.Tensor:
         """Decode activations s (B, P) from x_T (B, C, H, W; default this inversion's) with the
-        inversion's own settings, so that ``decode(model, activations)`` is the reconstruction."""
+        inversion's own settings, so that ``decode(model, activations)`` is the reconstruction.
+
+        ``edit_guidance`` w != 1 decodes edits of the images guided against their own
+        activations: ref + w (edit - ref) per step, amplifying what the edit changes w times while
+        an unchanged activation vector still decodes to (nearly) the reconstruction."""
         x_T = self.x_T if x_T is None else x_T
-        return model.sample(s, self.steps, x_T=x_T, guidance_scale=self.guidance_scale)
+        return model.sample(s, self.steps, x_T=x_T, **self._guidance(s, edit_guidance))
 
 
 @torch.no_grad()
@@ -151,11 +179,13 @@ def visualize_prototypes(
     bounds: torch.Tensor,
     prototypes: Sequence[int] | None = None,
     batch_size: int = 256,
+    edit_guidance: float = 1.0,
 ) -> PrototypeVisualization:
     """Edit each prototype's activation to its bound in every image, decode, keep the edit whose
     s_J rose most (re-encoded edit minus the image's own s_J).
 
-    bounds: (P,) upper bounds (see :func:`activation_bounds`).
+    bounds: (P,) upper bounds (see :func:`activation_bounds`). ``edit_guidance``: see
+    :meth:`Inversion.decode` (the unedited decodes stay unguided: the reconstructions).
     """
     prototypes = list(range(model.num_prototypes)) if prototypes is None else list(prototypes)
     n = inversion.images.shape[0]
@@ -166,7 +196,7 @@ def visualize_prototypes(
         values = bounds[chunk].to(inversion.activations)
         s = edited_activations(inversion.activations, chunk, values)
         x_T = inversion.x_T.repeat(len(chunk), 1, 1, 1)
-        decoded = inversion.decode(model, s, x_T)
+        decoded = inversion.decode(model, s, x_T, edit_guidance)
         output = model.prototype_output(decoded)
         columns = torch.tensor(chunk, device=decoded.device).repeat_interleave(n)
         rows = torch.arange(len(columns), device=decoded.device)

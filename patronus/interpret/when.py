@@ -58,9 +58,11 @@ def trace_emergence(
     values: torch.Tensor,
     fraction: float = 0.5,
     min_share: float = 0.1,
+    edit_guidance: float = 1.0,
 ) -> Emergence:
     """Decode each prototype's edit (s_J := values, (J,) or (J, n)) and the reference together,
-    tracing every prototype's activation of x0_hat at every step."""
+    tracing every prototype's activation of x0_hat at every step (``edit_guidance``: see
+    :meth:`Inversion.decode`)."""
     prototypes = list(prototypes)
     n = inversion.images.shape[0]
     edits = edited_activations(inversion.activations, prototypes, values)
@@ -70,7 +72,7 @@ def trace_emergence(
     was_training = model.training
     model.eval()
     try:
-        for step in inversion.decode_steps(model, s, x_T):
+        for step in inversion.decode_steps(model, s, x_T, edit_guidance):
             traced.append(model.encode(step.pred_x0))
             timesteps.append(step.t)
     finally:

@@ -132,23 +132,39 @@ class Patronus(nn.Module):
         self.unet.compile(**options)
         return self
 
-    def guidance_scale(self, scale: float | None = None) -> float:
-        """``scale``, or this model's recommended one (``config.guidance_scale``) for None."""
+    def guidance_scale(self, scale: float | None = None, referenced: bool = False) -> float:
+        """``scale``, or this model's recommended one (``config.guidance_scale``) for None.
+        Guiding needs the learned null vector unless a reference is given (``referenced``)."""
         scale = self.config.guidance_scale if scale is None else float(scale)
-        if scale != 1.0 and not hasattr(self, "null_activations"):
+        if scale != 1.0 and not referenced and not hasattr(self, "null_activations"):
             raise ValueError(
                 f"guidance_scale={scale} needs a model trained with condition_dropout > 0 (it "
-                "learns the null activations guidance pushes away from); use 1 or None"
+                "learns the null activations guidance pushes away from), or a reference; use 1 "
+                "or None"
             )
         return scale
 
-    def eps_fn(self, s: torch.Tensor, guidance_scale: float = 1.0) -> EpsFn:
+    def eps_fn(
+        self,
+        s: torch.Tensor,
+        guidance_scale: float = 1.0,
+        reference: torch.Tensor | None = None,
+    ) -> EpsFn:
         """The denoiser conditioned on s, as the samplers call it. With a scale other than 1 it
-        returns (conditioned, null-conditioned) predictions from one batched call, which the
-        fused scheduler step combines as null + w (conditioned - null)."""
-        if self.guidance_scale(guidance_scale) == 1.0:
+        returns (conditioned on s, conditioned on the reference) predictions from one batched
+        call, which the fused scheduler step combines as ref + w (conditioned - ref). The
+        reference is the learned null vector, or ``reference`` activations (B, P): guiding an
+        edit against the image's own activations amplifies what the edit changes, w times."""
+        if self.guidance_scale(guidance_scale, reference is not None) == 1.0:
             return lambda x_t, t: self(x_t, t, s).to(x_t.dtype)
-        both = torch.cat([s, self.null_activations.to(s).expand_as(s)])
+        if reference is None:
+            reference = self.null_activations.to(s).expand_as(s)
+        self.check_activations(reference)
+        if reference.shape != s.shape:
+            raise ValueError(
+                f"the reference must be like s {tuple(s.shape)}, got {reference.shape}"
+            )
+        both = torch.cat([s, reference.to(s)])
 
         def guided(x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             out = self(x_t.repeat(2, 1, 1, 1), t.repeat(2), both).to(x_t.dtype)
@@ -181,18 +197,21 @@ class Patronus(nn.Module):
         *,
         generator: torch.Generator | None = None,
         x_T: torch.Tensor | None = None,
+        guidance_reference: torch.Tensor | None = None,
         **changes,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
         options = SamplerOptions.of(options, **changes)
-        options = options.replace(guidance_scale=self.guidance_scale(options.guidance_scale))
+        referenced = guidance_reference is not None
+        scale = self.guidance_scale(options.guidance_scale, referenced)
+        options = options.replace(guidance_scale=scale)
         self.check_activations(s)
         if x_T is None:
             x_T = self.initial_noise(s.shape[0], generator)
         self.check_images(x_T, "x_T")
         if x_T.shape[0] != s.shape[0]:
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
-        eps_fn = self.eps_fn(s, options.guidance_scale)
+        eps_fn = self.eps_fn(s, options.guidance_scale, guidance_reference)
         return samplers.sample(eps_fn, x_T, self.schedule, options, generator)
 
     def sample(
@@ -204,6 +223,7 @@ class Patronus(nn.Module):
         x_T: torch.Tensor | None = None,
         callback: Callback | None = None,
         progress: bool = False,
+        guidance_reference: torch.Tensor | None = None,
         **changes,
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) conditioned on activations s (B, P).
@@ -215,10 +235,14 @@ class Patronus(nn.Module):
         rescale per sample), ``cuda_graph`` (capture one step, network + scheduler, as a CUDA
         graph and replay it). ``x_T`` defaults to N(0, I) drawn from ``generator``, which also
         seeds the steps' noise. E.g. ``model.sample(s, 20, clip_x0=True, generator=g)``.
+        ``guidance_scale`` w (default the model's) guides against the learned null vector, or
+        against ``guidance_reference`` activations (B, P) when given.
         """
         options = SamplerOptions.of(options, **changes)
         with self._inference():
-            trajectory = self.sample_steps(s, options, generator=generator, x_T=x_T)
+            trajectory = self.sample_steps(
+                s, options, generator=generator, x_T=x_T, guidance_reference=guidance_reference
+            )
             total = options.network_calls(self.schedule)
             return run_sampler(trajectory, callback, progress, total, "sampling")
 
