@@ -52,6 +52,13 @@ class SamplerStep:
     sample: torch.Tensor  # the step's output: the next (less noisy, or for inversion noisier) x
 
 
+def _check_step_settings(dynamic_threshold: float | None, guidance_scale: float | None) -> None:
+    if dynamic_threshold is not None and not 0.0 < dynamic_threshold <= 1.0:
+        raise ValueError(f"dynamic_threshold must be in (0, 1], got {dynamic_threshold}")
+    if guidance_scale is not None and not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+
+
 @dataclass(frozen=True)
 class StepOptions:
     """How each step turns the network's output into the next sample."""
@@ -63,10 +70,7 @@ class StepOptions:
     guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.guidance_scale):
-            raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
-        if self.dynamic_threshold is not None and not 0.0 < self.dynamic_threshold <= 1.0:
-            raise ValueError(f"dynamic_threshold must be in (0, 1], got {self.dynamic_threshold}")
+        _check_step_settings(self.dynamic_threshold, self.guidance_scale)
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class SamplerOptions:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
         if not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
-        self.step_options  # noqa: B018 (building the step's options checks them)
+        _check_step_settings(self.dynamic_threshold, self.guidance_scale)
 
     @classmethod
     def of(cls, options: SamplerOptions | int | None = None, **changes) -> SamplerOptions:

@@ -373,6 +373,7 @@ def build_report(
         for j in range(len(prototypes))
     ]
     edits = len(prototypes) * images.shape[0]
+    fidelity = edit_fidelity(vis)
     evaluations = {
         "per_edit": vis.network_evaluations_per_edit,
         "original_per_edit": 2000,
@@ -387,7 +388,7 @@ def build_report(
         "guidance_scale": inversion.guidance_scale,
         "prototypes": prototypes,
         **_kept_edit_numbers(vis),
-        **_fidelity_numbers(edit_fidelity(vis)),
+        **_fidelity_numbers(fidelity),
         "emergence_median_t": median_t,
         "emergence_fraction_of_images": (emerged >= 0).float().mean(1).tolist(),
         "reconstruction_mse": mse.tolist(),
@@ -398,7 +399,7 @@ def build_report(
     }
     arrays = {
         **_edit_arrays(vis),
-        **_fidelity_arrays(edit_fidelity(vis)),
+        **_fidelity_arrays(fidelity),
         **_emergence_arrays(emergence, prefix="emergence_"),
         **_nearest_arrays(nearest),
     }
