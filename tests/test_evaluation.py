@@ -1,4 +1,4 @@
-"""Shortcut diagnosis, the activation prior, the biased CelebA subset and the evaluation CLI."""
+"""The activation prior, the biased CelebA subset, the attribute classifier, the evaluation CLI."""
 
 import json
 from pathlib import Path
@@ -7,86 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from patronus import Patronus
 from patronus.cli import main
-from patronus.data import CelebA, SyntheticShapes
-from patronus.data.registry import SHORTCUT
-from patronus.eval.attributes import attribute_table
+from patronus.data import CelebA
 from patronus.eval.classifier import (
     ClassifierConfig,
     load_classifier,
     save_classifier,
     train_classifier,
 )
-from patronus.eval.diagnosis import confirm, diagnose
-from patronus.models.presets import get_preset
 from patronus.models.prior import ActivationPrior, PriorConfig, sample_prior
-from patronus.train import TrainConfig, Trainer
-
-
-def trained_on(dataset, tmp_path, steps=500):
-    torch.manual_seed(0)
-    config = TrainConfig(
-        max_steps=steps, batch_size=32, learning_rate=2e-3, progress=False, checkpoint_every=10_000
-    )
-    trainer = Trainer(
-        Patronus(get_preset("synthetic-tiny").model), dataset, config, tmp_path, "cpu"
-    )
-    trainer.fit()
-    return trainer.model.eval()
-
-
-@pytest.fixture(scope="module")
-def shortcut_models(tmp_path_factory):
-    biased = SyntheticShapes(512, 24, 3, seed=0, **SHORTCUT)
-    unbiased = SyntheticShapes(512, 24, 3, seed=0)
-    tests = {
-        "biased": SyntheticShapes(600, 24, 3, seed=1, **SHORTCUT),
-        "unbiased": SyntheticShapes(600, 24, 3, seed=1),
-    }
-    return {
-        "biased": (trained_on(biased, tmp_path_factory.mktemp("b")), tests["biased"]),
-        "unbiased": (trained_on(unbiased, tmp_path_factory.mktemp("u")), tests["unbiased"]),
-    }
-
-
-def encoded(model, data):
-    images = torch.stack([data[i][0] for i in range(len(data))])
-    with torch.no_grad():
-        activations = model.encode(images)
-    table = attribute_table("synthetic", data.factor_table).binary_only()
-    return images, activations, table
-
-
-def test_diagnosis_flags_the_planted_shortcut_only(shortcut_models, record_property):
-    results = {}
-    for name, (model, data) in shortcut_models.items():
-        _, activations, table = encoded(model, data)
-        diagnosis = diagnose(activations, table.values.long(), table.names, "shape=square")
-        results[name] = diagnosis
-        record_property(f"{name}_flagged", diagnosis.flagged)
-    assert "colour=red" in results["biased"].flagged
-    assert results["unbiased"].flagged == []
-    red = next(s for s in results["biased"].suspects if s.attribute == "colour=red")
-    assert red.phi > 0.8 and red.overlap >= 2 / 3
-
-
-def test_intervention_measures_the_other_attribute(shortcut_models, record_property):
-    model, data = shortcut_models["biased"]
-    images, activations, table = encoded(model, data)
-    values = table.values.long()
-    config = ClassifierConfig(3, 24, len(table.names), multilabel=True)
-    batches = list(zip(images.split(64), values.float().split(64), strict=True))
-    classifier = train_classifier(config, batches, 150)
-    diagnosis = diagnose(activations, values, table.names, "shape=square")
-    confirmed = confirm(
-        diagnosis, model, images[:24], activations[:24], values[:24], classifier, steps=10
-    )
-    red = next(s for s in confirmed.suspects if s.attribute == "colour=red")
-    record_property("red_effect", red.effect)
-    print("intervention effect on P(red):", red.effect)
-    assert red.effect is not None and red.effect >= 0 and red.confirmed is not None
-    assert "min_effect" in confirmed.thresholds
 
 
 def test_biased_celeba_subset(tmp_path):

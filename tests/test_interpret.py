@@ -160,6 +160,11 @@ def test_every_unedited_decode_is_the_reconstruction(trained, test_set):
     same(frames[-1], reconstructed[1])
     same(extrapolation(trained, inversion, 2, torch.stack([own[0, 2], own[0, 2] + 3]))[0],
          reconstructed[0])  # fmt: skip
+    values = torch.stack([own[1, 2], own[1, 2] + 3])
+    guided = extrapolation(trained, inversion, 2, values, image=1, edit_guidance=4.0)
+    same(guided[0], reconstructed[1])  # guidance against the image's own s: no change at own
+    plain = extrapolation(trained, inversion, 2, values, image=1)
+    assert (guided[1] - reconstructed[1]).abs().mean() > (plain[1] - reconstructed[1]).abs().mean()
     same(consistency(trained, inversion, 5, float(own[3, 5])).edits[3], reconstructed[3])
     vis = visualize_prototypes(trained, inversion, own[1], [0, 4])
     same(vis.reconstructions, reconstructed)

@@ -259,8 +259,10 @@ def run_train_prior(args: argparse.Namespace) -> int:
 
 def run_diagnose(args: argparse.Namespace) -> int:
     from patronus.eval.attributes import attribute_table
-    from patronus.eval.diagnosis import confirm, diagnose, write_diagnosis
+    from patronus.eval.diagnosis import diagnose
+    from patronus.eval.diagnosis_page import write_diagnosis
     from patronus.eval.encode import encode_dataset
+    from patronus.eval.intervention import confirm
 
     started, out, model, spec, build = _start(args, "diagnosis")
     train = build("train")
@@ -277,21 +279,24 @@ def run_diagnose(args: argparse.Namespace) -> int:
     binary = attribute_table(spec["name"], labels, names).binary_only()
     complete = ~torch.isnan(binary.values).any(1)
     values = binary.values[complete].long()
-    result = diagnose(activations[complete], values, binary.names, args.target)
+    result = diagnose(activations[complete], values, binary.names, args.target, seed=args.seed)
     if result.flagged:
         say("a shortcut is flagged: confirming it by intervention")
         images = torch.stack([train[i][0] for i in complete.nonzero()[: args.num_images, 0]])
         classifier = _attribute_classifier(model, train, binary, args)
-        result = confirm(
-            result,
-            model,
-            images,
-            activations[complete][: len(images)],
-            values[: len(images)],
-            classifier,
-            args.steps,
-            guidance_scale=args.guidance_scale,
-        )
+        try:
+            result = confirm(
+                result,
+                model,
+                images,
+                values[: len(images)],
+                classifier,
+                args.steps,
+                seed=args.seed,
+                guidance_scale=args.guidance_scale,
+            )
+        except ValueError as error:
+            raise CommandError(f"{error}: raise --num-images") from error
     write_diagnosis(result, out)
     print(result.to_json())
     report_written(out, started)

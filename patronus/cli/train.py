@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -55,6 +56,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     a.number(parser, "--warmup", a.nonnegative_int, 0, "linear learning-rate warm-up steps")
     parser.add_argument(
         "--activation", choices=("log", "linear"), help="prototype activation (default: preset's)"
+    )
+    parser.add_argument(
+        "--prototype-conditioning",
+        choices=("bias", "scale_shift"),
+        help="how the UNet takes s: the paper's per-channel bias, or a scale and shift of the "
+        "normalised features (default: the preset's)",
     )
     parser.add_argument(
         "--condition-dropout",
@@ -113,6 +120,10 @@ def _model_config(config, args: argparse.Namespace):
         )
         if value is not None
     }
+    if args.prototype_conditioning is not None:
+        changes["unet"] = dataclasses.replace(
+            config.unet, prototype_conditioning=args.prototype_conditioning
+        )
     try:
         return config.replace(**changes)
     except ValueError as error:

@@ -1,33 +1,45 @@
-"""Shortcut diagnosis (the paper's experiment) with a statistic, a threshold and an intervention.
+"""Shortcut diagnosis (the paper's experiment): does the model rely on a spurious attribute for a
+target attribute, or do the two merely co-occur in the data?
 
-1. The attribute x prototype AUROC matrix (max(AUC(y, s_j), AUC(y, -s_j))).
-2. For a target attribute, its top-k prototypes, and for every other attribute the share of them
-   among its own top-k (the overlap) and the attributes' correlation in the data (phi).
-3. Suspected shortcut: overlap >= ``min_overlap`` (default 2 of 3) and |phi| >= ``min_phi``
-   (default 0.3): the model encodes both attributes with the same prototypes and the data lets it.
-4. Confirmation by intervention: set the shared prototypes' activations of every image to a
-   typical value of the other target group (its 95% quantile on the side away from the first
-   group's mean: a target-negative image gets what target-positive images show strongly, and back),
-   decode from each image's own x_T, and measure how much an attribute classifier's probability of
-   the *other* attribute changes. The shortcut is confirmed when that change is at least
-   ``min_effect`` (default 0.1) — editing what should be the target changes the other attribute.
+The paper decides by eye from the attribute x prototype AUROC matrix. An AUROC matrix of the
+biased data cannot answer the question: when two attributes co-occur at 0.95, a prototype that
+encodes either one ranks high for both. Only images where the two *disagree* can tell them apart.
+
+1. The target's top-k prototypes: the model's own account of the target (highest
+   max(AUC(y, s_j), AUC(y, -s_j)) on all the data). Each is oriented: the side of s_j that goes
+   with the target.
+2. For every other attribute a with correlation phi to the target, a' = a if phi >= 0 else not a
+   (the value that co-occurs with the target):
+   - the **decorrelated sample**: equally many images from each of the four (target, a') cells,
+     drawn with a fixed seed (the target and a' are independent in it);
+   - the **conflicting examples**: the images where the target and a' disagree.
+   Per top prototype: its oriented AUROC for the target and for a' on the decorrelated sample, and
+   its oriented AUROC for the target on the conflicting examples (below 0.5: when the two
+   disagree, the prototype sides with a').
+3. The prototypes **encode a** when, averaged over the top-k, the decorrelated AUROC for a' is at
+   least ``min_auroc`` (0.75, the paper's bar for a captured attribute), exceeds the one for the
+   target, and the conflicting examples side with a' (mean AUROC for the target below 0.5, chance).
+   The model **relies on the shortcut** (``flagged``) when they encode a and |phi| >= ``min_phi``
+   (0.3): a correlation the data must contain for a shortcut to exist at all.
+4. A candidate with fewer than ``min_cell`` images in a cell of the decorrelated sample is not
+   judged (``judged=False``): there are too few conflicting examples to tell the two apart.
+
+:mod:`patronus.eval.intervention` confirms a flag by editing the prototypes.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from patronus.eval.classifier import SmallClassifier
 from patronus.eval.probes import auroc_matrix
-from patronus.interpret.what import invert_images
-from patronus.models import Patronus
+from patronus.eval.roc import roc_auc
+
+MIN_AUROC = 0.75  # the paper's bar for a captured attribute
+CHANCE = 0.5
 
 
 def phi(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -38,22 +50,84 @@ def phi(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
+def decorrelated_sample(first: torch.Tensor, second: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Indices of equally many images from each (first, second) cell of two binary labels (N,):
+    the largest sample in which the two are independent. Empty if a cell is empty."""
+    first, second = first.bool(), second.bool()
+    cells = [((first == a) & (second == b)).nonzero()[:, 0] for a in (0, 1) for b in (0, 1)]
+    count = min(len(cell) for cell in cells)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = [cell[torch.randperm(len(cell), generator=generator)[:count]] for cell in cells]
+    return torch.cat(chosen).sort().values
+
+
+def _oriented_auroc(scores: torch.Tensor, labels: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """(N, K) scores, (N,) labels, (K,) bool orientation -> (K,) AUC of s (up) or of -s."""
+    auc = roc_auc(scores, labels)
+    return torch.where(up, auc, 1 - auc)
+
+
+@dataclass(frozen=True)
+class PrototypeEvidence:
+    """One of the target's top prototypes judged against one other attribute (oriented AUROCs:
+    0.5 is chance, 1 is perfect separation in the direction the model uses for the target)."""
+
+    prototype: int
+    target_auroc: float  # on the decorrelated sample
+    other_auroc: float  # for a' on the decorrelated sample
+    conflicting_target_auroc: float  # for the target on the conflicting examples
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """The edit of the target's top prototypes (:mod:`patronus.eval.intervention`)."""
+
+    prototypes: list[int]
+    realised: float  # median achieved / requested change of the edited activations
+    other_effect: float  # mean |change| of the classifier's P(a)
+    target_effect: float  # mean |change| of the classifier's P(target)
+    null_effects: list[float]  # mean |change| of P(a) when random prototype sets are edited
+    powered: bool
+    confirmed: bool | None  # None: underpowered, no verdict
+
+
 @dataclass(frozen=True)
 class Suspect:
+    """The evidence that the target's prototypes encode another attribute."""
+
     attribute: str
-    shared_prototypes: list[int]
-    overlap: float
     phi: float
-    flagged: bool
-    effect: float | None = None  # mean |change| of the classifier's probability, if tested
-    confirmed: bool | None = None
+    conflicting: int  # images where the target and a' disagree
+    decorrelated: int  # size of the decorrelated sample
+    judged: bool  # enough conflicting examples in every cell
+    evidence: list[PrototypeEvidence] = field(default_factory=list)
+    encodes_other: bool = False
+    flagged: bool = False
+    intervention: Intervention | None = None  # set by patronus.eval.intervention.confirm
+
+    @property
+    def target_auroc(self) -> float:
+        return _mean(e.target_auroc for e in self.evidence)
+
+    @property
+    def other_auroc(self) -> float:
+        return _mean(e.other_auroc for e in self.evidence)
+
+    @property
+    def conflicting_target_auroc(self) -> float:
+        return _mean(e.conflicting_target_auroc for e in self.evidence)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
 
 
 @dataclass(frozen=True)
 class Diagnosis:
     target: str
     top_prototypes: list[int]
-    auroc: list[list[float]]  # (A, P)
+    auroc: list[list[float]]  # (A, P) max(AUC(y, s), AUC(y, -s)) on all the data
     attributes: list[str]
     suspects: list[Suspect]
     thresholds: dict[str, float]
@@ -62,8 +136,24 @@ class Diagnosis:
     def flagged(self) -> list[str]:
         return [s.attribute for s in self.suspects if s.flagged]
 
+    def suspect(self, attribute: str) -> Suspect:
+        for suspect in self.suspects:
+            if suspect.attribute == attribute:
+                return suspect
+        raise KeyError(f"no suspect {attribute!r}; attributes: {self.attributes}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for suspect, row in zip(self.suspects, data["suspects"], strict=True):
+            row.update(
+                target_auroc=suspect.target_auroc,
+                other_auroc=suspect.other_auroc,
+                conflicting_target_auroc=suspect.conflicting_target_auroc,
+            )
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(self.to_dict(), indent=2)
 
 
 def diagnose(
@@ -72,154 +162,72 @@ def diagnose(
     names: Sequence[str],
     target: str,
     top_k: int = 3,
-    min_overlap: float = 2 / 3,
     min_phi: float = 0.3,
+    min_auroc: float = MIN_AUROC,
+    min_cell: int = 10,
+    seed: int = 0,
 ) -> Diagnosis:
-    """Statistics and flags from encoded activations (N, P) and binary labels (N, A)."""
-    if target not in names:
-        raise ValueError(f"unknown target attribute {target!r}; attributes: {list(names)}")
+    """The evidence, per other attribute, from encoded activations (N, P) and binary labels (N, A).
+
+    ``seed`` draws the decorrelated samples. See the module docstring for the decision.
+    """
     names = list(names)
+    if target not in names:
+        raise ValueError(f"unknown target attribute {target!r}; attributes: {names}")
+    if activations.shape[0] != labels.shape[0] or labels.shape[1] != len(names):
+        raise ValueError(
+            f"activations {tuple(activations.shape)}, labels {tuple(labels.shape)} and "
+            f"{len(names)} names do not match: need (N, P), (N, A) and A names"
+        )
+    if not 1 <= top_k <= activations.shape[1]:
+        raise ValueError(f"top_k must be in [1, {activations.shape[1]}], got {top_k}")
+    labels = labels.bool()
     matrix = auroc_matrix(activations, labels.long())  # (A, P)
-    top = matrix.argsort(dim=1, descending=True)[:, :top_k]
     t = names.index(target)
-    target_top = set(top[t].tolist())
+    top = matrix[t].argsort(descending=True)[:top_k]
+    scores = activations[:, top].double()
+    up = roc_auc(scores, labels[:, t]) >= CHANCE
     suspects = []
     for a, name in enumerate(names):
         if a == t:
             continue
-        shared = sorted(target_top & set(top[a].tolist()))
-        overlap = len(shared) / top_k
         correlation = phi(labels[:, t], labels[:, a])
-        flagged = overlap >= min_overlap and abs(correlation) >= min_phi
-        suspects.append(Suspect(name, shared, overlap, correlation, flagged))
+        other = labels[:, a] if correlation >= 0 else ~labels[:, a]
+        sample = decorrelated_sample(labels[:, t], other, seed)
+        conflicting = labels[:, t] != other
+        judged = len(sample) >= 4 * min_cell
+        if not judged:
+            suspects.append(Suspect(name, correlation, int(conflicting.sum()), len(sample), False))
+            continue
+        evidence = [
+            PrototypeEvidence(int(j), float(ta), float(oa), float(ca))
+            for j, ta, oa, ca in zip(
+                top,
+                _oriented_auroc(scores[sample], labels[sample, t], up),
+                _oriented_auroc(scores[sample], other[sample], up),
+                _oriented_auroc(scores[conflicting], labels[conflicting, t], up),
+                strict=True,
+            )
+        ]
+        suspect = Suspect(name, correlation, int(conflicting.sum()), len(sample), True, evidence)
+        encodes = (
+            suspect.other_auroc >= min_auroc
+            and suspect.other_auroc > suspect.target_auroc
+            and suspect.conflicting_target_auroc < CHANCE
+        )
+        flagged = encodes and abs(correlation) >= min_phi
+        suspects.append(replace(suspect, encodes_other=encodes, flagged=flagged))
     return Diagnosis(
         target,
-        top[t].tolist(),
+        top.tolist(),
         matrix.tolist(),
         names,
         suspects,
-        {"top_k": top_k, "min_overlap": min_overlap, "min_phi": min_phi},
+        {
+            "top_k": top_k,
+            "min_phi": min_phi,
+            "min_auroc": min_auroc,
+            "min_cell": min_cell,
+            "seed": seed,
+        },
     )
-
-
-@torch.no_grad()
-def intervene(
-    model: Patronus,
-    images: torch.Tensor,
-    activations: torch.Tensor,
-    target_labels: torch.Tensor,
-    prototypes: Sequence[int],
-    classifier: SmallClassifier,
-    attribute_index: int,
-    steps: int = 50,
-    guidance_scale: float | None = None,
-) -> float:
-    """Mean |change| of the classifier's probability of attribute ``attribute_index`` when the
-    ``prototypes`` of each image are moved to the other target group's typical strong values
-    (inverted and decoded with ``guidance_scale``, default the model's)."""
-    if not prototypes:
-        return 0.0
-    index = torch.tensor(list(prototypes))
-    group_positive = activations[target_labels.bool()][:, index]
-    group_negative = activations[~target_labels.bool()][:, index]
-    upward = group_positive.mean(0) > group_negative.mean(0)  # per prototype
-
-    def typical(group: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        return torch.where(high, group.quantile(0.95, dim=0), group.quantile(0.05, dim=0))
-
-    positive = typical(group_positive, upward)
-    negative = typical(group_negative, ~upward)
-    inversion = invert_images(model, images, steps, guidance_scale)
-    edited = inversion.activations.clone()
-    flip = target_labels.bool()
-    edited[flip.nonzero()[:, 0][:, None], index] = negative.to(edited)
-    edited[(~flip).nonzero()[:, 0][:, None], index] = positive.to(edited)
-    reference = inversion.decode(model, inversion.activations)
-    changed = inversion.decode(model, edited)
-    before = classifier.probabilities(reference)[:, attribute_index]
-    after = classifier.probabilities(changed)[:, attribute_index]
-    return float((after - before).abs().mean())
-
-
-def confirm(
-    diagnosis: Diagnosis,
-    model: Patronus,
-    images: torch.Tensor,
-    activations: torch.Tensor,
-    labels: torch.Tensor,
-    classifier: SmallClassifier,
-    steps: int = 50,
-    min_effect: float = 0.1,
-    guidance_scale: float | None = None,
-) -> Diagnosis:
-    """Run the intervention for every flagged suspect; returns the diagnosis with effects."""
-    t = diagnosis.attributes.index(diagnosis.target)
-    suspects = []
-    for suspect in diagnosis.suspects:
-        if suspect.flagged:
-            a = diagnosis.attributes.index(suspect.attribute)
-            effect = intervene(
-                model,
-                images,
-                activations,
-                labels[:, t],
-                suspect.shared_prototypes,
-                classifier,
-                a,
-                steps,
-                guidance_scale,
-            )
-            suspect = Suspect(
-                **{**asdict(suspect), "effect": effect, "confirmed": effect >= min_effect}
-            )
-        suspects.append(suspect)
-    thresholds = {**diagnosis.thresholds, "min_effect": min_effect}
-    return Diagnosis(
-        diagnosis.target,
-        diagnosis.top_prototypes,
-        diagnosis.auroc,
-        diagnosis.attributes,
-        suspects,
-        thresholds,
-    )
-
-
-def write_diagnosis(diagnosis: Diagnosis, folder: Path) -> Path:
-    """``diagnosis.json`` and ``diagnosis.html`` (the AUROC matrix as a heat map, the evidence)."""
-    from patronus.utils.plotting import pyplot, save_figure
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "diagnosis.json").write_text(diagnosis.to_json() + "\n")
-    plt = pyplot()
-    matrix = torch.tensor(diagnosis.auroc)
-    figure, axis = plt.subplots(figsize=(0.3 * matrix.shape[1] + 2, 0.35 * matrix.shape[0] + 1))
-    image = axis.imshow(matrix.numpy(), vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
-    axis.set_yticks(range(len(diagnosis.attributes)), diagnosis.attributes, fontsize=7)
-    axis.set_xlabel("prototype")
-    figure.colorbar(image, label="AUROC")
-    png = save_figure(figure, folder / "auroc_matrix.png")
-    rows = "".join(
-        f"<tr><td>{html.escape(s.attribute)}</td><td>{s.shared_prototypes}</td>"
-        f"<td>{s.overlap:.2f}</td><td>{s.phi:+.2f}</td><td>{'yes' if s.flagged else 'no'}</td>"
-        f"<td>{'' if s.effect is None else f'{s.effect:.3f}'}</td>"
-        f"<td>{'' if s.confirmed is None else ('yes' if s.confirmed else 'no')}</td></tr>"
-        for s in diagnosis.suspects
-    )
-    th = diagnosis.thresholds
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Shortcut diagnosis</title>
-</head><body style="font-family:sans-serif;max-width:1000px;margin:2em auto">
-<h1>Shortcut diagnosis: {html.escape(diagnosis.target)}</h1>
-<p>Top-{th["top_k"]} prototypes of {html.escape(diagnosis.target)}: {diagnosis.top_prototypes}.
-Flag: at least {th["min_overlap"]:.2f} of them among another attribute's top prototypes and
-|phi| of the two attributes at least {th["min_phi"]}; confirmed when moving the shared prototypes
-changes a classifier's probability of the other attribute by at least
-{th.get("min_effect", "n/a")} on average.</p>
-<table border="1" cellpadding="3"><tr><th>attribute</th><th>shared prototypes</th><th>overlap</th>
-<th>phi</th><th>flagged</th><th>effect</th><th>confirmed</th></tr>{rows}</table>
-<h2>AUROC of every attribute from every prototype</h2>
-<img src="data:image/png;base64,{base64.b64encode(png).decode()}">
-</body></html>
-"""
-    path = folder / "diagnosis.html"
-    path.write_text(page)
-    return path

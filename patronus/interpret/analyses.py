@@ -67,14 +67,21 @@ def interpolation(
 
 @torch.no_grad()
 def extrapolation(
-    model: Patronus, inversion: Inversion, prototype: int, values: torch.Tensor, image: int = 0
+    model: Patronus,
+    inversion: Inversion,
+    prototype: int,
+    values: torch.Tensor,
+    image: int = 0,
+    edit_guidance: float = 1.0,
 ) -> torch.Tensor:
     """Image ``image`` decoded with s_J set to each of ``values`` (beyond the observed range
-    included), from its own x_T -> (len(values), C, H, W)."""
-    s = inversion.activations[image : image + 1].repeat(len(values), 1)
+    included), from its own x_T, with ``edit_guidance`` as in :meth:`Inversion.decode`
+    -> (len(values), C, H, W)."""
+    one = inversion.select([image])
+    s = one.activations.repeat(len(values), 1)
     s[:, prototype] = values.to(s)
-    x_T = inversion.x_T[image : image + 1].repeat(len(values), 1, 1, 1)
-    return inversion.decode(model, s, x_T)
+    x_T = one.x_T.repeat(len(values), 1, 1, 1)
+    return one.decode(model, s, x_T, edit_guidance)
 
 
 @dataclass(frozen=True)

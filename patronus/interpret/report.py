@@ -326,7 +326,9 @@ def build_report(
         low, high = float(reference[:, strongest].min()), float(bounds[strongest])
         values = torch.linspace(low, high + 0.5 * (high - low), 8)
         progress.stage(f"analyses: extrapolation and consistency of prototype {strongest}")
-        extrapolated = analyses.extrapolation(model, inversion, strongest, values)
+        extrapolated = analyses.extrapolation(
+            model, inversion, strongest, values, edit_guidance=options.edit_guidance
+        )
         consistent = analyses.consistency(
             model, inversion, strongest, float(bounds[strongest]), options.edit_guidance
         )

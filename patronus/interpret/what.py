@@ -14,7 +14,7 @@ every difference an edit shows comes from the edit, not from the decoder.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,6 +49,16 @@ class Inversion:
     x_T: torch.Tensor  # (n, C, H, W)
     steps: int
     guidance_scale: float = 1.0  # the prototype guidance inverted (and decoded) with
+
+    def select(self, indices: Sequence[int]) -> Inversion:
+        """The inversion of the images at ``indices`` only."""
+        index = torch.tensor(list(indices), dtype=torch.long, device=self.x_T.device)
+        return replace(
+            self,
+            images=self.images[index.to(self.images.device)],
+            activations=self.activations[index.to(self.activations.device)],
+            x_T=self.x_T[index],
+        )
 
     def _guidance(self, s: torch.Tensor, edit_guidance: float) -> dict:
         """The sampler's guidance settings: the inversion's own, or with ``edit_guidance`` != 1

@@ -43,8 +43,16 @@ class UNetConfig:
     time_emb_mult: int = 4
     norm_groups: int = 8
     attention_heads: int = 4
+    # how each residual block takes the prototype embedding: "bias" (the paper's: a per-channel
+    # bias before the second GroupNorm) or "scale_shift" (h = GN(h) * (1 + scale) + shift after it)
+    prototype_conditioning: str = "bias"
 
     def __post_init__(self) -> None:
+        if self.prototype_conditioning not in ("bias", "scale_shift"):
+            raise ValueError(
+                "unet.prototype_conditioning must be 'bias' or 'scale_shift', "
+                f"got {self.prototype_conditioning!r}"
+            )
         if len(self.attention) != len(self.channel_mults):
             raise ValueError("unet.attention needs one flag per entry of unet.channel_mults")
         for mult in self.channel_mults:

@@ -1,7 +1,11 @@
 """The conditional UNet of Patronus (Weng et al., ICLR 2026, as in the original implementation).
 
 Every residual block adds two per-channel biases: one from the time embedding and one from the
-prototype embedding. Module names follow the original implementation where that costs nothing
+prototype embedding. The bias sits before a GroupNorm, which removes its mean over each group of
+channels; ``prototype_conditioning="scale_shift"`` instead scales and shifts the normalised
+features (h = GN(h) * (1 + scale) + shift, as in ADM and Diff-AE), a path the norm cannot undo.
+
+Module names follow the original implementation where that costs nothing
 (``encoder_blocks``, ``bottleneck_blocks``, ``decoder_blocks``), so importing its checkpoints is a
 renaming of a few leaf names (``patronus.reference_checkpoint``).
 """
@@ -35,8 +39,9 @@ class SelfAttention(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm, SiLU, conv; + time bias + prototype bias; GroupNorm, SiLU, Dropout2d, conv;
-    + input (1x1 conv where channels change); optional self-attention."""
+    """GroupNorm, SiLU, conv; + time bias (+ prototype bias); GroupNorm (then the prototype
+    scale and shift); SiLU, Dropout2d, conv; + input (1x1 conv where channels change); optional
+    self-attention."""
 
     def __init__(
         self,
@@ -46,12 +51,17 @@ class ResBlock(nn.Module):
         dropout: float,
         groups: int,
         attention_heads: int | None,
+        prototype_conditioning: str = "bias",
     ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels)
         self.conv1 = conv3x3(in_channels, out_channels)
         self.time_bias = nn.Linear(emb_dim, out_channels)
-        self.prototype_bias = nn.Linear(emb_dim, out_channels)
+        self.prototype_conditioning = prototype_conditioning
+        if prototype_conditioning == "bias":
+            self.prototype_bias = nn.Linear(emb_dim, out_channels)
+        else:
+            self.prototype_scale_shift = nn.Linear(emb_dim, 2 * out_channels)
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout2d(dropout)
         self.conv2 = conv3x3(out_channels, out_channels)
@@ -69,9 +79,14 @@ class ResBlock(nn.Module):
         self, x: torch.Tensor, time_emb: torch.Tensor, prototype_emb: torch.Tensor
     ) -> torch.Tensor:
         h = self.conv1(self.act(self.norm1(x)))
-        bias = self.time_bias(self.act(time_emb)) + self.prototype_bias(self.act(prototype_emb))
-        h = h + bias[:, :, None, None]
-        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        prototype = self.act(prototype_emb)
+        bias = self.time_bias(self.act(time_emb))
+        if self.prototype_conditioning == "bias":
+            h = self.norm2(h + (bias + self.prototype_bias(prototype))[:, :, None, None])
+        else:
+            scale, shift = self.prototype_scale_shift(prototype)[:, :, None, None].chunk(2, dim=1)
+            h = self.norm2(h + bias[:, :, None, None]) * (1 + scale) + shift
+        h = self.conv2(self.dropout(self.act(h)))
         h = h + self.skip(x)
         return self.attention(h) if self.attention is not None else h
 
@@ -113,7 +128,15 @@ class PatronusUNet(nn.Module):
         groups, heads = config.norm_groups, config.attention_heads
 
         def block(c_in: int, c_out: int, attend: bool) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_dim, config.dropout, groups, heads if attend else None)
+            return ResBlock(
+                c_in,
+                c_out,
+                emb_dim,
+                config.dropout,
+                groups,
+                heads if attend else None,
+                config.prototype_conditioning,
+            )
 
         self.time_embedding = TimeEmbedding(timesteps, base, emb_dim)
         self.prototype_embedding = PrototypeEmbedding(num_prototypes, emb_dim)

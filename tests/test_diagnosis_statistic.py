@@ -1,0 +1,123 @@
+"""The shortcut diagnosis' statistic and verdict on constructed cases with known answers."""
+
+import math
+
+import pytest
+import torch
+
+from patronus.eval.diagnosis import decorrelated_sample, diagnose
+from patronus.eval.intervention import edited_towards_other_group, realised_fraction, verdict_of
+
+
+def correlated_labels(n, correlation, generator):
+    """(n, 2) binary labels: target ~ Bernoulli(0.4), marker = target with probability
+    ``correlation``, else an independent Bernoulli(0.4)."""
+    target = torch.rand(n, generator=generator) < 0.4
+    independent = torch.rand(n, generator=generator) < 0.4
+    tied = torch.rand(n, generator=generator) < correlation
+    marker = torch.where(tied, target, independent)
+    return torch.stack([target, marker], dim=1).long()
+
+
+def activations_encoding(labels, encoded, generator, prototypes=6):
+    """(n, P) activations: prototypes 0-1 carry column ``encoded`` of the labels (0: the
+    target, 1: the marker) with noise, the rest are noise; prototype 1 is sign-flipped."""
+    n = labels.shape[0]
+    s = torch.randn(n, prototypes, generator=generator)
+    signal = labels[:, encoded].float() * 3.0
+    s[:, 0] += signal
+    s[:, 1] -= signal
+    return s
+
+
+def test_decorrelated_sample_has_equal_cells():
+    generator = torch.Generator().manual_seed(0)
+    labels = correlated_labels(3000, 0.95, generator)
+    index = decorrelated_sample(labels[:, 0], labels[:, 1], seed=3)
+    cells = torch.bincount(labels[index, 0] * 2 + labels[index, 1], minlength=4)
+    assert cells.min() == cells.max() > 10
+    assert len(index.unique()) == len(index)
+    smallest = torch.bincount(labels[:, 0] * 2 + labels[:, 1], minlength=4).min()
+    assert cells[0] == smallest  # the largest balanced sample
+    assert torch.equal(index, decorrelated_sample(labels[:, 0], labels[:, 1], seed=3))
+
+
+@pytest.mark.parametrize("encoded, expected", [(1, True), (0, False)])
+def test_flags_prototypes_that_encode_the_marker(encoded, expected):
+    generator = torch.Generator().manual_seed(1)
+    labels = correlated_labels(4000, 0.95, generator)
+    s = activations_encoding(labels, encoded, generator)
+    diagnosis = diagnose(s, labels, ["core", "marker"], "core", top_k=2)
+    suspect = diagnosis.suspect("marker")
+    assert sorted(diagnosis.top_prototypes) == [0, 1]
+    assert suspect.judged and suspect.phi > 0.8
+    assert suspect.flagged is expected and suspect.encodes_other is expected
+    assert diagnosis.flagged == (["marker"] if expected else [])
+    if expected:  # the prototypes follow the marker: chance for the core, below chance where
+        # the two disagree
+        assert suspect.other_auroc > 0.9 and abs(suspect.target_auroc - 0.5) < 0.1
+        assert suspect.conflicting_target_auroc < 0.2
+    else:
+        assert suspect.target_auroc > 0.9 and abs(suspect.other_auroc - 0.5) < 0.1
+        assert suspect.conflicting_target_auroc > 0.8
+    # both sides of the data show a high AUROC on all images: the matrix alone cannot tell
+    matrix = torch.tensor(diagnosis.auroc)
+    assert matrix[:, :2].min() > 0.85
+
+
+def test_uncorrelated_attributes_are_never_flagged():
+    generator = torch.Generator().manual_seed(2)
+    labels = correlated_labels(2000, 0.0, generator)
+    s = activations_encoding(labels, 1, generator)
+    # the target's best prototypes are noise; make prototype 2 weakly carry both attributes so
+    # that the marker is what the top prototypes encode best
+    s[:, 2] += labels[:, 0] * 0.3 + labels[:, 1] * 3.0
+    diagnosis = diagnose(s, labels, ["core", "marker"], "core", top_k=1)
+    suspect = diagnosis.suspect("marker")
+    assert abs(suspect.phi) < 0.1
+    assert suspect.encodes_other and not suspect.flagged
+
+
+def test_too_few_conflicting_examples_are_not_judged():
+    generator = torch.Generator().manual_seed(3)
+    labels = correlated_labels(300, 1.0, generator)
+    labels[:5, 1] = 1 - labels[:5, 1]
+    s = activations_encoding(labels, 1, generator)
+    suspect = diagnose(s, labels, ["core", "marker"], "core").suspect("marker")
+    assert not suspect.judged and not suspect.flagged and suspect.evidence == []
+    assert suspect.conflicting == 5 and math.isnan(suspect.other_auroc)
+
+
+def test_diagnose_rejects_bad_input():
+    s, labels = torch.randn(20, 4), torch.randint(0, 2, (20, 2))
+    with pytest.raises(ValueError, match="unknown target"):
+        diagnose(s, labels, ["a", "b"], "c")
+    with pytest.raises(ValueError, match="do not match"):
+        diagnose(s[:10], labels, ["a", "b"], "a")
+    with pytest.raises(ValueError, match="top_k"):
+        diagnose(s, labels, ["a", "b"], "a", top_k=5)
+
+
+def test_edit_towards_the_other_group():
+    s = torch.tensor([[0.0, 5.0], [1.0, 5.0], [10.0, 5.0], [11.0, 5.0], [12.0, 5.0]])
+    target = torch.tensor([0, 0, 1, 1, 1])
+    edited = edited_towards_other_group(s, target, [0])
+    high = torch.tensor([10.0, 11.0, 12.0]).quantile(0.95)
+    low = torch.tensor([0.0, 1.0]).quantile(0.05)
+    torch.testing.assert_close(edited[:, 0], torch.stack([high, high, low, low, low]))
+    assert torch.equal(edited[:, 1], s[:, 1])
+    with pytest.raises(ValueError, match="both target groups"):
+        edited_towards_other_group(s, torch.ones(5), [0])
+
+
+def test_realised_fraction_and_verdict():
+    own = torch.zeros(3, 2)
+    edited = torch.tensor([[2.0, 0.0], [4.0, 0.0], [-2.0, 0.0]])
+    achieved = torch.tensor([[1.0, 9.0], [1.0, 9.0], [-2.0, 9.0]])  # 0.5, 0.25, 1.0
+    assert realised_fraction(own, edited, achieved, [0]) == pytest.approx(0.5)
+    assert math.isnan(realised_fraction(own, edited, achieved, [1]))  # nothing asked
+    assert verdict_of(0.3, 0.5, [0.0]) is None  # underpowered: no verdict
+    assert verdict_of(math.nan, 0.5, [0.0]) is None
+    assert verdict_of(0.8, 0.5, [0.1, 0.2]) is True
+    assert verdict_of(0.8, 0.5, [0.1, 0.6]) is False  # a random edit moves it more
+    assert verdict_of(0.8, 0.05, []) is False  # too small an effect
