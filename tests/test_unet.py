@@ -25,9 +25,16 @@ def test_paper_model_has_about_25_1_million_parameters():
     assert sum(p.numel() for p in unet.parameters()) == pytest.approx(25.1e6, rel=0.005)
 
 
-def test_conditioning_on_time_and_prototypes_changes_the_output():
+@pytest.mark.parametrize("conditioning", ["bias", "scale_shift"])
+def test_conditioning_on_time_and_prototypes_changes_the_output(conditioning):
     torch.manual_seed(0)
-    config = UNetConfig(base_channels=16, channel_mults=(1, 2), attention=(False, True), dropout=0)
+    config = UNetConfig(
+        base_channels=16,
+        channel_mults=(1, 2),
+        attention=(False, True),
+        dropout=0,
+        prototype_conditioning=conditioning,
+    )
     unet = PatronusUNet(config, image_channels=3, num_prototypes=5, timesteps=100).eval()
     for module in unet.modules():  # non-zero biases so every path matters
         if isinstance(module, torch.nn.Linear):
@@ -40,6 +47,35 @@ def test_conditioning_on_time_and_prototypes_changes_the_output():
     assert not torch.allclose(base, unet(x, t, s + 1))
     # samples do not interact (no batch-dependent layers)
     torch.testing.assert_close(unet(x[:1], t[:1], s[:1]), base[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_scale_shift_conditioning_scales_the_normalised_features():
+    """GN(h) * (1 + scale) + shift after the second norm, in place of the paper's bias before it;
+    the two layouts' weights do not load into each other."""
+    torch.manual_seed(0)
+    config = UNetConfig(
+        base_channels=8,
+        channel_mults=(1,),
+        attention=(False,),
+        prototype_conditioning="scale_shift",
+    )
+    unet = PatronusUNet(config, image_channels=1, num_prototypes=3, timesteps=10).eval()
+    block = unet.encoder_blocks[0]
+    assert not hasattr(block, "prototype_bias")
+    x, time_emb, proto_emb = torch.randn(2, 8, 6, 6), torch.randn(2, 32), torch.randn(2, 32)
+    inner = (
+        block.conv1(block.act(block.norm1(x)))
+        + block.time_bias(block.act(time_emb))[..., None, None]
+    )
+    scale, shift = block.prototype_scale_shift(block.act(proto_emb)).chunk(2, dim=1)
+    h = block.norm2(inner) * (1 + scale[..., None, None]) + shift[..., None, None]
+    expected = block.conv2(block.act(h)) + x
+    torch.testing.assert_close(block(x, time_emb, proto_emb), expected)
+    paper = PatronusUNet(
+        UNetConfig(base_channels=8, channel_mults=(1,), attention=(False,)), 1, 3, 10
+    )
+    with pytest.raises(RuntimeError, match="prototype_scale_shift"):
+        paper.load_state_dict(unet.state_dict())
 
 
 def test_attention_levels_and_skips_are_wired_as_configured():
@@ -66,3 +102,5 @@ def test_bad_configs_are_rejected():
         UNetConfig(channel_mults=(1, 2), attention=(False,))
     with pytest.raises(ValueError, match="divide by norm_groups"):
         UNetConfig(base_channels=12, channel_mults=(1,), attention=(False,))
+    with pytest.raises(ValueError, match="prototype_conditioning"):
+        UNetConfig(prototype_conditioning="film")
