@@ -210,9 +210,10 @@ def _runner(
 
 
 def _levels(x: torch.Tensor, values: list[int]) -> list[torch.Tensor]:
-    """One (B,) int64 device tensor per level, built before the loop."""
+    """One contiguous (B,) int64 device tensor per level, built before the loop (contiguous, as
+    training passes t: a compiled denoiser then needs no second graph for stride-0 levels)."""
     table = torch.tensor(values, dtype=torch.long, device=x.device)
-    return list(table[:, None].expand(len(values), x.shape[0]).unbind(0))
+    return list(table[:, None].repeat(1, x.shape[0]).unbind(0))
 
 
 def ddim_sampling(
