@@ -5,7 +5,13 @@ sample the diagnosis never sees, and never the unbiased twin.
 
 Which way a seed goes depends on floating point (the CPU's instruction set changes the trained
 model), so the test asserts agreement with the ground truth, whichever it is, not a fixed outcome.
+The ground truth is the difference of the top prototypes' AUROCs for the marker and for the target
+on 2000 unbiased images (standard error about 0.02); the diagnosis sees a decorrelated sample of
+about 300 biased images (about 0.05), so it must never flag a seed whose prototypes do not follow
+the marker, and must flag every seed whose prototypes clearly do (difference >= ``CLEAR``).
 """
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +21,7 @@ from patronus.data import SyntheticShapes
 from patronus.data.registry import SHORTCUT
 from patronus.eval.attributes import attribute_table
 from patronus.eval.classifier import ClassifierConfig, train_classifier
-from patronus.eval.diagnosis import MIN_AUROC, diagnose
+from patronus.eval.diagnosis import diagnose
 from patronus.eval.intervention import confirm
 from patronus.eval.roc import factor_auroc
 from patronus.models.presets import get_preset
@@ -23,7 +29,8 @@ from patronus.train import TrainConfig, Trainer
 
 SEEDS = (0, 1, 2)
 TARGET, MARKER = "shape=square", "colour=red"
-DECISIVE = 0.05  # ground truth this far from its thresholds is decisive
+CLEAR = 0.15  # a ground-truth difference the diagnosis' sample resolves (3 standard errors)
+STEPS = 500
 
 
 def trained(dataset, seed, folder):
@@ -41,9 +48,6 @@ def trained(dataset, seed, folder):
     return trainer.model.eval()
 
 
-STEPS = 500
-
-
 def encoded(model, data):
     images = torch.stack([data[i][0] for i in range(len(data))])
     with torch.no_grad():
@@ -54,8 +58,9 @@ def encoded(model, data):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """Models of three seeds on the biased set and one on its unbiased twin, with the biased
-    data the diagnosis reads and an independent unbiased sample for the ground truth."""
+    """Models of three seeds on the biased set and one on its unbiased twin, each with data of
+    its own training distribution (what `patronus diagnose` reads) and an independent unbiased
+    sample for the ground truth."""
     biased_train = SyntheticShapes(512, 24, 3, seed=0, **SHORTCUT)
     models = {
         f"seed {seed}": trained(biased_train, seed, tmp_path_factory.mktemp(f"s{seed}"))
@@ -64,7 +69,9 @@ def planted(tmp_path_factory):
     models["unbiased twin"] = trained(
         SyntheticShapes(512, 24, 3, seed=0), 0, tmp_path_factory.mktemp("twin")
     )
-    return models, SyntheticShapes(4000, 24, 3, seed=1, **SHORTCUT), SyntheticShapes(2000, 24, 3)
+    own_data = {name: SyntheticShapes(8000, 24, 3, seed=1, **SHORTCUT) for name in models}
+    own_data["unbiased twin"] = SyntheticShapes(8000, 24, 3, seed=1)
+    return models, own_data, SyntheticShapes(2000, 24, 3, seed=2)
 
 
 def ground_truth(model, prototypes, unbiased):
@@ -78,57 +85,61 @@ def ground_truth(model, prototypes, unbiased):
 
 
 def test_flags_exactly_the_seeds_whose_prototypes_encode_the_marker(planted, record_property):
-    models, biased, unbiased = planted
-    decisive = 0
+    models, own_data, unbiased = planted
     for name, model in models.items():
-        _, activations, table = encoded(model, biased)
+        _, activations, table = encoded(model, own_data[name])
         diagnosis = diagnose(activations, table.values.long(), table.names, TARGET)
         suspect = diagnosis.suspect(MARKER)
         marker, target = ground_truth(model, diagnosis.top_prototypes, unbiased)
-        encodes_marker = marker >= MIN_AUROC and marker > target
         record_property(
             name,
-            f"flagged={suspect.flagged} marker={marker:.3f} target={target:.3f} "
-            f"diagnosis: other={suspect.other_auroc:.3f} target={suspect.target_auroc:.3f} "
-            f"conflicting={suspect.conflicting_target_auroc:.3f} phi={suspect.phi:.2f}",
+            line := (
+                f"flagged={suspect.flagged} truth: marker={marker:.3f} target={target:.3f}; "
+                f"diagnosis: marker={suspect.other_auroc:.3f} target={suspect.target_auroc:.3f} "
+                f"se={suspect.difference_se:.3f} "
+                f"conflicting={suspect.conflicting_target_auroc:.3f} "
+                f"phi={suspect.phi:.2f}"
+            ),
         )
+        print(name, line)
         assert suspect.judged, "the biased sample must hold enough conflicting examples"
         # the decorrelated sample drawn from biased data measures what unbiased data shows
-        assert suspect.other_auroc == pytest.approx(marker, abs=0.1)
-        assert suspect.target_auroc == pytest.approx(target, abs=0.1)
+        assert suspect.other_auroc == pytest.approx(marker, abs=0.15)
+        assert suspect.target_auroc == pytest.approx(target, abs=0.15)
         if name == "unbiased twin":
             assert not suspect.flagged and abs(suspect.phi) < 0.1
             continue
         assert suspect.phi > 0.8
-        if abs(marker - MIN_AUROC) >= DECISIVE and abs(marker - target) >= DECISIVE:
-            decisive += 1
-            assert suspect.flagged is encodes_marker, name
-    assert decisive >= 2, "too few seeds with decisive ground truth: strengthen the fixture"
+        if suspect.flagged:
+            assert marker > target, f"{name}: flagged, but its prototypes follow the target"
+        else:
+            assert marker - target < CLEAR, f"{name}: its prototypes follow the marker, unflagged"
 
 
 def test_the_colour_prototypes_are_no_shortcut_for_colour(planted):
     """The reverse question on the same models: the prototypes of "colour=red" encode red, so
     shape is no shortcut for it."""
-    models, biased, _ = planted
-    for model in models.values():
-        _, activations, table = encoded(model, biased)
+    models, own_data, _ = planted
+    for name, model in models.items():
+        _, activations, table = encoded(model, own_data[name])
         diagnosis = diagnose(activations, table.values.long(), table.names, MARKER)
         assert TARGET not in diagnosis.flagged
 
 
 def test_intervention_reports_power_and_null_baseline(planted):
-    models, biased, _ = planted
+    models, own_data, _ = planted
     model = models["seed 0"]
-    images, activations, table = encoded(model, biased)
+    images, activations, table = encoded(model, own_data["seed 0"])
     values = table.values.long()
     classifier = train_classifier(
         ClassifierConfig(3, 24, len(table.names), multilabel=True),
         list(zip(images[:512].split(64), values[:512].float().split(64), strict=True)),
         150,
     )
-    diagnosis = diagnose(activations, values, table.names, TARGET, min_phi=0.0, min_auroc=0.5)
-    flagged = [s for s in diagnosis.suspects if s.flagged]
-    assert flagged, "with the bars lowered some attribute must be flagged"
+    diagnosis = diagnose(activations, values, table.names, TARGET)
+    # intervene on the marker whatever the statistic said (the intervention is what is tested)
+    suspects = [replace(s, flagged=s.attribute == MARKER) for s in diagnosis.suspects]
+    diagnosis = replace(diagnosis, suspects=suspects)
     result = confirm(diagnosis, model, images[:24], values[:24], classifier, steps=8, null_sets=2)
     for suspect in result.suspects:
         if not suspect.flagged:

@@ -16,11 +16,14 @@ encodes either one ranks high for both. Only images where the two *disagree* can
    Per top prototype: its oriented AUROC for the target and for a' on the decorrelated sample, and
    its oriented AUROC for the target on the conflicting examples (below 0.5: when the two
    disagree, the prototype sides with a').
-3. The prototypes **encode a** when, averaged over the top-k, the decorrelated AUROC for a' is at
-   least ``min_auroc`` (0.75, the paper's bar for a captured attribute), exceeds the one for the
-   target, and the conflicting examples side with a' (mean AUROC for the target below 0.5, chance).
-   The model **relies on the shortcut** (``flagged``) when they encode a and |phi| >= ``min_phi``
-   (0.3): a correlation the data must contain for a shortcut to exist at all.
+3. The prototypes **encode a** when, averaged over the top-k, the decorrelated AUROC for a'
+   exceeds the one for the target by more than ``min_z`` (2) standard errors (Hanley and McNeil's
+   for one AUROC of the sample's size, combined for the difference: the sample may be small), and
+   the conflicting examples side with a' (mean AUROC for the target below 0.5, chance). The
+   question is relative: which of the two do the prototypes follow. (An absolute bar such as the
+   paper's 0.75 for a captured attribute would call a weak model whose target prototypes follow
+   the marker "no shortcut".) The model **relies on the shortcut** (``flagged``) when they encode a
+   and |phi| >= ``min_phi`` (0.3): a correlation the data must contain for a shortcut to exist.
 4. A candidate with fewer than ``min_cell`` images in a cell of the decorrelated sample is not
    judged (``judged=False``): there are too few conflicting examples to tell the two apart.
 
@@ -38,8 +41,17 @@ import torch
 from patronus.eval.probes import auroc_matrix
 from patronus.eval.roc import roc_auc
 
-MIN_AUROC = 0.75  # the paper's bar for a captured attribute
 CHANCE = 0.5
+MIN_Z = 2.0
+
+
+def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
+    """Hanley and McNeil (1982): the standard error of an AUROC from its value and class sizes."""
+    q1, q2 = auroc / (2 - auroc), 2 * auroc**2 / (1 + auroc)
+    variance = (
+        auroc * (1 - auroc) + (positives - 1) * (q1 - auroc**2) + (negatives - 1) * (q2 - auroc**2)
+    ) / (positives * negatives)
+    return max(variance, 0.0) ** 0.5
 
 
 def phi(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,6 +113,7 @@ class Suspect:
     decorrelated: int  # size of the decorrelated sample
     judged: bool  # enough conflicting examples in every cell
     evidence: list[PrototypeEvidence] = field(default_factory=list)
+    difference_se: float = float("nan")  # standard error of other_auroc - target_auroc
     encodes_other: bool = False
     flagged: bool = False
     intervention: Intervention | None = None  # set by patronus.eval.intervention.confirm
@@ -163,7 +176,7 @@ def diagnose(
     target: str,
     top_k: int = 3,
     min_phi: float = 0.3,
-    min_auroc: float = MIN_AUROC,
+    min_z: float = MIN_Z,
     min_cell: int = 10,
     seed: int = 0,
 ) -> Diagnosis:
@@ -210,13 +223,19 @@ def diagnose(
             )
         ]
         suspect = Suspect(name, correlation, int(conflicting.sum()), len(sample), True, evidence)
+        half = len(sample) // 2  # a balanced sample: half positive for either label
+        difference_se = (
+            auroc_standard_error(suspect.other_auroc, half, half) ** 2
+            + auroc_standard_error(suspect.target_auroc, half, half) ** 2
+        ) ** 0.5
         encodes = (
-            suspect.other_auroc >= min_auroc
-            and suspect.other_auroc > suspect.target_auroc
+            suspect.other_auroc - suspect.target_auroc > min_z * difference_se
             and suspect.conflicting_target_auroc < CHANCE
         )
         flagged = encodes and abs(correlation) >= min_phi
-        suspects.append(replace(suspect, encodes_other=encodes, flagged=flagged))
+        suspects.append(
+            replace(suspect, difference_se=difference_se, encodes_other=encodes, flagged=flagged)
+        )
     return Diagnosis(
         target,
         top.tolist(),
@@ -226,7 +245,7 @@ def diagnose(
         {
             "top_k": top_k,
             "min_phi": min_phi,
-            "min_auroc": min_auroc,
+            "min_z": min_z,
             "min_cell": min_cell,
             "seed": seed,
         },

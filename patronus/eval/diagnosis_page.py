@@ -89,8 +89,8 @@ def write_diagnosis(diagnosis: Diagnosis, folder: Path) -> Path:
 Each attribute is judged on images where it and {target} are independent (the decorrelated
 sample: equally many images from each of the four cells) and on the conflicting examples (where
 the two disagree). AUROCs are oriented the way the model uses the prototypes for {target}
-(0.5 is chance). Flagged when the prototypes separate the other attribute with AUROC at least
-{th["min_auroc"]} and better than {target} itself, side with it on the conflicting examples
+(0.5 is chance). Flagged when the prototypes separate the other attribute better than
+{target} itself by more than {th["min_z"]} standard errors, side with it on the conflicting examples
 (AUROC for {target} below 0.5), and |phi| is at least {th["min_phi"]}. An intervention confirms
 only when its edits realise at least {th.get("min_realised", "n/a")} of the requested change,
 move the classifier's probability of the other attribute by at least
