@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from patronus.eval.diagnosis import auroc_standard_error, decorrelated_sample, diagnose
+from patronus.eval.diagnosis_page import write_diagnosis
 from patronus.eval.intervention import edited_towards_other_group, realised_fraction, verdict_of
 from patronus.eval.roc import roc_auc
 
@@ -134,3 +135,15 @@ def test_realised_fraction_and_verdict():
     assert verdict_of(0.8, 0.5, [0.1, 0.2]) is True
     assert verdict_of(0.8, 0.5, [0.1, 0.6]) is False  # a random edit moves it more
     assert verdict_of(0.8, 0.05, []) is False  # too small an effect
+
+
+def test_page_states_the_verdict(tmp_path):
+    generator = torch.Generator().manual_seed(1)
+    labels = correlated_labels(4000, 0.95, generator)
+    for encoded, expected in ((1, "follow marker (AUROC"), (0, "No shortcut found for core")):
+        s = activations_encoding(labels, encoded, generator)
+        diagnosis = diagnose(s, labels, ["core", "marker"], "core", top_k=2)
+        page = write_diagnosis(diagnosis, tmp_path / str(encoded)).read_text()
+        assert expected in page
+        assert ("intervention not run" in page) is (encoded == 1)
+        assert (tmp_path / str(encoded) / "diagnosis.json").is_file()

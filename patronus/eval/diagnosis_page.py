@@ -76,11 +76,16 @@ def write_diagnosis(diagnosis: Diagnosis, folder: Path) -> Path:
     flagged = diagnosis.flagged
     th = diagnosis.thresholds
     target = html.escape(diagnosis.target)
-    headline = (
-        f"The model's prototypes for {target} encode {html.escape(', '.join(flagged))} instead."
-        if flagged
-        else f"No shortcut found for {target} among the {len(judged)} attributes judged."
-    )
+    if flagged:
+        evidence = "; ".join(
+            f"{html.escape(s.attribute)} (AUROC {s.other_auroc:.2f} against {s.target_auroc:.2f} "
+            f"for {target} where the two are independent): {html.escape(verdict(s))}"
+            for s in diagnosis.suspects
+            if s.flagged
+        )
+        headline = f"The model's prototypes for {target} follow {evidence}."
+    else:
+        headline = f"No shortcut found for {target} among the {len(judged)} attributes judged."
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Shortcut diagnosis</title>
 </head><body style="font-family:sans-serif;max-width:1100px;margin:2em auto">
 <h1>Shortcut diagnosis: {target}</h1>
