@@ -22,15 +22,27 @@ def extension_modules():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/cpu.cpp"))
     cuda_sources = sorted(glob.glob("csrc/*/cuda.cu"))
     use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources)
-    # -ffp-contract=off: vector and scalar loops round alike (the CPU kernels rely on it for ties)
+    # -ffp-contract=off: vector and scalar loops round alike (the CPU kernels rely on it for ties);
+    # the OpenMP flags torch was built with make at::parallel_for use torch's threads (without
+    # them its OpenMP pragmas are ignored and every loop runs on one thread)
+    openmp = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
     compile_args = {"cxx": ["-O3", "-std=c++17", "-ffp-contract=off"]}
+    link_args = []
+    if openmp:
+        compile_args["cxx"].append("-fopenmp")
+        link_args.append("-fopenmp")
     if use_cuda:
         compile_args["nvcc"] = ["-O3", "--use_fast_math"]
         module = CUDAExtension(
-            "patronus._C", sources + cuda_sources, extra_compile_args=compile_args
+            "patronus._C",
+            sources + cuda_sources,
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
         )
     else:
-        module = CppExtension("patronus._C", sources, extra_compile_args=compile_args)
+        module = CppExtension(
+            "patronus._C", sources, extra_compile_args=compile_args, extra_link_args=link_args
+        )
     return [module], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

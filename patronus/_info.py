@@ -24,6 +24,16 @@ def _devices() -> list[torch.device]:
     return devices
 
 
+def _extension_threads() -> str:
+    """How many threads the extension's parallel loops run on (torch's count, when built with
+    the OpenMP flags torch uses)."""
+    module, _ = _backend.load_extension()
+    if module is None:
+        return "not built"
+    work = 4 * torch.get_num_threads()
+    return str(torch.ops.patronus.parallel_threads_seen(work))
+
+
 def info() -> str:
     """A report of versions, devices, the extension and Triton, and the backend of each op."""
     from patronus.ops import backend_choices
@@ -36,6 +46,7 @@ def info() -> str:
         f"numpy {_version('numpy')}, safetensors {_version('safetensors')}",
         f"triton: {_backend.triton_status() or _version('triton')}",
         f"extension patronus._C: {extension}",
+        f"CPU threads: torch {torch.get_num_threads()}, extension {_extension_threads()}",
         f"{_backend.ENV_VAR}={_backend.requested_backend()}",
     ]
     for device in _devices():

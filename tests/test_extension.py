@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from patronus import _backend
 
 BUILT = os.environ.get("PATRONUS_BUILD_EXT", "1") != "0"
@@ -36,3 +38,24 @@ def test_without_extension_everything_runs_on_torch():
     assert "disabled by PATRONUS_BUILD_EXT=0" in out.stdout
     assert "q_sample                 torch" in out.stdout
     assert "scheduler_step           torch" in out.stdout
+
+
+def test_parallel_loops_use_the_threads_torch_is_set_to():
+    """The extension is compiled with torch's OpenMP flags: its at::parallel_for runs on as many
+    threads as torch.set_num_threads allows (without the flags it runs on one, whatever is set).
+    In a subprocess, so that thread settings do not leak into other tests."""
+    if not BUILT:
+        pytest.skip("the extension is disabled (PATRONUS_BUILD_EXT=0)")
+    code = (
+        "import torch, patronus._C\n"
+        "seen = []\n"
+        "for threads in (1, 2):\n"
+        "    torch.set_num_threads(threads)\n"
+        "    seen.append(torch.ops.patronus.parallel_threads_seen(64))\n"
+        "print(seen, torch.ops.patronus.parallel_threads_seen(1))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["[1,", "2]", "1"]
