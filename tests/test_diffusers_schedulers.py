@@ -5,9 +5,10 @@ import torch
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional extra")
 
-from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
+from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler  # noqa: E402
 
 from patronus.diffusion.diffusers_schedulers import (  # noqa: E402
+    PatronusDDIMInverseScheduler,
     PatronusDDIMScheduler,
     PatronusDDPMScheduler,
 )
@@ -43,6 +44,37 @@ def test_ddim_matches_diffusers(config, eta, use_clipped):
         )
         torch.testing.assert_close(got.prev_sample, want.prev_sample, atol=1e-5, rtol=1e-5)
         sample = want.prev_sample
+
+
+INVERSE_CONFIGS = [
+    {},
+    {"set_alpha_to_one": False, "clip_sample": True, "clip_sample_range": 1.5},
+    {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    # (from abar = 1 an x0 prediction leaves the noise undefined, in diffusers too)
+    {"prediction_type": "sample", "steps_offset": 1, "set_alpha_to_one": False},
+]
+
+
+@pytest.mark.parametrize("config", INVERSE_CONFIGS)
+def test_ddim_inverse_matches_diffusers(config):
+    reference = DDIMInverseScheduler(**config)
+    fused = PatronusDDIMInverseScheduler.from_config(reference.config)
+    for scheduler in (reference, fused):
+        scheduler.set_timesteps(10)
+    assert torch.equal(reference.timesteps, fused.timesteps)
+    generator = torch.Generator().manual_seed(2)
+    sample = torch.randn(3, 4, 8, 8, generator=generator)
+    for t in reference.timesteps:
+        output = torch.randn(sample.shape, generator=generator)
+        got = fused.step(output, t, sample)
+        want = reference.step(output, t, sample)
+        torch.testing.assert_close(
+            got.pred_original_sample, want.pred_original_sample, atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(got.prev_sample, want.prev_sample, atol=1e-5, rtol=1e-5)
+        sample = want.prev_sample
+    prev, x0 = fused.step(output, reference.timesteps[-1], sample, return_dict=False)
+    assert prev.shape == x0.shape == sample.shape
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """Drop-in diffusers schedulers whose step is the fused ``patronus::scheduler_step``.
 
-``PatronusDDIMScheduler`` and ``PatronusDDPMScheduler`` subclass diffusers' ``DDIMScheduler`` and
-``DDPMScheduler`` (so ``SchedulerMixin``/``ConfigMixin``, configs, ``set_timesteps`` and
-``from_config`` are theirs) and replace ``step()`` by one fused pass with the same outputs
-(``prev_sample``, ``pred_original_sample``) for the same inputs, noise included: noise comes from
+``PatronusDDIMScheduler``, ``PatronusDDPMScheduler`` and ``PatronusDDIMInverseScheduler``
+subclass diffusers' ``DDIMScheduler``, ``DDPMScheduler`` and ``DDIMInverseScheduler`` (so
+``SchedulerMixin``/``ConfigMixin``, configs, ``set_timesteps`` and ``from_config`` are theirs)
+and replace ``step()`` by one fused pass with the same outputs (``prev_sample``,
+``pred_original_sample``) for the same inputs, noise included: noise comes from
 the same ``generator`` calls (or ``variance_noise``) as in diffusers. Swap them into a pipeline:
 
     pipe.scheduler = PatronusDDIMScheduler.from_config(pipe.scheduler.config)
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 
 try:
-    from diffusers import DDIMScheduler, DDPMScheduler, SchedulerMixin
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, SchedulerMixin
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
@@ -37,7 +38,12 @@ from patronus.ops.scheduler import scheduler_step
 
 # diffusers' pipeline loader finds a component's loading method by looking the base classes it
 # knows (``SchedulerMixin`` among them) up by name in the component's module: keep it here.
-__all__ = ["PatronusDDIMScheduler", "PatronusDDPMScheduler", "SchedulerMixin"]
+__all__ = [
+    "PatronusDDIMInverseScheduler",
+    "PatronusDDIMScheduler",
+    "PatronusDDPMScheduler",
+    "SchedulerMixin",
+]
 
 _FUSED_DDPM_VARIANCES = {"fixed_small": "posterior", "fixed_large": "beta"}
 
@@ -126,3 +132,38 @@ class PatronusDDPMScheduler(DDPMScheduler):
         if not return_dict:
             return prev_sample, pred_x0
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+
+
+class PatronusDDIMInverseScheduler(DDIMInverseScheduler):
+    """diffusers' DDIMInverseScheduler with a fused ``step``: the deterministic DDIM update run
+    towards noise (x_next = sqrt(abar_next) x0 + sqrt(1 - abar_next) eps).
+
+    diffusers' convention: ``timestep`` is the level the step goes *to* (the model was evaluated
+    there); the sample sits ``num_train_timesteps // num_inference_steps`` below it, at clean data
+    (abar = 1, or abar_0 without ``set_alpha_to_one``) for the first step. Clipping clamps x0 and
+    keeps the model's noise, as diffusers does."""
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> DDIMSchedulerOutput | tuple:
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        target = int(timestep)
+        current = min(
+            target - self.config.num_train_timesteps // self.num_inference_steps,
+            self.config.num_train_timesteps - 1,
+        )
+        if current < 0:  # the first step starts from clean data: abar = 1 (level -1) or abar_0
+            current = -1 if self.config.set_alpha_to_one else 0
+        clip = {"clip": self.config.clip_sample_range} if self.config.clip_sample else {}
+        next_sample, pred_x0 = scheduler_step(
+            sample, model_output, current, target, self.alphas_cumprod, mode="ddim",
+            prediction=self.config.prediction_type, recompute_eps=False, **clip,
+        )  # fmt: skip
+        if not return_dict:
+            return next_sample, pred_x0
+        return DDIMSchedulerOutput(prev_sample=next_sample, pred_original_sample=pred_x0)
