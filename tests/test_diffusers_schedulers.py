@@ -22,28 +22,37 @@ DDIM_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config", DDIM_CONFIGS)
-@pytest.mark.parametrize("eta", [0.0, 0.7])
-@pytest.mark.parametrize("use_clipped", [False, True])
-def test_ddim_matches_diffusers(config, eta, use_clipped):
-    reference = DDIMScheduler(**config)
-    fused = PatronusDDIMScheduler.from_config(reference.config)
+def assert_same_loop(reference, fused, seed, step_options=lambda t: {}):
+    """Both schedulers over 10 inference steps on the same random model outputs, from the
+    reference's own trajectory: the fused step must give diffusers' outputs at every step.
+    ``step_options(t)`` gives each call's extra arguments (called once per scheduler)."""
     for scheduler in (reference, fused):
         scheduler.set_timesteps(10)
     assert torch.equal(reference.timesteps, fused.timesteps)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     sample = torch.randn(3, 4, 8, 8, generator=generator)
     for t in reference.timesteps:
         output = torch.randn(sample.shape, generator=generator)
-        got = fused.step(output, t, sample, eta, use_clipped, torch.Generator().manual_seed(int(t)))
-        want = reference.step(
-            output, t, sample, eta, use_clipped, torch.Generator().manual_seed(int(t))
-        )
+        got = fused.step(output, t, sample, **step_options(t))
+        want = reference.step(output, t, sample, **step_options(t))
         torch.testing.assert_close(
             got.pred_original_sample, want.pred_original_sample, atol=1e-5, rtol=1e-5
         )
         torch.testing.assert_close(got.prev_sample, want.prev_sample, atol=1e-5, rtol=1e-5)
         sample = want.prev_sample
+
+
+@pytest.mark.parametrize("config", DDIM_CONFIGS)
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+@pytest.mark.parametrize("use_clipped", [False, True])
+def test_ddim_matches_diffusers(config, eta, use_clipped):
+    reference = DDIMScheduler(**config)
+
+    def options(t):
+        generator = torch.Generator().manual_seed(int(t))
+        return {"eta": eta, "use_clipped_model_output": use_clipped, "generator": generator}
+
+    assert_same_loop(reference, PatronusDDIMScheduler.from_config(reference.config), 0, options)
 
 
 INVERSE_CONFIGS = [
@@ -59,21 +68,9 @@ INVERSE_CONFIGS = [
 def test_ddim_inverse_matches_diffusers(config):
     reference = DDIMInverseScheduler(**config)
     fused = PatronusDDIMInverseScheduler.from_config(reference.config)
-    for scheduler in (reference, fused):
-        scheduler.set_timesteps(10)
-    assert torch.equal(reference.timesteps, fused.timesteps)
-    generator = torch.Generator().manual_seed(2)
-    sample = torch.randn(3, 4, 8, 8, generator=generator)
-    for t in reference.timesteps:
-        output = torch.randn(sample.shape, generator=generator)
-        got = fused.step(output, t, sample)
-        want = reference.step(output, t, sample)
-        torch.testing.assert_close(
-            got.pred_original_sample, want.pred_original_sample, atol=1e-5, rtol=1e-5
-        )
-        torch.testing.assert_close(got.prev_sample, want.prev_sample, atol=1e-5, rtol=1e-5)
-        sample = want.prev_sample
-    prev, x0 = fused.step(output, reference.timesteps[-1], sample, return_dict=False)
+    assert_same_loop(reference, fused, 2)
+    sample = torch.randn(3, 4, 8, 8)
+    prev, x0 = fused.step(sample, reference.timesteps[-1], sample, return_dict=False)
     assert prev.shape == x0.shape == sample.shape
 
 
