@@ -29,7 +29,9 @@ from patronus.train import TrainConfig, Trainer
 
 SEEDS = (0, 1, 2)
 TARGET, MARKER = "shape=square", "colour=red"
-CLEAR = 0.15  # a ground-truth difference the diagnosis' sample resolves (3 standard errors)
+# a ground-truth difference the diagnosis' sample resolves: 4 of its standard errors (about 0.05),
+# so that a seed near the bar on another CPU's floating point does not make the test flaky
+CLEAR = 0.2
 STEPS = 500
 
 
