@@ -134,14 +134,22 @@ def test_signals_save_a_checkpoint_and_exit_without_a_traceback(tmp_path, signal
     run = tmp_path / "run"
     command = [sys.executable, "-m", "patronus", *TRAIN, "--out", str(run), "--steps", "100000",
                "--checkpoint-every", "100000", "--limit", "64"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts jobs in the background ignores SIGINT in them, and Python keeps an
+    # inherited SIG_IGN: give the child the default disposition, as a terminal would
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.2)
-    process.send_signal(signal_number)
-    out, err = process.communicate(timeout=120)
+    try:
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.2)
+        process.send_signal(signal_number)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()  # never leave a 100000-step run behind a failure
     assert process.returncode == 128 + signal_number
     assert "checkpoint saved" in out and "interrupted" in err and "Traceback" not in err
     step = int(json.loads(metrics.read_text().splitlines()[-1])["step"])
