@@ -83,6 +83,14 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ema", type=a.decay, help="EMA decay, e.g. 0.999 (default: none)")
     a.number(parser, "--grad-clip", a.nonnegative_float, 1.0, "gradient norm clipping (0: off)")
     a.number(parser, "--distinct-weight", a.nonnegative_float, 0.0, "weight of the distinct loss")
+    a.number(
+        parser,
+        "--timestep-bias",
+        a.nonnegative_float,
+        0.0,
+        "tilt of training timesteps towards high noise: density ~ (t/T)^b",
+        note="uniform",
+    )
     a.number(parser, "--log-every", a.positive_int, 10, "steps between metric rows")
     a.number(parser, "--checkpoint-every", a.positive_int, 500, "steps between checkpoints")
     a.number(
@@ -143,6 +151,7 @@ def _new_run(args: argparse.Namespace, preset, steps_of):
         ema_decay=args.ema,
         grad_clip=args.grad_clip if args.grad_clip > 0 else None,
         distinct_loss_weight=args.distinct_weight,
+        timestep_bias=args.timestep_bias,
         seed=args.seed,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,

@@ -16,7 +16,9 @@ class TrainConfig:
     """How to train. ``batch_size`` is the global batch (split across DDP processes).
 
     ``amp="auto"`` means bf16 autocast on CUDA and none on CPU. ``ema_decay=None`` disables
-    EMA (the paper uses none). ``sample_every=0`` writes a sample grid only at checkpoints.
+    EMA (the paper uses none). ``timestep_bias`` b > 0 draws training timesteps with density
+    proportional to (t / T)^b instead of uniformly (0, the paper's). ``sample_every=0`` writes
+    a sample grid only at checkpoints.
     """
 
     max_steps: int = 1000
@@ -29,6 +31,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     distinct_loss_weight: float = 0.0
     distinct_margin: float = 0.2
+    timestep_bias: float = 0.0
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -46,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if not self.timestep_bias >= 0.0:
+            raise ValueError(f"timestep_bias must be >= 0, got {self.timestep_bias}")
         if min(self.log_every, self.checkpoint_every, self.keep_checkpoints) < 1:
             raise ValueError("log_every, checkpoint_every and keep_checkpoints must be >= 1")
 

@@ -212,7 +212,11 @@ class Trainer:
         self.noise_generator.manual_seed(self._seed(1))
         local, world = x0.shape[0], self.dist.world_size
         t = sample_timesteps(
-            local * world, self.model.config.diffusion.timesteps, self.device, self.noise_generator
+            local * world,
+            self.model.config.diffusion.timesteps,
+            self.device,
+            self.noise_generator,
+            self.config.timestep_bias,
         )
         noise = torch.randn(
             (local * world, *x0.shape[1:]), generator=self.noise_generator, device=self.device
