@@ -19,11 +19,14 @@ TORCH_LIBRARY(patronus, m) {
   // given the model output. mode 0 DDIM / 1 DDPM; prediction 0 epsilon / 1 sample / 2 v;
   // variance 0 posterior / 1 beta; clip > 0 clamps x0; threshold (B,) clamps and rescales x0 per
   // sample; noise, or rng_state int64 [seed, offset] for in-kernel Philox noise; null_output
-  // (the unconditioned model output) guides: null + guidance_scale (out - null). Returns
-  // (prev, x0).
+  // (the unconditioned model output) guides: null + guidance_scale (out - null). mode 2 is
+  // DPM-Solver++ of order 1 + len(history): history holds the previous x0 predictions (the x0
+  // outputs of the previous steps, most recent first), history_timestep their levels ((B,) int64
+  // each). Returns (prev, x0).
   m.def(
       "scheduler_step_fwd(Tensor sample, Tensor model_output, Tensor timestep, "
       "Tensor prev_timestep, Tensor alphas_cumprod, int mode, int prediction, int variance, "
       "float eta, float clip, bool recompute_eps, Tensor? threshold, Tensor? noise, "
-      "Tensor? rng_state, Tensor? null_output, float guidance_scale) -> (Tensor, Tensor)");
+      "Tensor? rng_state, Tensor? null_output, float guidance_scale, Tensor[] history, "
+      "Tensor[] history_timestep) -> (Tensor, Tensor)");
 }

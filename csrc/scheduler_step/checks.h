@@ -21,7 +21,8 @@ inline step::Options check_scheduler_step(const at::Tensor& sample, const at::Te
                                           const c10::optional<at::Tensor>& noise,
                                           const c10::optional<at::Tensor>& rng_state,
                                           const c10::optional<at::Tensor>& null_output,
-                                          double guidance_scale) {
+                                          double guidance_scale, at::TensorList history,
+                                          at::TensorList history_timestep) {
   TORCH_CHECK(sample.dim() >= 1, "scheduler_step: sample must be (B, ...)");
   TORCH_CHECK(model_output.sizes() == sample.sizes() &&
                   model_output.scalar_type() == sample.scalar_type(),
@@ -35,7 +36,22 @@ inline step::Options check_scheduler_step(const at::Tensor& sample, const at::Te
   TORCH_CHECK(alphas_cumprod.dim() == 1 && alphas_cumprod.scalar_type() == at::kDouble &&
                   alphas_cumprod.device() == sample.device(),
               "scheduler_step: alphas_cumprod must be (T,) float64 on the sample's device");
-  TORCH_CHECK(mode == step::kDDIM || mode == step::kDDPM, "scheduler_step: mode is 0 or 1");
+  TORCH_CHECK(mode == step::kDDIM || mode == step::kDDPM || mode == step::kDPMSolverPP,
+              "scheduler_step: mode is 0 (DDIM), 1 (DDPM) or 2 (DPM-Solver++)");
+  TORCH_CHECK(history.size() == history_timestep.size() && history.size() <= 2,
+              "scheduler_step: history and history_timestep hold the same number (0-2) of tensors");
+  TORCH_CHECK(history.empty() || mode == step::kDPMSolverPP,
+              "scheduler_step: previous predictions (history) are for DPM-Solver++ (mode 2) only");
+  for (size_t i = 0; i < history.size(); ++i) {
+    TORCH_CHECK(history[i].sizes() == sample.sizes() &&
+                    history[i].scalar_type() == sample.scalar_type() &&
+                    history[i].device() == sample.device(),
+                "scheduler_step: history tensors must match sample in shape, dtype and device");
+    TORCH_CHECK(history_timestep[i].dim() == 1 && history_timestep[i].size(0) == batch &&
+                    history_timestep[i].scalar_type() == at::kLong &&
+                    history_timestep[i].device() == sample.device(),
+                "scheduler_step: history_timestep tensors must be (B,) int64 on the sample's device");
+  }
   TORCH_CHECK(prediction >= step::kEpsilon && prediction <= step::kVelocity,
               "scheduler_step: prediction is 0 (epsilon), 1 (sample) or 2 (v)");
   TORCH_CHECK(variance == step::kPosterior || variance == step::kBeta,
@@ -68,7 +84,8 @@ inline step::Options check_scheduler_step(const at::Tensor& sample, const at::Te
   // decided without reading the levels (which would synchronise with a GPU)
   TORCH_CHECK(!(mode == step::kDDPM || eta > 0.0) || noise.has_value() || rng_state.has_value(),
               "scheduler_step: DDPM and DDIM with eta > 0 add noise: pass noise or rng_state");
-  return step::Options{mode, prediction, variance, eta, clip, recompute_eps};
+  return step::Options{mode,         prediction, variance, eta, clip, recompute_eps,
+                       1 + static_cast<int64_t>(history.size())};
 }
 
 }  // namespace patronus

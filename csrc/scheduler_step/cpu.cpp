@@ -24,18 +24,20 @@ constexpr int64_t kChunk = 4096;  // elements per task (a multiple of 4: whole P
 template <typename opmath_t>
 struct Elementwise {
   opmath_t x0_x, x0_out, eps_x, eps_out, eps_x0_x, eps_x0_x0, prev_x0, prev_eps, prev_x, sigma;
+  opmath_t history1, history2;
   opmath_t limit, divisor;
   bool recompute;
   Elementwise(const step::Coefficients& c, double threshold, bool rescale)
       : x0_x(c.x0_x), x0_out(c.x0_out), eps_x(c.eps_x), eps_out(c.eps_out),
         eps_x0_x(c.eps_x0_x), eps_x0_x0(c.eps_x0_x0), prev_x0(c.prev_x0), prev_eps(c.prev_eps),
-        prev_x(c.prev_x), sigma(c.sigma), limit(threshold), divisor(rescale ? threshold : 1.0),
-        recompute(c.eps_x0_x != 0.0) {}
+        prev_x(c.prev_x), sigma(c.sigma), history1(c.history1), history2(c.history2),
+        limit(threshold), divisor(rescale ? threshold : 1.0), recompute(c.eps_x0_x != 0.0) {}
 };
 
 // The element loop over one contiguous run of a sample: branch-free (vectorisable), the operations
 // of step::update in the same order, so the CPU, CUDA and reference steps agree bit for bit.
-#define PATRONUS_STEP_LOOP(CLIP, NOISE)                                                    \
+// HISTORY previous x0 predictions (m1, m2) enter the multistep solvers.
+#define PATRONUS_STEP_LOOP(CLIP, NOISE, HISTORY)                                           \
   for (int64_t i = 0; i < length; ++i) {                                                 \
     const opmath_t xv = static_cast<opmath_t>(x[i]), ov = static_cast<opmath_t>(out[i]); \
     opmath_t x0v = k.x0_x * xv + k.x0_out * ov;                                          \
@@ -46,37 +48,47 @@ struct Elementwise {
     }                                                                                    \
     opmath_t next = k.prev_x0 * x0v + k.prev_eps * eps + k.prev_x * xv;                  \
     if (NOISE) next = next + k.sigma * noise[i];                                         \
+    if (HISTORY > 0) next = next + k.history1 * static_cast<opmath_t>(m1[i]);            \
+    if (HISTORY > 1) next = next + k.history2 * static_cast<opmath_t>(m2[i]);            \
     prev[i] = static_cast<scalar_t>(next);                                               \
     x0[i] = static_cast<scalar_t>(x0v);                                                  \
   }
 
-#define PATRONUS_STEP_CHUNK_BODY                    \
-  if (clip) {                                       \
-    if (noisy) {                                    \
-      PATRONUS_STEP_LOOP(true, true)                \
-    } else {                                        \
-      PATRONUS_STEP_LOOP(true, false)               \
-    }                                               \
+// the multistep solvers add no noise: history and noise never meet
+#define PATRONUS_STEP_CASES(CLIP)                   \
+  if (history == 1) {                               \
+    PATRONUS_STEP_LOOP(CLIP, false, 1)              \
+  } else if (history == 2) {                        \
+    PATRONUS_STEP_LOOP(CLIP, false, 2)              \
   } else if (noisy) {                               \
-    PATRONUS_STEP_LOOP(false, true)                 \
+    PATRONUS_STEP_LOOP(CLIP, true, 0)               \
   } else {                                          \
-    PATRONUS_STEP_LOOP(false, false)                \
+    PATRONUS_STEP_LOOP(CLIP, false, 0)              \
   }
 
-// `out` is the model output (scalar_t) or, when guided, the guided output in opmath (out_t).
+#define PATRONUS_STEP_CHUNK_BODY \
+  if (clip) {                    \
+    PATRONUS_STEP_CASES(true)    \
+  } else {                       \
+    PATRONUS_STEP_CASES(false)   \
+  }
+
+// `out` is the model output (scalar_t) or, when guided, the guided output in opmath (out_t);
+// m1, m2 the previous x0 predictions (the first `history` of them are read).
 template <typename scalar_t, typename opmath_t, typename out_t>
-void step_chunk(const scalar_t* x, const out_t* out, scalar_t* prev, scalar_t* x0,
-                const opmath_t* noise, int64_t length, const Elementwise<opmath_t>& k, bool clip,
-                bool noisy) {
+void step_chunk(const scalar_t* x, const out_t* out, const scalar_t* m1, const scalar_t* m2,
+                scalar_t* prev, scalar_t* x0, const opmath_t* noise, int64_t length,
+                const Elementwise<opmath_t>& k, bool clip, bool noisy, int history) {
   PATRONUS_STEP_CHUNK_BODY
 }
 
 // float32, the common case, in AVX-512 / AVX2 / baseline clones
 template <>
 PATRONUS_CLONES void step_chunk<float, float, float>(const float* x, const float* out,
+                                                     const float* m1, const float* m2,
                                                      float* prev, float* x0, const float* noise,
                                                      int64_t length, const Elementwise<float>& k,
-                                                     bool clip, bool noisy) {
+                                                     bool clip, bool noisy, int history) {
   using scalar_t = float;
   using opmath_t = float;
   PATRONUS_STEP_CHUNK_BODY
@@ -114,11 +126,17 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
     int64_t prediction, int64_t variance, double eta, double clip, bool recompute_eps,
     const c10::optional<at::Tensor>& threshold, const c10::optional<at::Tensor>& noise,
     const c10::optional<at::Tensor>& rng_state, const c10::optional<at::Tensor>& null_output,
-    double guidance_scale) {
+    double guidance_scale, at::TensorList history, at::TensorList history_timestep) {
   const step::Options options =
       check_scheduler_step(sample, model_output, timestep, prev_timestep, alphas_cumprod, mode,
                            prediction, variance, eta, clip, recompute_eps, threshold, noise,
-                           rng_state, null_output, guidance_scale);
+                           rng_state, null_output, guidance_scale, history, history_timestep);
+  const int history_count = static_cast<int>(history.size());
+  std::vector<at::Tensor> previous, previous_levels;
+  for (int i = 0; i < history_count; ++i) {
+    previous.push_back(history[i].contiguous());
+    previous_levels.push_back(history_timestep[i].contiguous());
+  }
   const at::Tensor x = sample.contiguous();
   const at::Tensor out = model_output.contiguous();
   const at::Tensor unconditioned =
@@ -142,7 +160,14 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
     const int64_t c = t_now.const_data_ptr<int64_t>()[b], p = t_next.const_data_ptr<int64_t>()[b];
     TORCH_CHECK(c >= -1 && c < steps && p >= -1 && p < steps,
                 "scheduler_step: timesteps must lie in [-1, ", steps, ")");
-    coefficients[b] = step::coefficients(c < 0 ? 1.0 : abar[c], p < 0 ? 1.0 : abar[p], options);
+    double abar_previous[2] = {0.0, 0.0};
+    for (int i = 0; i < history_count; ++i) {
+      const int64_t s = previous_levels[i].const_data_ptr<int64_t>()[b];
+      TORCH_CHECK(s >= -1 && s < steps, "scheduler_step: timesteps must lie in [-1, ", steps, ")");
+      abar_previous[i] = s < 0 ? 1.0 : abar[s];
+    }
+    coefficients[b] = step::coefficients(c < 0 ? 1.0 : abar[c], p < 0 ? 1.0 : abar[p], options,
+                                         abar_previous[0], abar_previous[1]);
     needs_noise = needs_noise || coefficients[b].sigma > 0.0;
     if (threshold.has_value()) thresholds[b] = threshold_d.const_data_ptr<double>()[b];
   }
@@ -161,6 +186,8 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
         unconditioned.defined() ? unconditioned.const_data_ptr<scalar_t>() : nullptr;
     const opmath_t w = static_cast<opmath_t>(guidance_scale);
     const scalar_t* z_ptr = z.defined() ? z.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* m1_ptr = history_count > 0 ? previous[0].const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* m2_ptr = history_count > 1 ? previous[1].const_data_ptr<scalar_t>() : nullptr;
     scalar_t* prev_ptr = prev.mutable_data_ptr<scalar_t>();
     scalar_t* x0_ptr = x0.mutable_data_ptr<scalar_t>();
     const int64_t chunks_per_sample = (per_sample + kChunk - 1) / kChunk;
@@ -179,13 +206,15 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cpu(
         const bool clips = thresholds[b] > 0.0;
         if (null_ptr != nullptr) {
           fill_guided(out_ptr, null_ptr, w, start, length, guided_buffer.data());
-          step_chunk<scalar_t, opmath_t, opmath_t>(x_ptr + start, guided_buffer.data(),
-                                                   prev_ptr + start, x0_ptr + start,
-                                                   noise_buffer.data(), length, k, clips, noisy);
+          step_chunk<scalar_t, opmath_t, opmath_t>(
+              x_ptr + start, guided_buffer.data(), m1_ptr ? m1_ptr + start : nullptr,
+              m2_ptr ? m2_ptr + start : nullptr, prev_ptr + start, x0_ptr + start,
+              noise_buffer.data(), length, k, clips, noisy, history_count);
         } else {
-          step_chunk<scalar_t, opmath_t, scalar_t>(x_ptr + start, out_ptr + start,
-                                                   prev_ptr + start, x0_ptr + start,
-                                                   noise_buffer.data(), length, k, clips, noisy);
+          step_chunk<scalar_t, opmath_t, scalar_t>(
+              x_ptr + start, out_ptr + start, m1_ptr ? m1_ptr + start : nullptr,
+              m2_ptr ? m2_ptr + start : nullptr, prev_ptr + start, x0_ptr + start,
+              noise_buffer.data(), length, k, clips, noisy, history_count);
         }
       }
     });

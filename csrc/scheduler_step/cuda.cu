@@ -28,11 +28,11 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
     int64_t prediction, int64_t variance, double eta, double clip, bool recompute_eps,
     const c10::optional<at::Tensor>& threshold, const c10::optional<at::Tensor>& noise,
     const c10::optional<at::Tensor>& rng_state, const c10::optional<at::Tensor>& null_output,
-    double guidance_scale) {
+    double guidance_scale, at::TensorList history, at::TensorList history_timestep) {
   const step::Options options =
       check_scheduler_step(sample, model_output, timestep, prev_timestep, alphas_cumprod, mode,
                            prediction, variance, eta, clip, recompute_eps, threshold, noise,
-                           rng_state, null_output, guidance_scale);
+                           rng_state, null_output, guidance_scale, history, history_timestep);
   const c10::cuda::CUDAGuard guard(sample.device());
   const at::Tensor x = sample.contiguous();
   const at::Tensor out = model_output.contiguous();
@@ -47,6 +47,12 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
   const at::Tensor z = noise.has_value() ? noise->contiguous() : at::Tensor();
   const at::Tensor unconditioned =
       null_output.has_value() ? null_output->contiguous() : at::Tensor();
+  const int history_count = static_cast<int>(history.size());
+  at::Tensor previous[2], previous_levels[2];
+  for (int i = 0; i < history_count; ++i) {
+    previous[i] = history[i].contiguous();
+    previous_levels[i] = history_timestep[i].contiguous();
+  }
   const at::Tensor rng = !noise.has_value() && rng_state.has_value() ? rng_state->contiguous()
                                                                      : at::Tensor();
 
@@ -61,6 +67,10 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
   args.per_sample = numel / x.size(0);
   args.options = options;
   args.guidance_scale = guidance_scale;
+  args.history = history_count;
+  for (int i = 0; i < history_count; ++i) {
+    args.history_timestep[i] = previous_levels[i].const_data_ptr<int64_t>();
+  }
 
   const int threads = 256;
   const int64_t groups = (numel + 3) / 4;
@@ -77,21 +87,25 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step_cuda(
     const scalar_t* z_ptr = z.defined() ? z.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* null_ptr =
         unconditioned.defined() ? unconditioned.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* m1_ptr = history_count > 0 ? previous[0].const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* m2_ptr = history_count > 1 ? previous[1].const_data_ptr<scalar_t>() : nullptr;
     const size_t vector_bytes = sizeof(scalar_t) * 4;
     const bool vectorized = numel % 4 == 0 && aligned(x.const_data_ptr(), vector_bytes) &&
                             aligned(out.const_data_ptr(), vector_bytes) &&
                             aligned(prev.const_data_ptr(), vector_bytes) &&
                             aligned(x0.const_data_ptr(), vector_bytes) &&
                             (z_ptr == nullptr || aligned(z_ptr, vector_bytes)) &&
-                            (null_ptr == nullptr || aligned(null_ptr, vector_bytes));
+                            (null_ptr == nullptr || aligned(null_ptr, vector_bytes)) &&
+                            (m1_ptr == nullptr || aligned(m1_ptr, vector_bytes)) &&
+                            (m2_ptr == nullptr || aligned(m2_ptr, vector_bytes));
     if (vectorized) {
       step::scheduler_step_kernel<scalar_t, opmath_t, true><<<blocks, threads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), null_ptr, z_ptr,
-          prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), args);
+          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), null_ptr, z_ptr, m1_ptr,
+          m2_ptr, prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), args);
     } else {
       step::scheduler_step_kernel<scalar_t, opmath_t, false><<<blocks, threads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), null_ptr, z_ptr,
-          prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), args);
+          x.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), null_ptr, z_ptr, m1_ptr,
+          m2_ptr, prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), args);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

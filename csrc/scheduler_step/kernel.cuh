@@ -24,6 +24,8 @@ struct KernelArgs {
   const double* alphas_cumprod;
   const double* threshold;  // (B,) or nullptr: static clip
   const int64_t* rng_state;  // [seed, offset] or nullptr: noise given (or not needed)
+  const int64_t* history_timestep[2];  // levels of the previous x0 predictions (DPM-Solver++)
+  int history;                         // how many previous predictions are given (0-2)
   double guidance_scale;     // w, used where null_output is given
   int64_t steps;             // T: levels are clamped to [-1, T - 1] (checking would need a sync)
   int64_t numel;
@@ -31,13 +33,17 @@ struct KernelArgs {
   Options options;
 };
 
-__device__ __forceinline__ Coefficients sample_coefficients(const KernelArgs& a, int64_t b) {
+__device__ __forceinline__ double level_abar(const KernelArgs& a, int64_t level) {
   const int64_t last = a.steps - 1;
-  const int64_t c = a.timestep[b] < last ? a.timestep[b] : last;
-  const int64_t p = a.prev_timestep[b] < last ? a.prev_timestep[b] : last;
-  const double abar_c = c < 0 ? 1.0 : a.alphas_cumprod[c];
-  const double abar_p = p < 0 ? 1.0 : a.alphas_cumprod[p];
-  return coefficients(abar_c, abar_p, a.options);
+  const int64_t clamped = level < last ? level : last;
+  return clamped < 0 ? 1.0 : a.alphas_cumprod[clamped];
+}
+
+__device__ __forceinline__ Coefficients sample_coefficients(const KernelArgs& a, int64_t b) {
+  const double abar_s1 = a.history > 0 ? level_abar(a, a.history_timestep[0][b]) : 0.0;
+  const double abar_s2 = a.history > 1 ? level_abar(a, a.history_timestep[1][b]) : 0.0;
+  return coefficients(level_abar(a, a.timestep[b]), level_abar(a, a.prev_timestep[b]), a.options,
+                      abar_s1, abar_s2);
 }
 
 template <typename scalar_t, typename opmath_t, bool kVectorized>
@@ -45,6 +51,8 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
                                       const scalar_t* __restrict__ model_output,
                                       const scalar_t* __restrict__ null_output,
                                       const scalar_t* __restrict__ noise,
+                                      const scalar_t* __restrict__ history1,
+                                      const scalar_t* __restrict__ history2,
                                       scalar_t* __restrict__ prev, scalar_t* __restrict__ x0,
                                       KernelArgs args) {
   const int64_t groups = (args.numel + 3) / 4;
@@ -55,7 +63,7 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
        g += stride) {
     const int64_t base = g * 4;
-    scalar_t x[4], out[4], null_v[4], z[4], prev_v[4], x0_v[4];
+    scalar_t x[4], out[4], null_v[4], z[4], m1[4], m2[4], prev_v[4], x0_v[4];
     if (kVectorized) {
       const Vec4<scalar_t> xs = reinterpret_cast<const Vec4<scalar_t>*>(sample)[g];
       const Vec4<scalar_t> os = reinterpret_cast<const Vec4<scalar_t>*>(model_output)[g];
@@ -71,6 +79,14 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
         const Vec4<scalar_t> zs = reinterpret_cast<const Vec4<scalar_t>*>(noise)[g];
         for (int lane = 0; lane < 4; ++lane) z[lane] = zs.v[lane];
       }
+      if (args.history > 0) {
+        const Vec4<scalar_t> ms = reinterpret_cast<const Vec4<scalar_t>*>(history1)[g];
+        for (int lane = 0; lane < 4; ++lane) m1[lane] = ms.v[lane];
+      }
+      if (args.history > 1) {
+        const Vec4<scalar_t> ms = reinterpret_cast<const Vec4<scalar_t>*>(history2)[g];
+        for (int lane = 0; lane < 4; ++lane) m2[lane] = ms.v[lane];
+      }
     } else {
       for (int lane = 0; lane < 4; ++lane) {
         const int64_t i = base + lane < args.numel ? base + lane : args.numel - 1;
@@ -78,6 +94,8 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
         out[lane] = model_output[i];
         if (null_output != nullptr) null_v[lane] = null_output[i];
         if (noise != nullptr) z[lane] = noise[i];
+        if (args.history > 0) m1[lane] = history1[i];
+        if (args.history > 1) m2[lane] = history2[i];
       }
     }
     double normals[4] = {0.0, 0.0, 0.0, 0.0};
@@ -102,10 +120,12 @@ __global__ void scheduler_step_kernel(const scalar_t* __restrict__ sample,
         out_value = guided<opmath_t>(out_value, static_cast<opmath_t>(null_v[lane]),
                                      static_cast<opmath_t>(args.guidance_scale));
       }
+      const opmath_t m1_value = args.history > 0 ? static_cast<opmath_t>(m1[lane]) : opmath_t(0);
+      const opmath_t m2_value = args.history > 1 ? static_cast<opmath_t>(m2[lane]) : opmath_t(0);
       opmath_t x0_value;
-      const opmath_t next = update<opmath_t>(static_cast<opmath_t>(x[lane]), out_value,
-                                             noise_value, k, static_cast<opmath_t>(limit),
-                                             args.threshold != nullptr, &x0_value);
+      const opmath_t next = update<opmath_t>(
+          static_cast<opmath_t>(x[lane]), out_value, noise_value, k, static_cast<opmath_t>(limit),
+          args.threshold != nullptr, args.history, m1_value, m2_value, &x0_value);
       prev_v[lane] = static_cast<scalar_t>(next);
       x0_v[lane] = static_cast<scalar_t>(x0_value);
     }

@@ -14,6 +14,19 @@
 //     x_p = sqrt(abar_p) beta / (1 - abar_c) x0 + sqrt(alpha) (1 - abar_p) / (1 - abar_c) x + sigma z,
 //     alpha = abar_c / abar_p, beta = 1 - alpha,
 //     sigma^2 = beta (1 - abar_p) / (1 - abar_c) ("posterior") or beta ("beta"); 0 when p = -1
+//   DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", data prediction; the update diffusers'
+//   DPMSolverMultistepScheduler runs with algorithm_type "dpmsolver++", solver_type "midpoint"),
+//   with alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), the model's
+//   x0 predictions m0 (this step, level c), m1 and m2 (the previous steps, levels s1 > c and
+//   s2 > s1, passed in), h = lambda_p - lambda_c, r0 = (lambda_c - lambda_s1) / h,
+//   r1 = (lambda_s1 - lambda_s2) / h, D0 = m0, D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1:
+//     order 1: x_p = sigma_p / sigma_c x - alpha_p (e^-h - 1) D0   (DDIM in other words)
+//     order 2: x_p = sigma_p / sigma_c x - alpha_p (e^-h - 1) (D0 + D1_0 / 2)
+//     order 3: x_p = sigma_p / sigma_c x - alpha_p (e^-h - 1) D0 + alpha_p ((e^-h - 1) / h + 1) D1
+//              - alpha_p ((e^-h - 1 + h) / h^2 - 1/2) D2,
+//              D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1)
+//   A step to clean data (sigma_p = 0) is first order, x_p = x0 (diffusers' final step with
+//   final_sigmas_type "zero"). The coefficients of x, m0, m1, m2 are expanded per sample in double.
 // Guidance: with the model's output without conditioning (null_output) and a scale w, the model
 // output used above is null_output + w (model_output - null_output) (classifier-free guidance,
 // Ho & Salimans 2022, eq. 6, in the epsilon form), combined in the same pass.
@@ -34,7 +47,7 @@
 namespace patronus {
 namespace step {
 
-enum Mode : int64_t { kDDIM = 0, kDDPM = 1 };
+enum Mode : int64_t { kDDIM = 0, kDDPM = 1, kDPMSolverPP = 2 };
 enum Prediction : int64_t { kEpsilon = 0, kSample = 1, kVelocity = 2 };
 enum Variance : int64_t { kPosterior = 0, kBeta = 1 };
 
@@ -45,18 +58,61 @@ struct Options {
   double eta;
   double clip;          // > 0: static clipping of x0 to [-clip, clip]
   bool recompute_eps;   // re-derive eps from the clipped x0 (DDIM)
+  int64_t order;        // DPM-Solver++: 1 + the number of previous x0 predictions given (1-3)
 };
 
 // Per-sample coefficients: x0 = x0_x x + x0_out out; eps = eps_x x + eps_out out;
 // after clipping, eps = eps_x0_x x + eps_x0_x0 x0 (when recomputed);
-// x_p = prev_x0 x0 + prev_eps eps + prev_x x + sigma z.
+// x_p = prev_x0 x0 + prev_eps eps + prev_x x + sigma z + history1 m1 + history2 m2.
 struct Coefficients {
   double x0_x, x0_out, eps_x, eps_out;
   double eps_x0_x, eps_x0_x0;
   double prev_x0, prev_eps, prev_x, sigma;
+  double history1, history2;
 };
 
-PATRONUS_HOST_DEVICE Coefficients coefficients(double abar_c, double abar_p, const Options& o) {
+PATRONUS_HOST_DEVICE double half_log_snr(double abar) { return 0.5 * (log(abar) - log1p(-abar)); }
+
+// DPM-Solver++ of order o.order from level c to p, the previous predictions at s1 and s2.
+PATRONUS_HOST_DEVICE void dpm_solver_pp(double abar_c, double abar_p, double abar_s1,
+                                        double abar_s2, int64_t order, Coefficients* k) {
+  const double alpha_p = sqrt(abar_p), sigma_p = sqrt(1.0 - abar_p);
+  k->prev_eps = 0.0;
+  k->sigma = 0.0;
+  k->history1 = 0.0;
+  k->history2 = 0.0;
+  if (sigma_p == 0.0) {  // to clean data: first order, x_p = x0
+    k->prev_x = 0.0;
+    k->prev_x0 = alpha_p;
+    return;
+  }
+  const double lambda_c = half_log_snr(abar_c);
+  const double h = half_log_snr(abar_p) - lambda_c;
+  const double a = -alpha_p * expm1(-h);  // -alpha_p (e^-h - 1), the weight of D0
+  k->prev_x = sigma_p / sqrt(1.0 - abar_c);
+  k->prev_x0 = a;
+  if (order < 2) return;
+  const double lambda_s1 = half_log_snr(abar_s1);
+  const double r0 = (lambda_c - lambda_s1) / h;
+  if (order == 2) {  // a (D0 + D1_0 / 2)
+    k->prev_x0 = a + 0.5 * a / r0;
+    k->history1 = -0.5 * a / r0;
+    return;
+  }
+  const double r1 = (lambda_s1 - half_log_snr(abar_s2)) / h;
+  const double c = alpha_p * (expm1(-h) / h + 1.0);                // the weight of D1
+  const double e = -alpha_p * ((expm1(-h) + h) / (h * h) - 0.5);   // the weight of D2
+  // D1_0 - D1_1 = u0 m0 + u1 m1 + u2 m2; D1 = D1_0 + q (D1_0 - D1_1); D2 = (D1_0 - D1_1) / (r0 + r1)
+  const double u0 = 1.0 / r0, u1 = -(1.0 / r0 + 1.0 / r1), u2 = 1.0 / r1;
+  const double q = r0 / (r0 + r1), d = e / (r0 + r1);
+  k->prev_x0 = a + c * (1.0 / r0 + q * u0) + d * u0;
+  k->history1 = c * (-1.0 / r0 + q * u1) + d * u1;
+  k->history2 = c * (q * u2) + d * u2;
+}
+
+// abar_s1, abar_s2: the levels of the previous predictions (DPM-Solver++ of order 2 and 3 only).
+PATRONUS_HOST_DEVICE Coefficients coefficients(double abar_c, double abar_p, const Options& o,
+                                               double abar_s1 = 0.0, double abar_s2 = 0.0) {
   Coefficients k{};
   const double sc = sqrt(abar_c), nc = sqrt(1.0 - abar_c);
   if (o.prediction == kEpsilon) {
@@ -88,6 +144,8 @@ PATRONUS_HOST_DEVICE Coefficients coefficients(double abar_c, double abar_p, con
     k.prev_eps = direction > 0.0 ? sqrt(direction) : 0.0;
     k.prev_x = 0.0;
     k.sigma = sigma;
+  } else if (o.mode == kDPMSolverPP) {
+    dpm_solver_pp(abar_c, abar_p, abar_s1, abar_s2, o.order, &k);
   } else {
     const double alpha = abar_c / abar_p, beta = 1.0 - alpha;
     k.prev_x0 = sqrt(abar_p) * beta / (1.0 - abar_c);
@@ -111,10 +169,12 @@ PATRONUS_HOST_DEVICE opmath_t guided(opmath_t out, opmath_t null_out, opmath_t w
 }
 
 // One element: returns x_p and writes x0 (after clipping). `threshold` > 0 clips; `rescale`
-// divides by it (dynamic thresholding).
+// divides by it (dynamic thresholding); `history` of the previous predictions m1, m2 are added
+// (in that order) where given.
 template <typename opmath_t>
 PATRONUS_HOST_DEVICE opmath_t update(opmath_t x, opmath_t out, opmath_t z, const Coefficients& k,
-                                     opmath_t threshold, bool rescale, opmath_t* x0_result) {
+                                     opmath_t threshold, bool rescale, int history, opmath_t m1,
+                                     opmath_t m2, opmath_t* x0_result) {
   opmath_t x0 = static_cast<opmath_t>(k.x0_x) * x + static_cast<opmath_t>(k.x0_out) * out;
   opmath_t eps = static_cast<opmath_t>(k.eps_x) * x + static_cast<opmath_t>(k.eps_out) * out;
   if (threshold > opmath_t(0)) {
@@ -125,8 +185,11 @@ PATRONUS_HOST_DEVICE opmath_t update(opmath_t x, opmath_t out, opmath_t z, const
     }
   }
   *x0_result = x0;
-  return static_cast<opmath_t>(k.prev_x0) * x0 + static_cast<opmath_t>(k.prev_eps) * eps +
-         static_cast<opmath_t>(k.prev_x) * x + static_cast<opmath_t>(k.sigma) * z;
+  opmath_t next = static_cast<opmath_t>(k.prev_x0) * x0 + static_cast<opmath_t>(k.prev_eps) * eps +
+                  static_cast<opmath_t>(k.prev_x) * x + static_cast<opmath_t>(k.sigma) * z;
+  if (history > 0) next = next + static_cast<opmath_t>(k.history1) * m1;
+  if (history > 1) next = next + static_cast<opmath_t>(k.history2) * m2;
+  return next;
 }
 
 // ------------------------------------------------------------------------------ Philox4x32-10

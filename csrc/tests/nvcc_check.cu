@@ -9,17 +9,20 @@ namespace patronus {
 namespace step {
 
 template __global__ void scheduler_step_kernel<float, float, true>(
-    const float*, const float*, const float*, const float*, float*, float*, KernelArgs);
+    const float*, const float*, const float*, const float*, const float*, const float*, float*,
+    float*, KernelArgs);
 template __global__ void scheduler_step_kernel<float, float, false>(
-    const float*, const float*, const float*, const float*, float*, float*, KernelArgs);
+    const float*, const float*, const float*, const float*, const float*, const float*, float*,
+    float*, KernelArgs);
 template __global__ void scheduler_step_kernel<double, double, false>(
-    const double*, const double*, const double*, const double*, double*, double*,
-    KernelArgs);
+    const double*, const double*, const double*, const double*, const double*, const double*,
+    double*, double*, KernelArgs);
 template __global__ void scheduler_step_kernel<__half, float, true>(
-    const __half*, const __half*, const __half*, const __half*, __half*, __half*, KernelArgs);
+    const __half*, const __half*, const __half*, const __half*, const __half*, const __half*,
+    __half*, __half*, KernelArgs);
 template __global__ void scheduler_step_kernel<__nv_bfloat16, float, true>(
     const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*,
-    __nv_bfloat16*, __nv_bfloat16*, KernelArgs);
+    const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, __nv_bfloat16*, KernelArgs);
 
 }  // namespace step
 }  // namespace patronus

@@ -69,9 +69,10 @@ std::tuple<at::Tensor, at::Tensor> scheduler_step(const at::Tensor& x, const at:
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
               const at::Tensor&, int64_t, int64_t, int64_t, double, double, bool,
               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-              const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double)>();
+              const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
+              at::TensorList, at::TensorList)>();
   return op.call(x, out, t, prev, table, mode, 0, 0, eta, 0.0, true, std::nullopt, std::nullopt,
-                 rng, std::nullopt, 1.0);
+                 rng, std::nullopt, 1.0, {}, {});
 }
 
 void test_scheduler_step_ddim_and_noise() {

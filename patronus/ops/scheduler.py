@@ -7,6 +7,9 @@ out in ``csrc/scheduler_step/step.h``:
 
 - DDIM (any eta; also the DDIM inversion, when the target level is noisier than the current one);
 - DDPM ancestral, between any two levels, with the posterior or the beta variance;
+- DPM-Solver++ multistep (data prediction) of order 1, 2 or 3: the previous steps' x0 predictions
+  (this op's second output) and their levels are passed in (``previous_x0``, ``previous_timestep``),
+  so the step stays one pass with no state of its own;
 - x0 clipping to [-clip, clip], or dynamic thresholding (per-sample ``threshold``: clamp and
   rescale), optionally re-deriving the noise from the clipped x0;
 - model outputs predicting the noise ("epsilon"), the clean sample ("sample") or v ("v_prediction");
@@ -25,13 +28,15 @@ where built, CUDA); ``torch``, the reference ``scheduler_step_ref``. The step is
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from patronus import _backend
 from patronus.ops._validation import check_float, opmath_dtype
 
-MODES = {"ddim": 0, "ddpm": 1}
+MODES = {"ddim": 0, "ddpm": 1, "dpmsolver++": 2}
+MAX_SOLVER_ORDER = 3
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 VARIANCES = {"posterior": 0, "beta": 1}
 
@@ -61,16 +66,27 @@ def _check_values(
     prev_timestep: torch.Tensor,
     steps: int,
     threshold: torch.Tensor | None,
+    previous_timestep: list[torch.Tensor],
 ) -> None:
     """Checks that read tensor values (a host synchronisation on a GPU)."""
-    for name, levels in (("timestep", timestep), ("prev_timestep", prev_timestep)):
+    named = [("timestep", timestep), ("prev_timestep", prev_timestep)]
+    named += [(f"previous_timestep[{i}]", levels) for i, levels in enumerate(previous_timestep)]
+    for name, levels in named:
         if levels.numel() and (int(levels.min()) < -1 or int(levels.max()) >= steps):
             raise ValueError(f"{name} must lie in [-1, {steps}) (-1: clean data)")
-    if mode == "ddpm" and bool((prev_timestep >= timestep).any()):
+    if mode in ("ddpm", "dpmsolver++") and bool((prev_timestep >= timestep).any()):
         raise ValueError(
-            "DDPM steps go from a noisier level to a cleaner one: every timestep must be "
+            f"{mode} steps go from a noisier level to a cleaner one: every timestep must be "
             "greater than its prev_timestep"
         )
+    newer = timestep
+    for levels in previous_timestep:
+        if bool((levels <= newer).any()):
+            raise ValueError(
+                "previous_timestep must list noisier and noisier levels, each above the "
+                "timestep (most recent first)"
+            )
+        newer = levels
     if threshold is not None and not bool((torch.isfinite(threshold) & (threshold > 0)).all()):
         raise ValueError("threshold values must be finite and > 0")
 
@@ -82,7 +98,44 @@ def _choice(table: dict[str, int], name: str, what: str) -> int:
 
 
 # -------------------------------------------------------------------------------- reference
-def _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps):
+def _half_log_snr(abar: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma) = (log abar - log(1 - abar)) / 2."""
+    return 0.5 * (abar.log() - torch.log1p(-abar))
+
+
+def _dpm_solver_pp(abar_c, abar_p, abar_previous, zero):
+    """(prev_x, prev_x0, history1, history2) of DPM-Solver++ of order 1 + len(abar_previous),
+    as ``step::dpm_solver_pp``; a step to clean data is first order (x_p = x0)."""
+    order = 1 + len(abar_previous)
+    alpha_p, sigma_p = abar_p.sqrt(), (1.0 - abar_p).sqrt()
+    clean = sigma_p == 0
+    lambda_c = _half_log_snr(abar_c)
+    h = _half_log_snr(torch.where(clean, torch.full_like(abar_p, 0.5), abar_p)) - lambda_c
+    a = -alpha_p * torch.expm1(-h)
+    prev_x, prev_x0, history1, history2 = sigma_p / (1.0 - abar_c).sqrt(), a, zero, zero
+    if order >= 2:
+        lambda_s1 = _half_log_snr(abar_previous[0])
+        r0 = (lambda_c - lambda_s1) / h
+        if order == 2:
+            prev_x0, history1 = a + 0.5 * a / r0, -0.5 * a / r0
+        else:
+            r1 = (lambda_s1 - _half_log_snr(abar_previous[1])) / h
+            c = alpha_p * (torch.expm1(-h) / h + 1.0)
+            e = -alpha_p * ((torch.expm1(-h) + h) / (h * h) - 0.5)
+            u0, u1, u2 = 1.0 / r0, -(1.0 / r0 + 1.0 / r1), 1.0 / r1
+            q, d = r0 / (r0 + r1), e / (r0 + r1)
+            prev_x0 = a + c * (1.0 / r0 + q * u0) + d * u0
+            history1 = c * (-1.0 / r0 + q * u1) + d * u1
+            history2 = c * (q * u2) + d * u2
+    return (
+        torch.where(clean, zero, prev_x),
+        torch.where(clean, alpha_p, prev_x0),
+        torch.where(clean, zero, history1),
+        torch.where(clean, zero, history2),
+    )
+
+
+def _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps, abar_previous):
     """Per-sample float64 coefficients, as ``step::coefficients`` in csrc/scheduler_step/step.h."""
     sc, nc = abar_c.sqrt(), (1.0 - abar_c).sqrt()
     zero, one = torch.zeros_like(sc), torch.ones_like(sc)
@@ -104,6 +157,10 @@ def _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps
         )
         direction = 1.0 - abar_p - sigma**2
         prev_x0, prev_eps, prev_x = abar_p.sqrt(), direction.clamp_min(0).sqrt(), zero
+    elif mode == MODES["dpmsolver++"]:
+        prev_x, prev_x0, history1, history2 = _dpm_solver_pp(abar_c, abar_p, abar_previous, zero)
+        return (x0_x, x0_out, eps_x, eps_out, eps_x0_x, eps_x0_x0, prev_x0, zero, prev_x, zero,
+                history1, history2)  # fmt: skip
     else:
         alpha = abar_c / abar_p
         beta = 1.0 - alpha
@@ -112,7 +169,8 @@ def _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps
         prev_x = alpha.sqrt() * (1.0 - abar_p) / (1.0 - abar_c)
         var = beta * (1.0 - abar_p) / (1.0 - abar_c) if variance == VARIANCES["posterior"] else beta
         sigma = torch.where(abar_p < 1, var.clamp_min(0).sqrt(), zero)
-    return (x0_x, x0_out, eps_x, eps_out, eps_x0_x, eps_x0_x0, prev_x0, prev_eps, prev_x, sigma)
+    return (x0_x, x0_out, eps_x, eps_out, eps_x0_x, eps_x0_x0, prev_x0, prev_eps, prev_x, sigma,
+            zero, zero)  # fmt: skip
 
 
 def scheduler_step_ref(
@@ -132,25 +190,35 @@ def scheduler_step_ref(
     rng_state: torch.Tensor | None,
     null_output: torch.Tensor | None,
     guidance_scale: float,
+    history: list[torch.Tensor],
+    history_timestep: list[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The op's reference in PyTorch: same arguments as ``patronus::scheduler_step`` (levels as
     (B,) int64, float64 table, integer enums) and the same order of float operations."""
-    for name, other in (("model_output", model_output), ("null_output", null_output)):
+    others = [("model_output", model_output), ("null_output", null_output)]
+    others += [("history", previous) for previous in history]
+    for name, other in others:
         if other is not None and (other.shape != sample.shape or other.dtype != sample.dtype):
             raise ValueError(f"{name} must match sample in shape and dtype")
+    if len(history) != len(history_timestep) or len(history) > MAX_SOLVER_ORDER - 1:
+        raise ValueError("history and history_timestep hold the same number (0-2) of tensors")
+    if history and mode != MODES["dpmsolver++"]:
+        raise ValueError("previous predictions (history) are for DPM-Solver++ only")
     if (mode == MODES["ddpm"] or eta > 0) and noise is None and rng_state is None:
         raise ValueError("DDPM and DDIM with eta > 0 add noise: pass noise or rng_state")
     steps = alphas_cumprod.shape[0]
-    if (
-        (timestep < -1) | (timestep >= steps) | (prev_timestep < -1) | (prev_timestep >= steps)
-    ).any():
-        raise ValueError(f"timesteps must lie in [-1, {steps})")
+    for levels in (timestep, prev_timestep, *history_timestep):
+        if ((levels < -1) | (levels >= steps)).any():
+            raise ValueError(f"timesteps must lie in [-1, {steps})")
     padded = torch.cat([alphas_cumprod, alphas_cumprod.new_ones(1)])  # index -1 -> 1
     abar_c, abar_p = padded[timestep], padded[prev_timestep]
-    coefficients = _coefficients(abar_c, abar_p, mode, prediction, variance, eta, recompute_eps)
+    abar_previous = [padded[levels] for levels in history_timestep]
+    coefficients = _coefficients(
+        abar_c, abar_p, mode, prediction, variance, eta, recompute_eps, abar_previous
+    )
     opmath = opmath_dtype(sample)
     shape = (-1,) + (1,) * (sample.dim() - 1)
-    x0_x, x0_out, eps_x, eps_out, e_x, e_x0, p_x0, p_eps, p_x, sigma = (
+    x0_x, x0_out, eps_x, eps_out, e_x, e_x0, p_x0, p_eps, p_x, sigma, h1, h2 = (
         c.to(opmath).reshape(shape) for c in coefficients
     )
     x = sample.to(opmath)
@@ -169,11 +237,13 @@ def scheduler_step_ref(
             x0 = x0 / limit
         eps = torch.where(e_x != 0, e_x * x + e_x0 * x0, eps)
     prev = p_x0 * x0 + p_eps * eps + p_x * x
-    if bool((coefficients[-1] > 0).any()):
+    if bool((coefficients[9] > 0).any()):
         if noise is None:
             seed, offset = (int(v) for v in rng_state.tolist())
             noise = philox_normal(seed, offset, sample.shape, sample.device)
         prev = prev + sigma * torch.where(sigma > 0, noise.to(opmath), 0)
+    for weight, previous in zip((h1, h2), history, strict=False):
+        prev = prev + weight * previous.to(opmath)
     return prev.to(sample.dtype), x0.to(sample.dtype)
 
 
@@ -278,9 +348,11 @@ def scheduler_step(
     rng_state: torch.Tensor | None = None,
     null_output: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    previous_x0: Sequence[torch.Tensor] = (),
+    previous_timestep: Sequence[int | torch.Tensor] = (),
     validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of DDIM / DDPM / DDIM inversion for a batch.
+    """One step of DDIM / DDPM / DDIM inversion / DPM-Solver++ for a batch.
 
     Args:
         sample: x at the current level, (B, ...), fp16/bf16/fp32/fp64.
@@ -288,7 +360,9 @@ def scheduler_step(
         timestep, prev_timestep: current and target levels, ints or (B,) int64 (per sample);
             -1 is clean data (abar = 1).
         alphas_cumprod: (T,) schedule table; cast to float64 on the sample's device.
-        mode: "ddim" or "ddpm"; prediction: "epsilon", "sample" or "v_prediction";
+        mode: "ddim", "ddpm" or "dpmsolver++" (multistep, data prediction, of order
+            1 + len(previous_x0); a step to clean data is always first order);
+            prediction: "epsilon", "sample" or "v_prediction";
         eta: DDIM stochasticity; variance: DDPM "posterior" or "beta".
         clip: clamp x0 to [-clip, clip]; threshold: (B,) per-sample dynamic threshold
             (clamp to [-k, k] and divide by k); recompute_eps: re-derive the noise from the
@@ -298,6 +372,10 @@ def scheduler_step(
         null_output: the model's output without conditioning, like ``sample``: the step then
             uses ``null_output + guidance_scale * (model_output - null_output)`` (classifier-free
             guidance), combined in the same pass. Without it ``guidance_scale`` is unused.
+        previous_x0: DPM-Solver++ of order 2 or 3: the x0 predictions (this function's second
+            output) of the previous one or two steps, most recent first, each like ``sample``.
+        previous_timestep: their levels, ints or (B,) int64, noisier than ``timestep`` and
+            each noisier than the one before.
         validate: check the levels' range (and, for DDPM, that each step goes to a cleaner
             level) and that thresholds are finite and > 0. This reads tensor values, a host
             synchronisation on a GPU: the samplers, which build valid levels, turn it off.
@@ -315,8 +393,21 @@ def scheduler_step(
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+    history = list(previous_x0)
+    if len(history) != len(previous_timestep):
+        raise ValueError("previous_x0 and previous_timestep must have the same length")
+    if len(history) > MAX_SOLVER_ORDER - 1:
+        raise ValueError(f"DPM-Solver++ is of order <= {MAX_SOLVER_ORDER}: at most 2 previous_x0")
+    if history and mode != "dpmsolver++":
+        raise ValueError(f"previous_x0 is for mode='dpmsolver++' (mode={mode!r} is one-step)")
+    history_timestep = [
+        _levels(level, batch, sample.device, f"previous_timestep[{i}]")
+        for i, level in enumerate(previous_timestep)
+    ]
     if validate:
-        _check_values(mode, timestep, prev_timestep, alphas_cumprod.shape[0], threshold)
+        _check_values(
+            mode, timestep, prev_timestep, alphas_cumprod.shape[0], threshold, history_timestep
+        )
     table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
     args = (
         _choice(MODES, mode, "mode"),
@@ -330,6 +421,8 @@ def scheduler_step(
         rng_state,
         null_output,
         float(guidance_scale),
+        history,
+        history_timestep,
     )
     return torch.ops.patronus.scheduler_step(
         sample, model_output, timestep, prev_timestep, table, *args

@@ -144,7 +144,7 @@ def test_kernel_and_reference_agree_bit_for_bit(guided):
     c, p = random_levels("ddim", 8, generator)
     rng = torch.tensor([12345, 17])
     args = (x, out, c, p, TABLE.double(), MODES["ddim"], PREDICTIONS["epsilon"],
-            VARIANCES["posterior"], 0.5, 1.0, True, None, None, rng, null, 2.5)  # fmt: skip
+            VARIANCES["posterior"], 0.5, 1.0, True, None, None, rng, null, 2.5, [], [])  # fmt: skip
     fused = torch.ops.patronus.scheduler_step_fwd(*args)
     reference = scheduler_step_ref(*args)
     for a, b in zip(fused, reference, strict=True):
@@ -264,13 +264,13 @@ def test_opcheck(backend):
         torch.library.opcheck(
             torch.ops.patronus.scheduler_step.default,
             (x, torch.randn_like(x), c, c - 1, table, mode, 0, 0, eta, 1.0, True, None, None, rng,
-             None, 1.0),
+             None, 1.0, [], []),
         )  # fmt: skip
     null = torch.randn_like(x)
     torch.library.opcheck(
         torch.ops.patronus.scheduler_step.default,
         (x, torch.randn_like(x), c, c - 1, table, 0, 0, 0, 0.0, 0.0, True, None, None, None, null,
-         3.0),
+         3.0, [], []),
     )  # fmt: skip
 
 
@@ -279,7 +279,7 @@ def test_step_is_not_differentiable(backend):
     c = torch.tensor([5, 5])
     prev, _ = torch.ops.patronus.scheduler_step(
         x, x, c, c - 1, TABLE.to(x.device, torch.float64), 0, 0, 0, 0.0, 0.0, True, None, None,
-        None, None, 1.0,
+        None, None, 1.0, [], [],
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="not differentiable"):
         prev.sum().backward()
