@@ -61,7 +61,7 @@ def x0_of(x, out, abar, prediction):
 
 
 def random_multistep_levels(batch, order, generator):
-    """Per-sample levels: current c, target p < c (clean data for sample 0), previous ones above c."""
+    """Per-sample levels: current c, target p < c (clean data for sample 0), previous above c."""
     gap = lambda: torch.randint(15, 120, (batch,), generator=generator)  # noqa: E731
     c = torch.randint(150, 600, (batch,), generator=generator)
     p = c - gap()
@@ -94,9 +94,7 @@ def test_dpm_solver_pp_matches_float64_equations(backend, dtype, order, predicti
         xb, ob = x[b].double().numpy(), out[b].double().numpy()
         m0 = x0_of(xb, ob, ABAR[c[b]], prediction)
         ms = [m0] + [m[b].double().numpy() for m in history]
-        expected = dpm_solver_pp64(
-            xb, ms, ABAR[c[b]], ABAR[p[b]], [ABAR[s[b]] for s in previous]
-        )
+        expected = dpm_solver_pp64(xb, ms, ABAR[c[b]], ABAR[p[b]], [ABAR[s[b]] for s in previous])
         got = prev[b].cpu().double().numpy()
         assert np.max(np.abs(got - expected) / (1 + np.abs(expected))) < tolerance, (b, order)
         got_x0 = x0[b].cpu().double().numpy()
