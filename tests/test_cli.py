@@ -158,6 +158,21 @@ def test_sample_defaults_to_the_training_dataset_test_split(tiny_run, tmp_path):
     assert load_file(out / "samples.safetensors")["samples"].shape == (2, 1, 3, 24, 24)
 
 
+def test_sample_with_dpm_solver_is_the_models_solver(tiny_run, tmp_path):
+    from patronus import load_model
+
+    out = tmp_path / "dpm"
+    command = ["sample", str(tiny_run), "--num", "2", "--steps", "4", "--sampler", "dpmpp-2m"]
+    assert main([*command, "--seed", "3", "--out", str(out)]) == 0
+    saved = load_file(out / "samples.safetensors")
+    model = load_model(tiny_run)
+    x_T = model.initial_noise(2, torch.Generator().manual_seed(3))
+    expected = model.sample(saved["activations"], 4, sampler="dpmpp-2m", x_T=x_T)
+    torch.testing.assert_close(saved["samples"][:, 0], expected, atol=1e-3, rtol=1e-3)
+    ddim = model.sample(saved["activations"], 4, sampler="ddim", x_T=x_T)
+    assert (saved["samples"][:, 0] - ddim).abs().max() > 1e-2  # the solver named was used
+
+
 @pytest.mark.parametrize("command", ["invert", "reconstruct"])
 def test_invert_and_reconstruct(tiny_run, tmp_path, command, capsys):
     out = tmp_path / command

@@ -70,6 +70,18 @@ def test_prior_ddim_matches_float64_equations():
     np.testing.assert_allclose(drawn.numpy(), x[:, 0, :] * 2.0 + 0.5, rtol=1e-4, atol=1e-4)
 
 
+def test_prior_dpm_solver_is_the_samplers_solver():
+    from patronus.diffusion import dpm_solver_sampling, run_sampler
+
+    prior = ActivationPrior(PriorConfig(num_prototypes=6))
+    prior.forward = toy_eps
+    drawn = sample_prior(prior, 3, steps=7, generator=torch.Generator().manual_seed(0),
+                         sampler="dpmpp-3m")  # fmt: skip
+    x = torch.randn((3, 1, 6), generator=torch.Generator().manual_seed(0))
+    expected = run_sampler(dpm_solver_sampling(toy_eps, x, prior.schedule, 7, 3))
+    assert torch.equal(drawn, prior.denormalise(expected))
+
+
 def test_prior_original_sampler_renoises_with_fresh_noise():
     prior = ActivationPrior(
         PriorConfig(num_prototypes=3, timesteps=5, beta_start=0.1, beta_end=0.5)

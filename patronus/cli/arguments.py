@@ -110,6 +110,19 @@ def add_guidance(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sampler(parser: argparse.ArgumentParser, samplers: tuple[str, ...] | None = None) -> None:
+    """--sampler (default ddim) among ``samplers`` (default: every sampler)."""
+    from patronus.diffusion.samplers import SAMPLERS
+
+    parser.add_argument(
+        "--sampler",
+        choices=samplers or SAMPLERS,
+        default="ddim",
+        help="ddim (--steps respaced steps), ddpm (all T ancestral steps), dpmpp-2m / dpmpp-3m "
+        "(DPM-Solver++ multistep, --steps network calls) (default ddim)",
+    )
+
+
 def add_seed(parser: argparse.ArgumentParser) -> None:
     number(parser, "--seed", nonnegative_int, 0, "seed of every random choice")
 

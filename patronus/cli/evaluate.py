@@ -51,7 +51,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     _common(fid, "fid")
     a.number(fid, "--num", a.positive_int, 10000, "generated images")
-    a.number(fid, "--steps", a.positive_int, 50, "respaced DDIM steps")
+    a.number(fid, "--steps", a.positive_int, 50, "network calls per image (DDIM: respaced steps)")
+    a.add_sampler(fid, ("ddim", "dpmpp-2m", "dpmpp-3m"))
     fid.add_argument(
         "--unconditional",
         action="store_true",
@@ -207,10 +208,11 @@ def run_fid(args: argparse.Namespace) -> int:
 
         say(f"encoding {args.num} training images to condition on")
         activations, _ = encode_dataset(model, build("train"), args.num)
-    say(f"generating {len(activations)} images ({args.steps} DDIM steps)")
+    say(f"generating {len(activations)} images ({args.steps} {args.sampler} network calls)")
     generated = generate(
-        model, activations, args.steps, generator=generator, progress=not args.no_progress
-    )
+        model, activations, args.steps, generator=generator, progress=not args.no_progress,
+        sampler=args.sampler,
+    )  # fmt: skip
     check_finite(generated, "generated images")
     write_pngs(generated, out / "samples")
     test = build("test")
@@ -227,6 +229,7 @@ def run_fid(args: argparse.Namespace) -> int:
     result.update(
         features=features,
         steps=args.steps,
+        sampler=args.sampler,
         conditioning="prior" if args.unconditional else "training images",
     )
     return _finish(out, "fid.json", result, started)

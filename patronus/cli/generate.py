@@ -52,12 +52,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     _add_inputs(parser)
     parser.add_argument("--activations", type=Path, help=".pt, .npy or .safetensors of (B, P)")
-    parser.add_argument(
-        "--sampler",
-        choices=("ddim", "ddpm"),
-        default="ddim",
-        help="ddim (--steps respaced steps) or ddpm (all T ancestral steps)",
-    )
+    a.add_sampler(parser)
     a.number(parser, "--eta", a.nonnegative_float, 0.0, "DDIM stochasticity", note="deterministic")
     a.number(parser, "--variations", a.positive_int, 1, "samples per activation vector")
     parser.add_argument("--clip", action="store_true", help="clip predicted x0 to [-1, 1]")
@@ -122,7 +117,7 @@ def sample(args: argparse.Namespace) -> int:
     rows = []
     for index in range(args.variations):
         say(
-            f"sampling {s.shape[0]} image(s), {steps} {args.sampler} steps "
+            f"sampling {s.shape[0]} image(s), {steps} {args.sampler} network calls "
             f"(variation {index + 1} of {args.variations})"
         )
         rows.append(model.sample(s, options, generator=generator, progress=not args.no_progress))

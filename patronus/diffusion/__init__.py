@@ -8,7 +8,9 @@ from patronus.diffusion.samplers import (
     ddim_inversion,
     ddim_sampling,
     ddpm_sampling,
+    dpm_solver_sampling,
     run_sampler,
+    solver_timesteps,
 )
 from patronus.diffusion.schedules import NoiseSchedule, cosine_betas, linear_betas
 from patronus.diffusion.timesteps import respaced_timesteps
@@ -22,9 +24,11 @@ __all__ = [
     "ddim_inversion",
     "ddim_sampling",
     "ddpm_sampling",
+    "dpm_solver_sampling",
     "linear_betas",
     "noisy_sample",
     "respaced_timesteps",
     "run_sampler",
     "sample_timesteps",
+    "solver_timesteps",
 ]

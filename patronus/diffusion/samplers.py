@@ -1,4 +1,5 @@
-"""Samplers: DDPM ancestral, DDIM (any eta, respaced steps) and DDIM inversion.
+"""Samplers: DDPM ancestral, DDIM (any eta, respaced steps), DPM-Solver++ 2M / 3M and DDIM
+inversion.
 
 Each sampler is a generator yielding one :class:`SamplerStep` per network evaluation, so callers
 can trace the trajectory (t, x_t, predicted x0); :func:`run_sampler` drives one to the end with an
@@ -15,6 +16,11 @@ every stochastic sampler reproducible.
 - DDIM from level t to the previous respaced level (the clean data after t = 0).
 - DDPM ancestral over all T steps, variance "posterior" (beta_t (1 - abar_{t-1}) / (1 - abar_t))
   or "beta".
+- DPM-Solver++ 2M / 3M (multistep, data prediction; Lu et al. 2022): deterministic, one network
+  call per step, the previous steps' x0 predictions passed to the fused step; the first steps
+  and, as in diffusers, the last (to clean data) and with fewer than 15 steps the second-to-last
+  are of lower order. Levels spaced as diffusers' "linspace" (round(i (T - 1) / steps),
+  i = steps .. 1, then clean data): no call is spent at t = 0.
 - DDIM inversion from clean data up to T - 1; the step from level a to level b > a evaluates the
   network at (x_a, b), mirroring the decoder's step from b to a.
 """
@@ -37,7 +43,8 @@ from patronus.ops.scheduler import scheduler_step
 # step combines as null + guidance_scale (conditioned - null)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-3m")
+SOLVER_ORDERS = {"dpmpp-2m": 2, "dpmpp-3m": 3}
 DDPM_VARIANCES = ("posterior", "beta")
 
 
@@ -77,8 +84,10 @@ class StepOptions:
 class SamplerOptions:
     """How a model samples: the sampler, its steps, and how each step is taken."""
 
-    sampler: str = "ddim"  # "ddim": respaced steps with ``eta``; "ddpm": all T ancestral steps
-    steps: int = 50  # DDIM steps (DDPM runs all T steps and ignores it)
+    # "ddim": respaced steps with ``eta``; "ddpm": all T ancestral steps; "dpmpp-2m" / "dpmpp-3m":
+    # DPM-Solver++ multistep of order 2 / 3 (deterministic)
+    sampler: str = "ddim"
+    steps: int = 50  # network calls of DDIM and DPM-Solver++ (DDPM runs all T steps)
     eta: float = 0.0  # DDIM stochasticity (0: deterministic)
     clip_x0: bool = False  # clip every predicted x0 to [-1, 1]
     dynamic_threshold: float | None = None  # per-sample quantile of |x0| (Imagen), e.g. 0.995
@@ -96,6 +105,10 @@ class SamplerOptions:
         if not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
         _check_step_settings(self.dynamic_threshold, self.guidance_scale)
+        if self.sampler in SOLVER_ORDERS and self.cuda_graph:
+            raise ValueError("cuda_graph replays DDIM and DDPM steps; DPM-Solver++ runs eagerly")
+        if self.sampler in SOLVER_ORDERS and self.eta != 0:
+            raise ValueError(f"{self.sampler} is deterministic: eta must be 0, got {self.eta}")
 
     @classmethod
     def of(cls, options: SamplerOptions | int | None = None, **changes) -> SamplerOptions:
@@ -141,6 +154,11 @@ def sample(
         return ddpm_sampling(
             eps_fn, x_T, schedule, generator=generator, variance=options.variance,
             options=options.step_options, cuda_graph=options.cuda_graph,
+        )  # fmt: skip
+    if options.sampler in SOLVER_ORDERS:
+        return dpm_solver_sampling(
+            eps_fn, x_T, schedule, options.steps, SOLVER_ORDERS[options.sampler],
+            options=options.step_options,
         )  # fmt: skip
     return ddim_sampling(
         eps_fn, x_T, schedule, options.steps, options.eta, generator=generator,
@@ -240,6 +258,71 @@ def ddim_sampling(
     states = _random_states(len(descending), generator, x_T.device) if eta > 0 else None
     step = _runner(eps_fn, table, options, x_T, cuda_graph, states is not None, eta=eta)
     return _walk(step, x_T, descending, current, current, targets, states)
+
+
+def solver_timesteps(timesteps: int, steps: int) -> list[int]:
+    """The levels DPM-Solver++ evaluates the network at, descending: round(i (T - 1) / steps) for
+    i = steps .. 1 (diffusers' "linspace" spacing); the last step goes on to clean data."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
+    return [round(i * (timesteps - 1) / steps) for i in range(steps, 0, -1)]
+
+
+def solver_orders(steps: int, order: int) -> list[int]:
+    """The order of each DPM-Solver++ step, as diffusers' ``lower_order_final``: warm-up from
+    order 1, the last step (to clean data) first order, and below 15 steps the second-to-last of
+    order at most 2."""
+    orders = [min(order, index + 1) for index in range(steps)]
+    if steps < 15 and steps >= 2:
+        orders[-2] = min(orders[-2], 2)
+    orders[-1] = 1
+    return orders
+
+
+def dpm_solver_sampling(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int = 20,
+    order: int = 2,
+    options: StepOptions | None = None,
+) -> Iterator[SamplerStep]:
+    """DPM-Solver++ multistep of ``order`` (2 or 3; 1 is DDIM) from x_T over ``steps`` network
+    calls to clean data. Deterministic: no generator."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    options = options or StepOptions()
+    descending = solver_timesteps(schedule.timesteps, steps)
+    table = schedule.alphas_cumprod.to(x_T.device)
+    levels = _levels(x_T, descending)
+    targets = [*levels[1:], _levels(x_T, [-1])[0]]
+    return _multistep_walk(eps_fn, x_T, descending, levels, targets, table, options, order)
+
+
+def _multistep_walk(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    descending: list[int],
+    levels: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    table: torch.Tensor,
+    options: StepOptions,
+    order: int,
+) -> Iterator[SamplerStep]:
+    """DPM-Solver++ steps from ``levels[i]`` to ``targets[i]``, each passing the x0 predictions
+    of the steps before it that its order needs."""
+    orders = solver_orders(len(descending), order)
+    history: list[torch.Tensor] = []  # the previous x0 predictions, most recent first
+    for index, t in enumerate(descending):
+        previous = history[: orders[index] - 1]
+        x_next, x0 = _step(
+            x, eps_fn(x, levels[index]), levels[index], targets[index], table, options,
+            mode="dpmsolver++", previous_x0=previous,
+            previous_timestep=[levels[index - 1 - i] for i in range(len(previous))],
+        )  # fmt: skip
+        yield SamplerStep(index, t, x, x0, x_next)
+        history = [x0, *history[:1]]
+        x = x_next
 
 
 def ddpm_sampling(

@@ -25,11 +25,15 @@ def generate(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    sampler: str = "ddim",
 ) -> torch.Tensor:
-    """Decode one sample per activation vector (N, P) -> (N, C, H, W) on the CPU."""
+    """Decode one sample per activation vector (N, P) -> (N, C, H, W) on the CPU, with
+    ``steps`` network calls of ``sampler`` ("ddim", "dpmpp-2m", "dpmpp-3m") per image."""
     chunks = activations.split(batch_size)
     samples = [
-        model.sample(s.to(model.device), steps, generator=generator, clip_x0=True).cpu()
+        model.sample(
+            s.to(model.device), steps, generator=generator, clip_x0=True, sampler=sampler
+        ).cpu()
         for s in tqdm(chunks, desc="generating", disable=not progress)
     ]
     return torch.cat(samples)

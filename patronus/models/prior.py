@@ -96,7 +96,7 @@ class ActivationPrior(nn.Module):
         self.std.copy_(s.std(0).clamp_min(1e-6))
 
 
-PRIOR_SAMPLERS = ("ddim", "original")
+PRIOR_SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "original")
 
 
 @torch.no_grad()
@@ -109,21 +109,23 @@ def sample_prior(
 ) -> torch.Tensor:
     """Draw ``count`` activation vectors (count, P) from the prior.
 
-    ``sampler="ddim"``: deterministic DDIM (eta = 0) over ``steps`` respaced steps.
+    ``sampler="ddim"``: deterministic DDIM (eta = 0) over ``steps`` respaced steps;
+    ``"dpmpp-2m"`` / ``"dpmpp-3m"``: DPM-Solver++ multistep with ``steps`` network calls.
     ``sampler="original"``: the original implementation's loop over all T steps, kept for
     comparisons: it predicts x0 like DDIM but re-noises with fresh noise,
     x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) z, instead of the predicted noise.
     """
-    from patronus.diffusion.samplers import ddim_sampling, run_sampler
+    from patronus.diffusion.samplers import SamplerOptions, run_sampler
+    from patronus.diffusion.samplers import sample as sampled
 
     if sampler not in PRIOR_SAMPLERS:
         raise ValueError(f"sampler must be one of {PRIOR_SAMPLERS}, got {sampler!r}")
     prior = prior.eval()
     device = prior.mean.device
     x = torch.randn((count, 1, prior.config.num_prototypes), generator=generator, device=device)
-    if sampler == "ddim":
-        x = run_sampler(ddim_sampling(prior, x, prior.schedule, steps))
-        return prior.denormalise(x)
+    if sampler != "original":
+        options = SamplerOptions(sampler=sampler, steps=steps)
+        return prior.denormalise(run_sampler(sampled(prior, x, prior.schedule, options)))
     abar = prior.schedule.alphas_cumprod
     for t in range(prior.config.timesteps - 1, -1, -1):
         eps = prior(x, torch.full((count,), t, dtype=torch.long, device=device))
