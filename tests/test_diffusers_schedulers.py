@@ -5,12 +5,18 @@ import torch
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional extra")
 
-from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler  # noqa: E402
+from diffusers import (  # noqa: E402
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+)
 
 from patronus.diffusion.diffusers_schedulers import (  # noqa: E402
     PatronusDDIMInverseScheduler,
     PatronusDDIMScheduler,
     PatronusDDPMScheduler,
+    PatronusDPMSolverMultistepScheduler,
 )
 
 DDIM_CONFIGS = [
@@ -101,6 +107,60 @@ def test_ddpm_matches_diffusers(config, inference_steps):
         sample = want.prev_sample
 
 
+DPM_CONFIGS = [
+    {},
+    {"solver_order": 3},
+    {"solver_order": 3, "prediction_type": "v_prediction", "beta_schedule": "scaled_linear"},
+    {"solver_order": 1, "prediction_type": "sample"},
+    {"thresholding": True, "sample_max_value": 1.5, "solver_order": 3},
+    {"final_sigmas_type": "sigma_min", "lower_order_final": False, "solver_order": 3},
+    {"timestep_spacing": "trailing", "euler_at_final": True},
+    {"timestep_spacing": "leading", "steps_offset": 1, "lower_order_final": False},
+]
+
+
+@pytest.mark.parametrize("config", DPM_CONFIGS)
+@pytest.mark.parametrize("inference_steps", [6, 20])
+def test_dpm_solver_matches_diffusers(config, inference_steps):
+    """Whole loops of both schedulers (each keeping its own history of x0 predictions) on the same
+    random model outputs, from the reference's trajectory: equal at every step."""
+    reference = DPMSolverMultistepScheduler(**config)
+    fused = PatronusDPMSolverMultistepScheduler.from_config(reference.config)
+    assert fused._fused()
+    for scheduler in (reference, fused):
+        scheduler.set_timesteps(inference_steps)
+    generator = torch.Generator().manual_seed(inference_steps)
+    sample = torch.randn(2, 3, 6, 6, generator=generator)
+    for t in reference.timesteps:
+        output = torch.randn(sample.shape, generator=generator)
+        got = fused.step(output, t, sample).prev_sample
+        want = reference.step(output, t, sample).prev_sample
+        # diffusers keeps its sigmas in float32; the fused step forms its coefficients in float64
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        sample = want
+    assert fused.step_index == reference.step_index == inference_steps
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"use_karras_sigmas": True}, {"algorithm_type": "sde-dpmsolver++"},
+     {"solver_type": "heun"}, {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}],
+)  # fmt: skip
+def test_dpm_solver_settings_the_fused_step_lacks_run_diffusers_step(config):
+    reference = DPMSolverMultistepScheduler(**config)
+    fused = PatronusDPMSolverMultistepScheduler.from_config(reference.config)
+    assert not fused._fused()
+    for scheduler in (reference, fused):
+        scheduler.set_timesteps(5)
+    sample = torch.randn(1, 2, 4, 4)
+    for t in reference.timesteps:
+        output = torch.randn(sample.shape)
+        got = fused.step(output, t, sample, torch.Generator().manual_seed(int(t)))
+        want = reference.step(output, t, sample, torch.Generator().manual_seed(int(t)))
+        assert torch.equal(got.prev_sample, want.prev_sample)
+        sample = want.prev_sample
+
+
 def test_learned_variance_falls_back_to_diffusers():
     reference = DDPMScheduler(num_train_timesteps=50, variance_type="learned_range")
     fused = PatronusDDPMScheduler.from_config(reference.config)
@@ -114,6 +174,8 @@ def test_learned_variance_falls_back_to_diffusers():
 def test_step_before_set_timesteps_is_an_error():
     with pytest.raises(ValueError, match="set_timesteps"):
         PatronusDDIMScheduler().step(torch.zeros(1, 1), 10, torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="set_timesteps"):
+        PatronusDPMSolverMultistepScheduler().step(torch.zeros(1, 1), 10, torch.zeros(1, 1))
 
 
 def _tiny_unet():
@@ -161,3 +223,21 @@ def test_ddim_pipeline_converts_its_scheduler_to_the_stock_class():
     assert type(pipe.scheduler) is DDIMScheduler
     pipe.scheduler = PatronusDDIMScheduler.from_config(pipe.scheduler.config)
     assert type(pipe.scheduler) is PatronusDDIMScheduler
+
+
+def test_a_pipeline_with_the_fused_dpm_solver_loads_back_and_matches_the_stock_one(tmp_path):
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    stock = DDPMPipeline(unet=_tiny_unet(), scheduler=DPMSolverMultistepScheduler(solver_order=3))
+    pipe = DDPMPipeline(unet=stock.unet, scheduler=stock.scheduler)
+    pipe.scheduler = PatronusDPMSolverMultistepScheduler.from_config(stock.scheduler.config)
+    pipe.save_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(loaded.scheduler) is PatronusDPMSolverMultistepScheduler
+    images = [
+        p(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=8,
+          output_type="np").images
+        for p in (stock, pipe, loaded)
+    ]  # fmt: skip
+    assert (images[1] == images[2]).all()
+    assert abs(images[0] - images[1]).max() < 1e-4

@@ -1,7 +1,8 @@
 """Drop-in diffusers schedulers whose step is the fused ``patronus::scheduler_step``.
 
-``PatronusDDIMScheduler``, ``PatronusDDPMScheduler`` and ``PatronusDDIMInverseScheduler``
-subclass diffusers' ``DDIMScheduler``, ``DDPMScheduler`` and ``DDIMInverseScheduler`` (so
+``PatronusDDIMScheduler``, ``PatronusDDPMScheduler``, ``PatronusDDIMInverseScheduler`` and
+``PatronusDPMSolverMultistepScheduler`` subclass diffusers' ``DDIMScheduler``, ``DDPMScheduler``,
+``DDIMInverseScheduler`` and ``DPMSolverMultistepScheduler`` (so
 ``SchedulerMixin``/``ConfigMixin``, configs, ``set_timesteps`` and ``from_config`` are theirs)
 and replace ``step()`` by one fused pass with the same outputs (``prev_sample``,
 ``pred_original_sample``) for the same inputs, noise included: noise comes from
@@ -16,7 +17,9 @@ loads such components only from modules already imported, so import this module 
 ``pipe.scheduler`` after constructing or loading those.
 
 Cases the fused step does not cover run diffusers' own ``step`` (DDPM with learned or log
-variances). diffusers is an optional dependency (``pip install diffusers``).
+variances; DPM-Solver other than "dpmsolver++" with the "midpoint" solver type on the discrete
+schedule's own sigmas, e.g. Karras sigmas or the SDE variants). diffusers is an optional
+dependency (``pip install diffusers``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,16 @@ from __future__ import annotations
 import torch
 
 try:
-    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, SchedulerMixin
+    from diffusers import (
+        DDIMInverseScheduler,
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        SchedulerMixin,
+    )
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # pragma: no cover - exercised without diffusers only
     raise ImportError(
@@ -42,6 +52,7 @@ __all__ = [
     "PatronusDDIMInverseScheduler",
     "PatronusDDIMScheduler",
     "PatronusDDPMScheduler",
+    "PatronusDPMSolverMultistepScheduler",
     "SchedulerMixin",
 ]
 
@@ -57,7 +68,7 @@ def _clipping(scheduler, sample, model_output, timestep) -> dict:
             x0, config.dynamic_thresholding_ratio, config.sample_max_value
         )
         return {"threshold": threshold}
-    if scheduler.config.clip_sample:
+    if getattr(scheduler.config, "clip_sample", False):
         return {"clip": scheduler.config.clip_sample_range}
     return {}
 
@@ -167,3 +178,86 @@ class PatronusDDIMInverseScheduler(DDIMInverseScheduler):
         if not return_dict:
             return next_sample, pred_x0
         return DDIMSchedulerOutput(prev_sample=next_sample, pred_original_sample=pred_x0)
+
+
+# DPMSolverMultistepScheduler settings the fused step covers (others run diffusers' own step)
+_DPM_SIGMA_OPTIONS = (
+    "use_karras_sigmas",
+    "use_lu_lambdas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "use_flow_sigmas",
+)
+
+
+class PatronusDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
+    """diffusers' DPMSolverMultistepScheduler with a fused ``step`` for ``algorithm_type``
+    "dpmsolver++" and ``solver_type`` "midpoint" (diffusers' defaults) on the discrete
+    schedule's sigmas: one pass of ``patronus::scheduler_step`` with the previous x0 predictions
+    passed in, and diffusers' bookkeeping (``model_outputs``, ``lower_order_nums``, the
+    lower-order final steps) kept as diffusers keeps it."""
+
+    def _fused(self) -> bool:
+        config = self.config
+        return (
+            config.algorithm_type == "dpmsolver++"
+            and config.solver_type == "midpoint"
+            and config.variance_type is None
+            and config.prediction_type in ("epsilon", "sample", "v_prediction")
+            and not any(getattr(config, name, False) for name in _DPM_SIGMA_OPTIONS)
+        )
+
+    def _order(self) -> int:
+        """The order of the step at ``step_index``, by diffusers' rules."""
+        config, steps, index = self.config, len(self.timesteps), self.step_index
+        lower_order_final = index == steps - 1 and (
+            config.euler_at_final
+            or (config.lower_order_final and steps < 15)
+            or config.final_sigmas_type == "zero"
+        )
+        lower_order_second = index == steps - 2 and config.lower_order_final and steps < 15
+        if config.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
+            return 1
+        if config.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
+            return 2
+        return 3
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        if not self._fused():
+            return super().step(
+                model_output, timestep, sample, generator, variance_noise, return_dict
+            )
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        index, order = self.step_index, self._order()
+        current = int(self.timesteps[index])
+        if index + 1 < len(self.timesteps):
+            target = int(self.timesteps[index + 1])
+        else:  # the final sigma: zero (clean data, level -1) or sigma_min (level 0)
+            target = -1 if self.config.final_sigmas_type == "zero" else 0
+        previous = [self.model_outputs[-1 - k] for k in range(order - 1)]
+        levels = [int(self.timesteps[index - 1 - k]) for k in range(order - 1)]
+        prev_sample, x0 = scheduler_step(
+            sample, model_output, current, target, self.alphas_cumprod, mode="dpmsolver++",
+            prediction=self.config.prediction_type, previous_x0=previous,
+            previous_timestep=levels, **_clipping(self, sample, model_output, current),
+        )  # fmt: skip
+        for k in range(self.config.solver_order - 1):
+            self.model_outputs[k] = self.model_outputs[k + 1]
+        self.model_outputs[-1] = x0
+        if self.lower_order_nums < self.config.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
