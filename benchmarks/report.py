@@ -101,19 +101,21 @@ def provider_tables(benchmarks: list[dict]) -> list[str]:
 
 
 def step_tables(benchmarks: list[dict]) -> list[str]:
-    """Scheduler step per shape: time, GB/s, fraction of the copy's bandwidth, speed-ups."""
-    shapes: dict[str, dict[str, dict]] = {}
+    """Scheduler step per solver and shape: time, GB/s, fraction of the copy's bandwidth,
+    speed-ups."""
+    shapes: dict[tuple[str, str], dict[str, dict]] = {}
     for bench in benchmarks:
         info = bench["extra_info"]
         if info.get("kind") == "scheduler step":
-            shapes.setdefault(info["shape"], {})[info["provider"]] = bench
+            key = (info.get("solver", "DDIM"), info["shape"])
+            shapes.setdefault(key, {})[info["provider"]] = bench
     lines = []
-    for shape, providers in sorted(shapes.items()):
+    for (solver, shape), providers in sorted(shapes.items()):
         rate = {
             p: b["extra_info"]["bytes"] / b["stats"]["median"] / 1e9 for p, b in providers.items()
         }
         ours = providers.get("patronus")
-        lines += ["", f"## scheduler step (DDIM, float32): {shape}", "",
+        lines += ["", f"## scheduler step ({solver}, float32): {shape}", "",
                   "| provider | median ms | GB/s | of copy bandwidth | patronus speed-up |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         for provider, bench in providers.items():

@@ -2,7 +2,10 @@
 a fraction of a device-to-device copy measured in the same run), and whole sampling loops.
 
 The step benchmarks one DDIM update (eta = 0, epsilon prediction, float32) that reads x and the
-model output and writes x_prev and x0. Whole loops: images/s of 50-step DDIM (everywhere) and
+model output and writes x_prev and x0, and one DPM-Solver++ 3M update (diffusers'
+DPMSolverMultistepScheduler.step in the middle of a 20-step loop against the fused step with the
+two previous x0 predictions passed in, as the samplers call it: validate=False), which also reads
+the two previous predictions. Whole loops: images/s of 50-step DDIM (everywhere) and
 1000-step DDIM (CUDA only) of the paper's Fashion-MNIST model: eager (PyTorch step), patronus
 (fused step), with the UNet compiled, with CUDA graphs, and the network calls alone (the
 non-network share of each loop's time).
@@ -80,6 +83,64 @@ def test_step(benchmark, provider, shape_name, device):
         dtype="float32", device=device_name(device),
     )  # fmt: skip
     benchmark.group = f"scheduler step {shape_name}"
+    benchmark(run)
+
+
+MULTISTEP_SHAPES = {"64x3x64x64": (64, 3, 64, 64), "256x4x64x64": (256, 4, 64, 64)}
+MULTISTEP_INDEX = 10  # the step of a 20-step loop that is benchmarked (third order there)
+
+
+def multistep_provider(name, device, shape):
+    """One DPM-Solver++ 3M step at ``MULTISTEP_INDEX`` of a 20-step loop: (x, eps) -> outputs."""
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(solver_order=3)
+    scheduler.set_timesteps(20)
+    levels = [int(scheduler.timesteps[MULTISTEP_INDEX - k]) for k in range(3)]
+    history = [torch.randn(shape, device=device) for _ in range(2)]  # x0 of the last two steps
+    if name == "copy":
+        return lambda x, eps: x.clone()
+    if name == "diffusers":
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+
+        def diffusers_step(x, eps):
+            scheduler._step_index, scheduler.lower_order_nums = MULTISTEP_INDEX, 3
+            scheduler.model_outputs = [None, history[1], history[0]]  # shifted by step()
+            return scheduler.step(eps, levels[0], x, return_dict=False)
+
+        return diffusers_step
+    table = TABLE.to(device)
+    current, target, s1, s2 = (
+        torch.full((shape[0],), level, device=device)
+        for level in (levels[0], int(scheduler.timesteps[MULTISTEP_INDEX + 1]), *levels[1:])
+    )
+    return lambda x, eps: scheduler_step(
+        x, eps, current, target, table, mode="dpmsolver++", previous_x0=history,
+        previous_timestep=[s1, s2], validate=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", ["copy", "diffusers", "patronus"])
+@pytest.mark.parametrize("shape_name", list(MULTISTEP_SHAPES))
+def test_multistep_step(benchmark, provider, shape_name, device):
+    shape = MULTISTEP_SHAPES[shape_name]
+    x = torch.randn(shape, device=device)
+    eps = torch.randn(shape, device=device)
+    fn = multistep_provider(provider, device, shape)
+
+    def run():
+        fn(x, eps)
+        synchronize(device)
+
+    run()
+    # a copy reads and writes one tensor; the fused step reads x, eps and two previous x0 and
+    # writes x_prev and x0 (diffusers' step moves at least as much)
+    tensors = 2 if provider == "copy" else 6
+    benchmark.extra_info.update(
+        provider=provider, shape=shape_name, kind="scheduler step", solver="DPM-Solver++ 3M",
+        mode="step", bytes=tensors * x.numel() * x.element_size(), batch=shape[0],
+        dims=shape_name, dtype="float32", device=device_name(device),
+    )  # fmt: skip
+    benchmark.group = f"DPM-Solver++ 3M step {shape_name}"
     benchmark(run)
 
 
