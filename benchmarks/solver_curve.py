@@ -1,0 +1,155 @@
+"""Sample quality against network calls per image, for DDIM and DPM-Solver++ 2M / 3M.
+
+usage: python benchmarks/solver_curve.py [--model assets/fmnist-patronus] [--num 400]
+           [--work runs/solver-curve] [--only SAMPLER[:CALLS],...] [--report]
+
+Conditional samples of one model (activations of its first ``num`` training images, the same
+x_T for every sampler: deterministic samplers drawing x_T from one seed), at 5, 8, 10, 15, 20, 25
+and 50 network calls per image, and 1000-step DDIM (the original implementation's sampler) as the
+reference. Two views:
+
+- FID and KID against as many test images, in the features of the model's own classifier
+  (``CHECKPOINT/classifier``, as ``patronus evaluate fid``), x0 clipped to [-1, 1] as there;
+- the deterministic view: per image, the RMS distance (pixels in [-1, 1]) of each sampler's image
+  to the 1000-step DDIM image from the same x_T and s; the mean over images.
+
+Each (sampler, calls) is sampled once and kept in ``--work`` (resumable; ``--only`` splits the
+work across processes). ``--report`` writes ``benchmarks/results/solver-curve.json`` and
+``solver-curve.png`` from what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+CALLS = (5, 8, 10, 15, 20, 25, 50)
+SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-3m")
+REFERENCE = ("ddim", 1000)
+RESULTS = Path(__file__).with_name("results")
+
+
+def tasks() -> list[tuple[str, int]]:
+    return [REFERENCE] + [(sampler, calls) for sampler in SAMPLERS for calls in CALLS]
+
+
+def parse_only(text: str | None) -> list[tuple[str, int]]:
+    if not text:
+        return tasks()
+    chosen = []
+    for item in text.split(","):
+        sampler, _, calls = item.partition(":")
+        chosen += [t for t in tasks() if t[0] == sampler and (not calls or t[1] == int(calls))]
+    return chosen
+
+
+def conditioning(model, checkpoint: Path, num: int):
+    """(activations of the first ``num`` training images, ``num`` test images, the builder)."""
+    from patronus.cli.loading import dataset_builder
+    from patronus.eval.encode import encode_dataset
+
+    _, build = dataset_builder(checkpoint, model)
+    activations, _ = encode_dataset(model, build("train"), num)
+    test = build("test")
+    reference = torch.stack([test[i][0] for i in range(num)])
+    return activations, reference
+
+
+def sample_task(model, activations, sampler: str, calls: int, work: Path, batch: int) -> None:
+    from patronus.eval.generation import generate
+
+    path = work / f"{sampler}-{calls}.pt"
+    if path.exists():
+        return
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(0)  # the same x_T for every sampler
+    images = generate(
+        model, activations, calls, batch, generator, progress=True, sampler=sampler
+    )
+    seconds = time.perf_counter() - started
+    torch.save({"images": images, "seconds": seconds, "threads": torch.get_num_threads()}, path)
+    print(f"{sampler} {calls} calls: {seconds:.0f} s", flush=True)
+
+
+def report(model_dir: Path, work: Path, reference_images: torch.Tensor) -> dict:
+    from patronus.eval.classifier import load_classifier
+    from patronus.eval.generation import distances
+
+    classifier = load_classifier(model_dir / "classifier")
+    truth = torch.load(work / "{}-{}.pt".format(*REFERENCE))["images"]
+    rows = []
+    for sampler, calls in tasks():
+        path = work / f"{sampler}-{calls}.pt"
+        if not path.exists():
+            continue
+        saved = torch.load(path)
+        images = saved["images"]
+        rms = (images - truth).pow(2).flatten(1).mean(1).sqrt()
+        row = {"sampler": sampler, "calls": calls, "seconds": saved["seconds"],
+               "threads": saved["threads"], "rms_to_ddim1000": rms.mean().item(),
+               **distances(classifier.embed, images, reference_images)}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"model": str(model_dir), "num": len(truth), "rows": rows}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (fid_axis, rms_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    reference = next(r for r in result["rows"] if (r["sampler"], r["calls"]) == REFERENCE)
+    for sampler in SAMPLERS:
+        rows = sorted((r for r in result["rows"] if r["sampler"] == sampler and r["calls"] < 1000),
+                      key=lambda r: r["calls"])  # fmt: skip
+        calls = [r["calls"] for r in rows]
+        fid_axis.plot(calls, [r["fid"] for r in rows], "o-", label=sampler)
+        rms_axis.plot(calls, [r["rms_to_ddim1000"] for r in rows], "o-", label=sampler)
+    fid_axis.axhline(reference["fid"], color="k", ls="--", label="DDIM, 1000 calls")
+    fid_axis.axhline(reference["fid"] * 1.1, color="k", ls=":", label="+10%")
+    fid_axis.set(xscale="log", xlabel="network calls per image", ylabel="FID (classifier features)",
+                 title=f"FID of {result['num']} conditional samples")  # fmt: skip
+    rms_axis.set(xscale="log", yscale="log", xlabel="network calls per image",
+                 ylabel="RMS distance to the 1000-step DDIM image",
+                 title="same x_T and activations")  # fmt: skip
+    for axis in (fid_axis, rms_axis):
+        axis.set_xticks(CALLS, [str(c) for c in CALLS])
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"Samplers of {result['model']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    from patronus import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("assets/fmnist-patronus"))
+    parser.add_argument("--num", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--work", type=Path, default=Path("runs/solver-curve"))
+    parser.add_argument("--only", help="e.g. ddim:1000 or dpmpp-2m,ddim:5")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    model = load_model(args.model).eval()
+    activations, reference = conditioning(model, args.model, args.num)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        result = report(args.model, args.work, reference)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "solver-curve.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot(result, RESULTS / "solver-curve.png")
+        return
+    for sampler, calls in parse_only(args.only):
+        sample_task(model, activations, sampler, calls, args.work, args.batch)
+
+
+if __name__ == "__main__":
+    main()
