@@ -184,6 +184,10 @@ def test_variations_are_sampled_like_samples(trained, test_set):
     s = inversion.activations.repeat_interleave(3, 0)
     expected = trained.sample(s, STEPS, generator=torch.Generator().manual_seed(0), clip_x0=True)
     assert torch.equal(varied.reshape(expected.shape), expected)
+    solved = variations(trained, inversion, 3, torch.Generator().manual_seed(0), "dpmpp-2m")
+    expected = trained.sample(s, STEPS, generator=torch.Generator().manual_seed(0), clip_x0=True,
+                              sampler="dpmpp-2m")  # fmt: skip
+    assert torch.equal(solved.reshape(expected.shape), expected)
 
 
 def test_nearest_patches_are_the_minimum_distances(trained, test_set):

@@ -110,16 +110,20 @@ def add_guidance(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_sampler(parser: argparse.ArgumentParser, samplers: tuple[str, ...] | None = None) -> None:
-    """--sampler (default ddim) among ``samplers`` (default: every sampler)."""
+def add_sampler(
+    parser: argparse.ArgumentParser,
+    samplers: tuple[str, ...] | None = None,
+    what: str = "",
+) -> None:
+    """--sampler (default ddim) among ``samplers`` (default: every sampler); ``what`` it samples."""
     from patronus.diffusion.samplers import SAMPLERS
 
     parser.add_argument(
         "--sampler",
         choices=samplers or SAMPLERS,
         default="ddim",
-        help="ddim (--steps respaced steps), ddpm (all T ancestral steps), dpmpp-2m / dpmpp-3m "
-        "(DPM-Solver++ multistep, --steps network calls) (default ddim)",
+        help=f"{what}ddim (--steps respaced steps), ddpm (all T ancestral steps), dpmpp-2m / "
+        "dpmpp-3m (DPM-Solver++ multistep, --steps network calls) (default ddim)",
     )
 
 

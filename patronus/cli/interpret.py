@@ -63,6 +63,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 2048,
                 "training images searched for the nearest patches",
             )
+        if name == "report":
+            a.add_sampler(
+                parser, ("ddim", "dpmpp-2m", "dpmpp-3m"),
+                "sampler of the variations (fresh noise; inversions and edits stay DDIM): ",
+            )  # fmt: skip
         a.add_guidance(parser)
         parser.add_argument(
             "--edit-guidance",
@@ -129,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         guidance_scale=args.guidance_scale,
         edit_guidance=args.edit_guidance,
+        sampler=getattr(args, "sampler", "ddim"),
     )
     write = {
         "visualize": reporting.write_visualization,

@@ -2,8 +2,9 @@
 Each returns tensors; ``patronus.interpret.figures`` draws them.
 
 Everything decoded from an inversion uses the inversion's own settings (:meth:`Inversion.decode`),
-so an unedited decode is the reconstruction. Variations start from fresh noise instead and are
-sampled as samples are (predicted x0 clipped to [-1, 1])."""
+so an unedited decode is the reconstruction (DDIM, the solver its inversion mirrors). Variations
+start from fresh noise instead and are sampled as samples are (predicted x0 clipped to [-1, 1]),
+with any sampler."""
 
 from __future__ import annotations
 
@@ -27,14 +28,18 @@ def reconstruction(model: Patronus, inversion: Inversion) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def variations(
-    model: Patronus, inversion: Inversion, count: int = 4, generator: torch.Generator | None = None
+    model: Patronus,
+    inversion: Inversion,
+    count: int = 4,
+    generator: torch.Generator | None = None,
+    sampler: str = "ddim",
 ) -> torch.Tensor:
-    """The same activations sampled from ``count`` fresh x_T each, with x0 clipped as in sampling:
-    (n, count, C, H, W)."""
+    """The same activations sampled from ``count`` fresh x_T each, with x0 clipped as in sampling,
+    ``inversion.steps`` network calls of ``sampler``: (n, count, C, H, W)."""
     n = inversion.images.shape[0]
     s = inversion.activations.repeat_interleave(count, 0)
     samples = model.sample(s, inversion.steps, generator=generator, clip_x0=True,
-                           guidance_scale=inversion.guidance_scale)  # fmt: skip
+                           guidance_scale=inversion.guidance_scale, sampler=sampler)  # fmt: skip
     return samples.reshape(n, count, *samples.shape[1:])
 
 

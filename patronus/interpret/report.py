@@ -44,6 +44,7 @@ class ReportOptions:
     guidance_scale: float | None = None  # prototype guidance of inversion and decoding (None:
     # the model's recommended scale)
     edit_guidance: float = 1.0  # edits decoded as own + w (edit - own): w times the edit's effect
+    sampler: str = "ddim"  # of the variations (fresh noise); inversions and their decodes: DDIM
 
 
 Log = Callable[[str], None]
@@ -319,7 +320,7 @@ def build_report(
         progress.stage("analyses: reconstruction, variations, interpolation")
         reconstructed, mse = analyses.reconstruction(model, inversion)
         generator = torch.Generator(model.device).manual_seed(options.seed)
-        varied = analyses.variations(model, inversion, 4, generator)
+        varied = analyses.variations(model, inversion, 4, generator, options.sampler)
         interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
         strongest = prototypes[int(vis.best_after().sub(vis.best_before()).argmax())]
         # from its lowest observed activation to half the observed range beyond the bound
