@@ -105,6 +105,14 @@ def original_training_step(model, diffusion, optimizer, scaler, x0: torch.Tensor
     scaler.update()
 
 
+def original_ddim_sampling(model, diffusion, x_T: torch.Tensor, activations: torch.Tensor):
+    """The original's sampler: its ``ddim_sample_loop`` over all T steps (eta = 0, x0 clipped),
+    conditioned on ``activations`` as its sampling code conditions the UNet."""
+    return diffusion.ddim_sample_loop(
+        model, noise=x_T, model_kwargs={"given_cond_vector": activations}, eta=0.0
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("clone", type=Path, help="a clone of nina-weng/patronus")

@@ -45,6 +45,7 @@ def markdown(data: dict) -> str:
     lines += provider_tables(data["benchmarks"])
     lines += step_tables(data["benchmarks"])
     lines += loop_tables(data["benchmarks"])
+    lines += matched_tables(data["benchmarks"])
     lines += training_tables(data["benchmarks"])
     lines += ["", "```", machine.get("patronus_info", ""), "```", ""]
     return "\n".join(lines)
@@ -125,6 +126,26 @@ def step_tables(benchmarks: list[dict]) -> list[str]:
             lines.append(
                 f"| {provider} | {median * 1e3:.3f} | {rate[provider]:.1f} | {copy} | {speedup} |"
             )
+    return lines
+
+
+def matched_tables(benchmarks: list[dict]) -> list[str]:
+    """Sampling at matched quality: images/s of each sampler against the original pipeline."""
+    rows = {b["extra_info"]["provider"]: b for b in benchmarks
+            if b["extra_info"].get("kind") == "matched sampling"}  # fmt: skip
+    if not rows:
+        return []
+    original = rows.get("original-ddim-1000")
+    lines = ["", "## sampling at matched quality (paper Fashion-MNIST architecture)", "",
+             "| provider | sampler | network calls | batch | s per batch | images/s | "
+             "vs the original pipeline |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for provider, bench in rows.items():
+        info, median = bench["extra_info"], bench["stats"]["median"]
+        ratio = f"{original['stats']['median'] / median:.1f}x" if original else "-"
+        lines.append(
+            f"| {provider} | {info['sampler']} | {info['calls']} | {info['batch']} | "
+            f"{median:.2f} | {info['batch'] / median:.1f} | {ratio} |"
+        )
     return lines
 
 

@@ -67,9 +67,7 @@ def sample_task(model, activations, sampler: str, calls: int, work: Path, batch:
         return
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(0)  # the same x_T for every sampler
-    images = generate(
-        model, activations, calls, batch, generator, progress=True, sampler=sampler
-    )
+    images = generate(model, activations, calls, batch, generator, progress=True, sampler=sampler)
     seconds = time.perf_counter() - started
     torch.save({"images": images, "seconds": seconds, "threads": torch.get_num_threads()}, path)
     print(f"{sampler} {calls} calls: {seconds:.0f} s", flush=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import device_name, synchronize
+from original_code import missing_reason, original_ddim_sampling, original_diffusion, original_model
 
 from patronus import Patronus
 from patronus.diffusion import NoiseSchedule
@@ -212,3 +213,48 @@ def test_sampling_loop(benchmark, provider, loop, device, monkeypatch):
     )  # fmt: skip
     benchmark.group = f"sampling loop {loop}"
     benchmark.pedantic(run, rounds=3 if device.type == "cuda" else 1, warmup_rounds=0)
+
+
+# Matched quality: the original pipeline (its model code and its 1000-step DDIM loop) against
+# ours with the samplers and call counts that reach its FID (benchmarks/solver_curve.py), and our
+# default, on the paper's Fashion-MNIST architecture (random weights: speed does not depend on
+# them). images/s ratios against the original come from one run.
+MATCHED_PROVIDERS = {"original-ddim-1000": ("ddim", 1000), "patronus-ddim-50": ("ddim", 50),
+                     "patronus-dpmpp-2m-15": ("dpmpp-2m", 15),
+                     "patronus-dpmpp-2m-10": ("dpmpp-2m", 10)}  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", list(MATCHED_PROVIDERS))
+def test_matched_quality_sampling(benchmark, provider, device):
+    sampler, calls = MATCHED_PROVIDERS[provider]
+    preset = get_preset("fmnist32")
+    batch = 64 if device.type == "cuda" else 4
+    torch.manual_seed(0)
+    x_T = torch.randn(batch, *preset.model.image_shape, device=device)
+    if provider.startswith("original"):
+        if missing_reason() is not None:
+            pytest.skip(missing_reason())
+        model = original_model(preset.model).to(device).eval()
+        diffusion = original_diffusion(preset.model.diffusion.timesteps, device)
+        s = torch.rand(batch, preset.model.num_prototypes, device=device)
+
+        def sample():
+            return original_ddim_sampling(model, diffusion, x_T, s)
+    else:
+        model = Patronus(preset.model).to(device).eval()
+        s = torch.rand(batch, preset.model.num_prototypes, device=device)
+
+        def sample():
+            return model.sample(s, calls, x_T=x_T, sampler=sampler, clip_x0=True)
+
+    def run():
+        with torch.no_grad():
+            sample()
+        synchronize(device)
+
+    benchmark.extra_info.update(
+        provider=provider, sampler=sampler, calls=calls, batch=batch, kind="matched sampling",
+        device=device_name(device),
+    )  # fmt: skip
+    benchmark.group = "sampling at matched quality"
+    benchmark.pedantic(run, rounds=3 if device.type == "cuda" else 1, warmup_rounds=1)
