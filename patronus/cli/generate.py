@@ -147,7 +147,12 @@ def invert(args: argparse.Namespace) -> int:
     x_T = model.invert(images, s, args.steps, progress=progress, guidance_scale=args.guidance_scale)
     say("decoding them back")
     reconstructions = model.sample(
-        s, args.steps, x_T=x_T, progress=progress, guidance_scale=args.guidance_scale
+        s,
+        args.steps,
+        x_T=x_T,
+        progress=progress,
+        guidance_scale=args.guidance_scale,
+        sampler="ddim",
     )
     check_finite(reconstructions, "reconstructions")
     save_tensors({"x_T": x_T, "activations": s}, out / "latents.safetensors")

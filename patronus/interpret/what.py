@@ -85,7 +85,9 @@ class Inversion:
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`decode` (call within ``torch.no_grad()``, model in eval mode)."""
         x_T = self.x_T if x_T is None else x_T
-        return model.sample_steps(s, self.steps, x_T=x_T, **self._guidance(s, edit_guidance))
+        return model.sample_steps(
+            s, self.steps, x_T=x_T, sampler="ddim", **self._guidance(s, edit_guidance)
+        )
 
     def decode(
         self,
@@ -101,7 +103,9 @@ class Inversion:
         activations: ref + w (edit - ref) per step, amplifying what the edit changes w times while
         an unchanged activation vector still decodes to (nearly) the reconstruction."""
         x_T = self.x_T if x_T is None else x_T
-        return model.sample(s, self.steps, x_T=x_T, **self._guidance(s, edit_guidance))
+        return model.sample(
+            s, self.steps, x_T=x_T, sampler="ddim", **self._guidance(s, edit_guidance)
+        )
 
 
 @torch.no_grad()

@@ -294,7 +294,9 @@ class Patronus(nn.Module):
         with self._inference():
             s = self.encode(x0)
             x_T = self.invert(x0, s, steps, progress=progress, guidance_scale=guidance_scale)
-            return self.sample(s, steps, x_T=x_T, progress=progress, guidance_scale=guidance_scale)
+            return self.sample(
+                s, steps, x_T=x_T, progress=progress, guidance_scale=guidance_scale, sampler="ddim"
+            )
 
     def edit(
         self,
@@ -322,5 +324,10 @@ class Patronus(nn.Module):
                     f"edited activations must be {tuple(s.shape)}, got {tuple(new_s.shape)}"
                 )
             return self.sample(
-                new_s, steps, x_T=x_T, progress=progress, guidance_scale=guidance_scale
+                new_s,
+                steps,
+                x_T=x_T,
+                progress=progress,
+                guidance_scale=guidance_scale,
+                sampler="ddim",
             )
