@@ -137,6 +137,18 @@ def test_realised_fraction_and_verdict():
     assert verdict_of(0.8, 0.05, []) is False  # too small an effect
 
 
+def test_an_intervention_is_powered_exactly_when_it_has_a_verdict():
+    from dataclasses import replace
+
+    from patronus.eval.diagnosis import Diagnosis, Intervention, Suspect
+
+    silent = Intervention([0], 0.2, 0.3, 0.0, [0.1], None)
+    assert not silent.powered and replace(silent, confirmed=False).powered
+    suspect = Suspect("colour", 0.9, 20, 40, True, intervention=replace(silent, confirmed=True))
+    diagnosis = Diagnosis("shape", [0], [[0.5]], ["shape", "colour"], [suspect], {})
+    assert diagnosis.to_dict()["suspects"][0]["intervention"]["powered"] is True
+
+
 def test_page_states_the_verdict(tmp_path):
     generator = torch.Generator().manual_seed(1)
     labels = correlated_labels(4000, 0.95, generator)

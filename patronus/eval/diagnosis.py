@@ -99,8 +99,12 @@ class Intervention:
     other_effect: float  # mean |change| of the classifier's P(a)
     target_effect: float  # mean |change| of the classifier's P(target)
     null_effects: list[float]  # mean |change| of P(a) when random prototype sets are edited
-    powered: bool
     confirmed: bool | None  # None: underpowered, no verdict
+
+    @property
+    def powered(self) -> bool:
+        """Whether the edits realised enough of their request for a verdict."""
+        return self.confirmed is not None
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,8 @@ class Diagnosis:
                 other_auroc=suspect.other_auroc,
                 conflicting_target_auroc=suspect.conflicting_target_auroc,
             )
+            if suspect.intervention is not None:
+                row["intervention"]["powered"] = suspect.intervention.powered
         return data
 
     def to_json(self) -> str:

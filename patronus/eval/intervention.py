@@ -124,7 +124,6 @@ def intervene(
         other_effect,
         float(change[target_index]),
         null_effects,
-        realised >= min_realised,
         verdict_of(realised, other_effect, null_effects, min_effect, min_realised),
     )
 
