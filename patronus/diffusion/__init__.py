@@ -10,10 +10,9 @@ from patronus.diffusion.samplers import (
     ddpm_sampling,
     dpm_solver_sampling,
     run_sampler,
-    solver_timesteps,
 )
 from patronus.diffusion.schedules import NoiseSchedule, cosine_betas, linear_betas
-from patronus.diffusion.timesteps import respaced_timesteps
+from patronus.diffusion.timesteps import respaced_timesteps, solver_timesteps
 
 __all__ = [
     "NoiseSchedule",

@@ -36,7 +36,7 @@ import torch
 from patronus.diffusion.graphed_step import GraphedStep
 from patronus.diffusion.parametrization import dynamic_thresholds, predicted_x0
 from patronus.diffusion.schedules import NoiseSchedule
-from patronus.diffusion.timesteps import respaced_timesteps
+from patronus.diffusion.timesteps import respaced_timesteps, solver_timesteps
 from patronus.ops.scheduler import scheduler_step
 
 # eps_fn(x_t, t) -> the network's output, or (conditioned, null-conditioned) outputs, which the
@@ -258,14 +258,6 @@ def ddim_sampling(
     states = _random_states(len(descending), generator, x_T.device) if eta > 0 else None
     step = _runner(eps_fn, table, options, x_T, cuda_graph, states is not None, eta=eta)
     return _walk(step, x_T, descending, current, current, targets, states)
-
-
-def solver_timesteps(timesteps: int, steps: int) -> list[int]:
-    """The levels DPM-Solver++ evaluates the network at, descending: round(i (T - 1) / steps) for
-    i = steps .. 1 (diffusers' "linspace" spacing); the last step goes on to clean data."""
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
-    return [round(i * (timesteps - 1) / steps) for i in range(steps, 0, -1)]
 
 
 def solver_orders(steps: int, order: int) -> list[int]:
