@@ -14,8 +14,8 @@ reference. Two views:
   to the 1000-step DDIM image from the same x_T and s; the mean over images.
 
 Each (sampler, calls) is sampled once and kept in ``--work`` (resumable; ``--only`` splits the
-work across processes). ``--report`` writes ``benchmarks/results/solver-curve.json`` and
-``solver-curve.png`` from what is there.
+work across processes). ``--report`` writes ``benchmarks/results/solver-curve.json``,
+``solver-curve.md`` (the table the README shows) and ``solver-curve.png`` from what is there.
 """
 
 from __future__ import annotations
@@ -95,6 +95,26 @@ def report(model_dir: Path, work: Path, reference_images: torch.Tensor) -> dict:
     return {"model": str(model_dir), "num": len(truth), "rows": rows}
 
 
+def table(result: dict) -> str:
+    """Markdown: FID / RMS per sampler (rows) and network calls (columns), the reference below."""
+    rows = {(r["sampler"], r["calls"]): r for r in result["rows"]}
+    reference = rows[REFERENCE]
+    header = "| sampler | " + " | ".join(f"{c} calls" for c in CALLS) + " |"
+    lines = [header, "|---|" + "---:|" * len(CALLS)]
+    for sampler in SAMPLERS:
+        cells = []
+        for calls in CALLS:
+            row = rows.get((sampler, calls))
+            cells.append(f"{row['fid']:.1f} / {row['rms_to_ddim1000']:.3f}" if row else "-")
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"FID / RMS distance to the 1000-step DDIM image; 1000-step DDIM: FID "
+        f"{reference['fid']:.1f} ({result['num']} samples, {result['num']} test images).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -143,6 +163,7 @@ def main() -> None:
         result = report(args.model, args.work, reference)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "solver-curve.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / "solver-curve.md").write_text(table(result))
         plot(result, RESULTS / "solver-curve.png")
         return
     for sampler, calls in parse_only(args.only):
