@@ -262,3 +262,18 @@ def test_a_bug_shows_its_traceback_instead_of_a_user_error(tiny_run, tmp_path, m
     monkeypatch.setattr(generate, "sample", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["sample", str(tiny_run), "--out", str(tmp_path / "o")])
+
+
+def test_sample_precision_flag_sets_the_denoisers_arithmetic(tiny_run, tmp_path):
+    from patronus import load_model
+
+    out = tmp_path / "bf16"
+    command = ["sample", str(tiny_run), "--num", "2", "--steps", "3", "--precision", "bf16"]
+    assert main([*command, "--seed", "4", "--out", str(out)]) == 0
+    saved = load_file(out / "samples.safetensors")
+    model = load_model(tiny_run)
+    x_T = model.initial_noise(2, torch.Generator().manual_seed(4))
+    fp32 = model.sample(saved["activations"], 3, x_T=x_T)
+    bf16 = model.set_precision("bf16").sample(saved["activations"], 3, x_T=x_T)
+    torch.testing.assert_close(saved["samples"][:, 0], bf16, atol=1e-3, rtol=1e-3)
+    assert not torch.equal(bf16, fp32)

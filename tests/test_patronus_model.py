@@ -165,3 +165,21 @@ def test_compiled_denoiser_samples_the_same(model, images):
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = model.sample(s, steps=3, x_T=x_T)
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+
+
+def test_bf16_precision_autocasts_the_denoiser_only(model, images):
+    """bf16: the same predictions to bf16's precision (an untrained net's outputs are O(1)),
+    in the input's dtype; encoding untouched; fp32 back exactly as before."""
+    s = model.encode(images)
+    x_t = torch.randn_like(images)
+    t = torch.full((images.shape[0],), 500)
+    with torch.no_grad():
+        exact = model.eps_fn(s)(x_t, t)
+        fast = model.set_precision("bf16").eps_fn(s)(x_t, t)
+        assert torch.equal(model.encode(images), s)
+        again = model.set_precision("fp32").eps_fn(s)(x_t, t)
+    assert fast.dtype == torch.float32 and torch.equal(again, exact)
+    error = (fast - exact).pow(2).mean().sqrt() / exact.pow(2).mean().sqrt()
+    assert 0 < error < 0.05
+    with pytest.raises(ValueError, match="precision must be"):
+        model.set_precision("fp16")

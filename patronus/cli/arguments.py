@@ -91,6 +91,16 @@ def add_device(parser: argparse.ArgumentParser, default: str | None = "cpu") -> 
     )
 
 
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the denoiser's arithmetic: fp32, or bf16 autocast (fast on GPUs and on CPUs with "
+        "AVX512-BF16 or AMX) (default fp32)",
+    )
+
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)

@@ -53,6 +53,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     a.number(fid, "--num", a.positive_int, 10000, "generated images")
     a.number(fid, "--steps", a.positive_int, 50, "network calls per image (DDIM: respaced steps)")
     a.add_sampler(fid, ("ddim", "dpmpp-2m", "dpmpp-3m"))
+    a.add_precision(fid)
     fid.add_argument(
         "--unconditional",
         action="store_true",
@@ -99,6 +100,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "training steps of the attribute classifier",
     )
     a.add_guidance(diagnose)
+    a.add_precision(diagnose)
     diagnose.set_defaults(handler=run_diagnose)
 
     prior = sub.add_parser(
@@ -230,6 +232,7 @@ def run_fid(args: argparse.Namespace) -> int:
         features=features,
         steps=args.steps,
         sampler=args.sampler,
+        precision=args.precision,
         conditioning="prior" if args.unconditional else "training images",
     )
     return _finish(out, "fid.json", result, started)

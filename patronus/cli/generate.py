@@ -37,6 +37,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     a.number(parser, "--offset", a.nonnegative_int, 0, "index of the first dataset image taken")
     a.number(parser, "--steps", a.positive_int, 50, "respaced DDIM steps")
     a.add_guidance(parser)
+    a.add_precision(parser)
     a.add_seed(parser)
     a.add_device(parser)
     a.add_progress(parser)

@@ -69,6 +69,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 "sampler of the variations (fresh noise; inversions and edits stay DDIM): ",
             )  # fmt: skip
         a.add_guidance(parser)
+        a.add_precision(parser)
         parser.add_argument(
             "--edit-guidance",
             type=a.finite_float,

@@ -20,6 +20,7 @@ def load_checkpoint(args: argparse.Namespace):
 
     say(f"loading {args.checkpoint}")
     model = load_model(args.checkpoint, ema=not args.no_ema, map_location=args.device).eval()
+    model.set_precision(getattr(args, "precision", "fp32"))
     requested = getattr(args, "guidance_scale", None)
     try:  # a scale this model cannot guide with is the user's to fix, before any work
         scale = model.guidance_scale(requested)
