@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory):
     preset = get_preset("synthetic-tiny")
     run_dir = tmp_path_factory.mktemp("tiny_run")
     dataset = SyntheticShapes(128, preset.model.image_size, preset.model.image_channels)
-    config = TrainConfig(max_steps=30, batch_size=16, learning_rate=2e-3, progress=False)
+    config = TrainConfig(max_steps=30, batch_size=16, learning_rate=2e-3, progress=False, amp="off")
     metadata = {"preset": "synthetic-tiny", "data": {"name": "synthetic", "seed": 0}}
     Trainer(Patronus(preset.model), dataset, config, run_dir, "cpu", metadata).fit()
     return run_dir

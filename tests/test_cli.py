@@ -21,6 +21,7 @@ def test_info(capsys):
 
 def test_train_then_resume(tmp_path, capsys):
     flags = "--preset synthetic-tiny --dataset synthetic --limit 48 --batch-size 16 --no-progress"
+    flags += " --amp off"
     common = ["train", *flags.split(), "--log-every", "1", "--out", str(tmp_path)]
     assert main([*common, "--steps", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 3

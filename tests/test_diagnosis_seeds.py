@@ -44,6 +44,7 @@ def trained(dataset, seed, folder):
         progress=False,
         checkpoint_every=10_000,
         seed=seed,
+        amp="off",  # fp32 on every CPU
     )
     trainer = Trainer(Patronus(get_preset("synthetic-tiny").model), dataset, config, folder, "cpu")
     trainer.fit()

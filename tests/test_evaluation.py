@@ -130,6 +130,8 @@ def shortcut_run(tmp_path_factory):
                 "32",
                 "--lr",
                 "2e-3",
+                "--amp",
+                "off",
                 "--out",
                 str(run),
                 "--no-progress",

@@ -20,7 +20,9 @@ def make_trainer(run_dir, dataset=None, model_seed=0, **overrides):
     torch.manual_seed(model_seed)
     model = Patronus(PRESET.model)
     dataset = dataset or SyntheticShapes(96, 24, 3, seed=1)
-    settings = {"batch_size": 16, "learning_rate": 2e-3, "progress": False, "log_every": 2}
+    # fp32 (amp "auto" would pick bf16 on CPUs with it in hardware, and not on others)
+    settings = {"batch_size": 16, "learning_rate": 2e-3, "progress": False, "log_every": 2,
+                "amp": "off"}  # fmt: skip
     config = TrainConfig(**{**settings, **overrides})
     return Trainer(model, dataset, config, run_dir, "cpu")
 
@@ -158,7 +160,7 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(tmp_path):
     torchrun = "-m torch.distributed.run --standalone --nproc-per-node 2"
     train = (
         "-m patronus train --preset synthetic-tiny --dataset synthetic --limit 64 --steps 4 "
-        "--batch-size 16 --lr 2e-3 --log-every 1 --no-progress --device cpu"
+        "--batch-size 16 --lr 2e-3 --log-every 1 --no-progress --device cpu --amp off"
     )
     command = [sys.executable, *torchrun.split(), *train.split(), "--out", str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -205,3 +207,18 @@ def test_fused_backends_train_like_the_reference(tmp_path, monkeypatch, backend)
         curves[name] = torch.tensor([row["loss"] for row in trainer.metrics.rows()])
     assert len(curves[backend]) == 12
     torch.testing.assert_close(curves[backend], curves["torch"], rtol=1e-3, atol=1e-5)
+
+
+def test_amp_auto_picks_bf16_where_the_hardware_has_it(monkeypatch):
+    from patronus.train import trainer
+    from patronus.utils import cpu_features
+
+    intel = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\n"
+    assert "avx512_bf16" in cpu_features.cpu_flags(intel)
+    assert cpu_features.cpu_flags("processor : 0\n") == set()
+    for fast in (True, False):
+        monkeypatch.setattr(trainer, "fast_cpu_bf16", lambda fast=fast: fast)
+        expected = torch.bfloat16 if fast else None
+        assert trainer._amp_dtype("auto", torch.device("cpu")) == expected
+        assert trainer._amp_dtype("off", torch.device("cpu")) is None
+    assert trainer._amp_dtype("auto", torch.device("cuda")) == torch.bfloat16

@@ -78,7 +78,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         "--amp",
         choices=("auto", "bf16", "fp16", "off"),
         default="auto",
-        help="mixed precision (auto: bf16 on CUDA, off on CPU)",
+        help="mixed precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else off)",
     )
     parser.add_argument("--ema", type=a.decay, help="EMA decay, e.g. 0.999 (default: none)")
     a.number(parser, "--grad-clip", a.nonnegative_float, 1.0, "gradient norm clipping (0: off)")

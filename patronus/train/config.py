@@ -15,7 +15,8 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 class TrainConfig:
     """How to train. ``batch_size`` is the global batch (split across DDP processes).
 
-    ``amp="auto"`` means bf16 autocast on CUDA and none on CPU. ``ema_decay=None`` disables
+    ``amp="auto"`` means bf16 autocast on CUDA and on CPUs that compute bf16 in hardware
+    (AVX512-BF16 or AMX-BF16 among their flags), none on other CPUs. ``ema_decay=None`` disables
     EMA (the paper uses none). ``timestep_bias`` b > 0 draws training timesteps with density
     proportional to (t / T)^b instead of uniformly (0, the paper's). ``sample_every=0`` writes
     a sample grid only at checkpoints.

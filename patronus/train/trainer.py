@@ -48,6 +48,7 @@ from patronus.train.ema import EMA
 from patronus.train.metrics import MetricsLog, plot_loss_curve
 from patronus.train.run_folder import RunLock, holds_a_run
 from patronus.train.state import flatten_optimizer, unflatten_optimizer
+from patronus.utils.cpu_features import fast_cpu_bf16
 from patronus.utils.images import save_grid
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
@@ -125,8 +126,10 @@ class _StepBatches(Sampler[list[int]]):
 
 
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """ "auto": bf16 on CUDA and on CPUs with bf16 in hardware (``fast_cpu_bf16``), else none."""
     if mode == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        fast = device.type == "cuda" or (device.type == "cpu" and fast_cpu_bf16())
+        return torch.bfloat16 if fast else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 
