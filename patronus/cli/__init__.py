@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from patronus.cli import evaluate, generate, interpret, train
+from patronus.cli import diffusers_export, evaluate, generate, interpret, train
 from patronus.errors import PatronusError
 
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_commands(sub)
     interpret.add_commands(sub)
     evaluate.add_commands(sub)
+    diffusers_export.add_commands(sub)
     return parser
 
 

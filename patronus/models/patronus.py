@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from patronus.diffusion.samplers import (
     ddim_inversion,
     run_sampler,
 )
+from patronus.diffusion.scheduler_loop import check_scheduler_schedule, scheduler_sampling
 from patronus.diffusion.schedules import NoiseSchedule
 from patronus.models.config import PatronusConfig
 from patronus.models.unet import PatronusUNet
@@ -217,6 +219,7 @@ class Patronus(nn.Module):
         generator: torch.Generator | None = None,
         x_T: torch.Tensor | None = None,
         guidance_reference: torch.Tensor | None = None,
+        scheduler: Any = None,
         **changes,
     ) -> Iterator[SamplerStep]:
         """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
@@ -231,6 +234,11 @@ class Patronus(nn.Module):
         if x_T.shape[0] != s.shape[0]:
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
         eps_fn = self.eps_fn(s, options.guidance_scale, guidance_reference)
+        if scheduler is not None:
+            check_scheduler_schedule(scheduler, self.schedule)
+            return scheduler_sampling(
+                eps_fn, x_T, scheduler, options.steps, generator, options.guidance_scale
+            )
         return samplers.sample(eps_fn, x_T, self.schedule, options, generator)
 
     def sample(
@@ -243,6 +251,7 @@ class Patronus(nn.Module):
         callback: Callback | None = None,
         progress: bool = False,
         guidance_reference: torch.Tensor | None = None,
+        scheduler: Any = None,
         **changes,
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) conditioned on activations s (B, P).
@@ -256,13 +265,16 @@ class Patronus(nn.Module):
         graph and replay it). ``x_T`` defaults to N(0, I) drawn from ``generator``, which also
         seeds the steps' noise. E.g. ``model.sample(s, 20, clip_x0=True, generator=g)``.
         ``guidance_scale`` w (default the model's) guides against the learned null vector, or
-        against ``guidance_reference`` activations (B, P) when given.
+        against ``guidance_reference`` activations (B, P) when given. ``scheduler``: a diffusers
+        scheduler (with this model's noise schedule) runs the loop instead, diffusers' way, over
+        ``steps`` inference steps (:mod:`patronus.diffusion.scheduler_loop`).
         """
         options = SamplerOptions.of(options, **changes)
         with self._inference():
             trajectory = self.sample_steps(
-                s, options, generator=generator, x_T=x_T, guidance_reference=guidance_reference
-            )
+                s, options, generator=generator, x_T=x_T, guidance_reference=guidance_reference,
+                scheduler=scheduler,
+            )  # fmt: skip
             total = options.network_calls(self.schedule)
             return run_sampler(trajectory, callback, progress, total, "sampling")
 

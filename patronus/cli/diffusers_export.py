@@ -1,0 +1,73 @@
+"""``patronus export-diffusers`` / ``import-diffusers``: a checkpoint as a diffusers
+``PatronusPipeline`` folder, and back (weights bit for bit, config and metadata kept)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from patronus.cli import arguments as a
+from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser(
+        "export-diffusers",
+        help="write a checkpoint as a diffusers PatronusPipeline folder",
+        description="Write a checkpoint (EMA weights unless --no-ema) as a diffusers pipeline "
+        "folder: unet (the whole Patronus model) and the fused DDIM scheduler with the model's "
+        "noise schedule. Load it with PatronusPipeline.from_pretrained(OUT) after importing "
+        "patronus.diffusion.diffusers_pipeline.",
+    )
+    a.add_checkpoint(export)
+    export.add_argument("out", type=Path, help="the pipeline folder to write")
+    export.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    export.set_defaults(handler=export_pipeline)
+    back = sub.add_parser(
+        "import-diffusers",
+        help="write a PatronusPipeline folder back as a patronus checkpoint",
+        description="Write a PatronusPipeline folder (export-diffusers, or save_pretrained) "
+        "back as a patronus checkpoint folder (its weights as model.safetensors).",
+    )
+    back.add_argument("pipeline", type=Path, help="the pipeline folder")
+    back.add_argument("out", type=Path, help="the checkpoint folder to write")
+    back.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    back.set_defaults(handler=import_pipeline)
+
+
+def _pipeline_module():
+    try:
+        from patronus.diffusion import diffusers_pipeline
+    except ImportError as error:
+        raise CommandError(str(error)) from error
+    return diffusers_pipeline
+
+
+def export_pipeline(args: argparse.Namespace) -> int:
+    from patronus.checkpoint import load_model, read_config, resolve_checkpoint
+
+    pipelines = _pipeline_module()
+    started = now()
+    out = output_folder(args.out, "pipeline", args.overwrite)
+    folder = resolve_checkpoint(args.checkpoint)
+    metadata = {k: v for k, v in read_config(folder).items() if k not in ("format", "model")}
+    say(f"loading {folder} ({'raw' if args.no_ema else 'EMA where saved'} weights)")
+    model = load_model(folder, ema=not args.no_ema)
+    pipelines.PatronusPipeline.from_patronus(model, metadata=metadata).save_pretrained(out)
+    report_written(out, started)
+    return 0
+
+
+def import_pipeline(args: argparse.Namespace) -> int:
+    from patronus.checkpoint import save_model
+
+    pipelines = _pipeline_module()
+    started = now()
+    if not (args.pipeline / "model_index.json").is_file():
+        raise CommandError(f"{args.pipeline} is not a pipeline folder (no model_index.json)")
+    output_folder(args.out, "checkpoint", args.overwrite)
+    pipe = pipelines.PatronusPipeline.from_pretrained(args.pipeline)
+    metadata = pipe.unet.config.metadata or {}
+    save_model(pipe.patronus, args.out, metadata=dict(metadata))
+    report_written(args.out, started)
+    return 0
