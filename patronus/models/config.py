@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -93,6 +94,9 @@ class PatronusConfig:
     condition_dropout: float = 0.0
     # ... and sampling uses null + w (conditioned - null) with this recommended scale w (1: none)
     guidance_scale: float = 1.0
+    # a diffusers UNet as the denoiser instead of ``unet`` (patronus.models.diffusers_denoiser):
+    # {"class": "UNet2DModel" | "UNet2DConditionModel", "config": {constructor arguments}}
+    diffusers_unet: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.condition_dropout < 1.0:
@@ -109,6 +113,15 @@ class PatronusConfig:
             raise ValueError(f"activation must be 'log' or 'linear', got {self.activation!r}")
         if not self.activation_eps > 0:
             raise ValueError(f"activation_eps must be > 0, got {self.activation_eps}")
+        if self.diffusers_unet is not None:
+            unknown = set(self.diffusers_unet) - {"class", "config"}
+            if "class" not in self.diffusers_unet or unknown:
+                raise ValueError(
+                    "diffusers_unet must be {'class': ..., 'config': {...}}, got "
+                    f"{self.diffusers_unet!r}"
+                )
+            # its JSON form, so that a config read back from a checkpoint compares equal
+            object.__setattr__(self, "diffusers_unet", json.loads(json.dumps(self.diffusers_unet)))
 
     @property
     def prototype_dim(self) -> int:
@@ -134,6 +147,8 @@ def _matches(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, option) for option in typing.get_args(annotation))
+    if origin is dict:
+        return isinstance(value, dict)
     if origin is tuple:
         item = typing.get_args(annotation)[0]
         return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)

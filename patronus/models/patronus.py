@@ -50,10 +50,19 @@ class Patronus(nn.Module):
         self.prototype_layer = PrototypeLayer(
             config.num_prototypes, config.prototype_dim, config.activation, config.activation_eps
         )
-        self.unet = PatronusUNet(
-            config.unet, config.image_channels, config.num_prototypes, config.diffusion.timesteps
-        )
-        if config.image_size % self.unet.downsampling_factor:
+        if config.diffusers_unet is not None:
+            from patronus.models.diffusers_denoiser import DiffusersDenoiser
+
+            self.unet = DiffusersDenoiser(
+                config.diffusers_unet["class"], config.diffusers_unet.get("config", {}),
+                config.num_prototypes, config.image_channels,
+            )  # fmt: skip
+        else:
+            self.unet = PatronusUNet(
+                config.unet, config.image_channels, config.num_prototypes,
+                config.diffusion.timesteps,
+            )  # fmt: skip
+        if config.diffusers_unet is None and config.image_size % self.unet.downsampling_factor:
             raise ValueError(
                 f"image_size {config.image_size} must be divisible by "
                 f"{self.unet.downsampling_factor} (2 ** (len(channel_mults) - 1))"
