@@ -120,7 +120,7 @@ def test_invalid_specs_are_refused():
 
 @pytest.mark.parametrize("trained_run", ["UNet2DModel"], indirect=True)
 def test_a_diffusers_unet_model_is_a_patronus_pipeline_too(trained_run, tmp_path):
-    from patronus.diffusion.diffusers_pipeline import PatronusPipeline
+    from patronus.pipelines.diffusers_pipeline import PatronusPipeline
 
     _, run, _ = trained_run
     model = load_model(run).eval()

@@ -10,13 +10,13 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional ex
 
 from patronus import Patronus, load_model  # noqa: E402
 from patronus.cli import main  # noqa: E402
-from patronus.diffusion.diffusers_pipeline import PatronusDenoiser, PatronusPipeline  # noqa: E402
 from patronus.diffusion.diffusers_schedulers import (  # noqa: E402
     PatronusDDIMScheduler,
     PatronusDDPMScheduler,
 )
 from patronus.models import PatronusConfig  # noqa: E402
 from patronus.models.presets import get_preset  # noqa: E402
+from patronus.pipelines.diffusers_pipeline import PatronusDenoiser, PatronusPipeline  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "fmnist-patronus"
 

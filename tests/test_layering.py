@@ -1,6 +1,7 @@
 """Imports point down only: a module may import its own package and the layers below it.
 
-cli -> eval -> interpret -> train -> checkpoint -> models -> diffusion, nn -> ops -> kernels, _C;
+cli -> eval -> interpret -> train, pipelines -> checkpoint -> models -> diffusion, nn -> ops
+-> kernels, _C;
 utils, errors and the backend registry at the bottom; data just above utils. The package's own
 ``__init__`` (the public API) and ``_info`` gather from below.
 """
@@ -25,6 +26,7 @@ LAYERS = {
     "models": 4,
     "checkpoint": 5,
     "reference_checkpoint": 5,
+    "pipelines": 6,
     "train": 6,
     "interpret": 7,
     "eval": 8,

@@ -17,7 +17,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Write a checkpoint (EMA weights unless --no-ema) as a diffusers pipeline "
         "folder: unet (the whole Patronus model) and the fused DDIM scheduler with the model's "
         "noise schedule. Load it with PatronusPipeline.from_pretrained(OUT) after importing "
-        "patronus.diffusion.diffusers_pipeline.",
+        "patronus.pipelines.diffusers_pipeline.",
     )
     a.add_checkpoint(export)
     export.add_argument("out", type=Path, help="the pipeline folder to write")
@@ -37,7 +37,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _pipeline_module():
     try:
-        from patronus.diffusion import diffusers_pipeline
+        from patronus.pipelines import diffusers_pipeline
     except ImportError as error:
         raise CommandError(str(error)) from error
     return diffusers_pipeline

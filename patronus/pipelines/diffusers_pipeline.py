@@ -25,7 +25,7 @@ try:
     from diffusers.configuration_utils import register_to_config
 except ImportError as error:  # pragma: no cover - exercised without diffusers only
     raise ImportError(
-        "patronus.diffusion.diffusers_pipeline needs diffusers: pip install diffusers"
+        "patronus.pipelines.diffusers_pipeline needs diffusers: pip install diffusers"
     ) from error
 
 from patronus.diffusion.diffusers_schedulers import PatronusDDIMScheduler, SchedulerMixin

@@ -1,0 +1,2 @@
+"""Patronus inside other libraries' pipelines: diffusers in
+``patronus.pipelines.diffusers_pipeline`` (imported on its own, as diffusers is optional)."""
