@@ -241,3 +241,24 @@ def test_a_pipeline_with_the_fused_dpm_solver_loads_back_and_matches_the_stock_o
     ]  # fmt: skip
     assert (images[1] == images[2]).all()
     assert abs(images[0] - images[1]).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "fused",
+    [PatronusDDIMScheduler, PatronusDDPMScheduler, PatronusDDIMInverseScheduler,
+     PatronusDPMSolverMultistepScheduler],
+)  # fmt: skip
+def test_every_fused_scheduler_reloads_as_itself(fused, tmp_path):
+    """SchedulerMixin's own save/load, and as a pipeline component found through its module."""
+    from diffusers import DDPMPipeline
+
+    scheduler = fused(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")
+    scheduler.save_pretrained(tmp_path / "alone")
+    again = fused.from_pretrained(tmp_path / "alone")
+    assert type(again) is fused
+    saved = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+    assert {k: v for k, v in again.config.items() if not k.startswith("_")} == saved
+    pipe = DDPMPipeline(unet=_tiny_unet(), scheduler=DDPMScheduler())
+    pipe.scheduler = scheduler
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert type(DDPMPipeline.from_pretrained(tmp_path / "pipe").scheduler) is fused
