@@ -136,7 +136,7 @@ def matched_tables(benchmarks: list[dict]) -> list[str]:
     if not rows:
         return []
     original = rows.get("original-ddim-1000")
-    lines = ["", "## sampling at matched quality (the shipped model's architecture, fmnist-cpu)", "",
+    lines = ["", "## sampling at matched quality (fmnist-cpu, the shipped architecture)", "",
              "| provider | sampler | network calls | batch | s per batch | images/s | "
              "vs the original pipeline |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for provider, bench in rows.items():
