@@ -11,7 +11,8 @@
 #     op-tests   the ops' CUDA tests (tests/ops -m cuda): Triton and CUDA kernels against float64
 #     proto      the prototype op at B64 D256 32x32 P2000, fp32 and bf16: original two-conv form,
 #                eager, torch.compile, patronus; forward, backward, forward+backward, peak memory
-#     step       the scheduler step against a copy, eager, torch.compile and diffusers
+#     step       the scheduler step against a copy, eager, torch.compile and diffusers (DDIM),
+#                and the DPM-Solver++ 3M step against diffusers
 #     loops      50-step (then 1000-step) sampling loops: eager, fused, compiled, CUDA graph,
 #                and the network calls alone
 #     train      fmnist32 training step: the original code as it trains, ours fp32/bf16/
@@ -86,7 +87,7 @@ wanted build && { "$PY" -m patronus info | tee "$OUT/info.txt"; }
 stage op-tests 100 "$PY" -m pytest tests/ops -m cuda -q -ra -p no:cacheprovider -x \
     --junitxml="$OUT/op-tests.xml"
 bench proto 100 benchmarks/test_prototype_ops.py -k large
-bench step 40 benchmarks/test_scheduler_step.py -k test_step
+bench step 50 benchmarks/test_scheduler_step.py -k "test_step or test_multistep_step"
 bench loops 80 benchmarks/test_scheduler_step.py -k "test_sampling_loop and ddim50"
 bench train 100 benchmarks/test_throughput.py -k test_training_variants
 stage cuda-tests 60 "$PY" -m pytest tests -m cuda -q -ra -p no:cacheprovider \
