@@ -150,6 +150,9 @@ def test_invalid_calls_are_refused(model, activations):
         pipe(num_inference_steps=2)
     with pytest.raises(ValueError, match="output_type"):
         pipe(activations=activations, num_inference_steps=2, output_type="latent")
+    scheduler = PatronusDDIMScheduler(trained_betas=_betas(model))
+    with pytest.raises(ValueError, match="its config decides"):
+        model.sample(activations, 2, scheduler=scheduler, sampler="ddpm")
     with pytest.raises(ValueError, match="noise schedule"):
         model.sample(activations, 2, scheduler=diffusers.DDIMScheduler(num_train_timesteps=100))
     with pytest.raises(TypeError, match="DDPM-family"):

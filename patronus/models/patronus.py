@@ -244,6 +244,12 @@ class Patronus(nn.Module):
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
         eps_fn = self.eps_fn(s, options.guidance_scale, guidance_reference)
         if scheduler is not None:
+            plain = SamplerOptions(steps=options.steps, guidance_scale=options.guidance_scale)
+            if options != plain:
+                raise ValueError(
+                    "with a diffusers scheduler its config decides how to step: leave sampler, "
+                    "eta, clipping, thresholding and cuda_graph at their defaults"
+                )
             check_scheduler_schedule(scheduler, self.schedule)
             return scheduler_sampling(
                 eps_fn, x_T, scheduler, options.steps, generator, options.guidance_scale
