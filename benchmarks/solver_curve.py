@@ -59,7 +59,9 @@ def conditioning(model, checkpoint: Path, num: int):
     return activations, reference
 
 
-def sample_task(model, activations, sampler: str, calls: int, work: Path, batch: int) -> None:
+def sample_task(
+    model, activations, sampler: str, calls: int, work: Path, batch: int, clip: bool = True
+) -> None:
     from patronus.eval.generation import generate
 
     path = work / f"{sampler}-{calls}.pt"
@@ -73,7 +75,7 @@ def sample_task(model, activations, sampler: str, calls: int, work: Path, batch:
     print(f"{sampler} {calls} calls: {seconds:.0f} s", flush=True)
 
 
-def report(model_dir: Path, work: Path, reference_images: torch.Tensor) -> dict:
+def report(model_dir: Path, work: Path, reference_images: torch.Tensor, fid: bool = True) -> dict:
     from patronus.eval.classifier import load_classifier
     from patronus.eval.generation import distances
 
@@ -88,8 +90,9 @@ def report(model_dir: Path, work: Path, reference_images: torch.Tensor) -> dict:
         images = saved["images"]
         rms = (images - truth).pow(2).flatten(1).mean(1).sqrt()
         row = {"sampler": sampler, "calls": calls, "seconds": saved["seconds"],
-               "threads": saved["threads"], "rms_to_ddim1000": rms.mean().item(),
-               **distances(classifier.embed, images, reference_images)}  # fmt: skip
+               "threads": saved["threads"], "rms_to_ddim1000": rms.mean().item()}  # fmt: skip
+        if fid:
+            row.update(distances(classifier.embed, images, reference_images))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {"model": str(model_dir), "num": len(truth), "rows": rows}
@@ -132,12 +135,13 @@ def plot(result: dict, path: Path) -> None:
     fid_axis.axhline(reference["fid"], color="k", ls="--", label="DDIM, 1000 calls")
     fid_axis.axhline(reference["fid"] * 1.1, color="k", ls=":", label="+10%")
     fid_axis.set(xscale="log", xlabel="network calls per image", ylabel="FID (classifier features)",
-                 title=f"FID of {result['num']} conditional samples")  # fmt: skip
+                 title=f"FID of {result['num']} conditional samples (x0 clipped)")  # fmt: skip
     rms_axis.set(xscale="log", yscale="log", xlabel="network calls per image",
                  ylabel="RMS distance to the 1000-step DDIM image",
-                 title="same x_T and activations")  # fmt: skip
+                 title="same x_T and activations (x0 clipped)")  # fmt: skip
     for axis in (fid_axis, rms_axis):
         axis.set_xticks(CALLS, [str(c) for c in CALLS])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(f"Samplers of {result['model']}")
@@ -155,10 +159,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/solver-curve"))
     parser.add_argument("--only", help="e.g. ddim:1000 or dpmpp-2m,ddim:5")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument(
+        "--no-clip",
+        action="store_true",
+        help="the plain solvers (x0 unclipped) for the deterministic view only: --report then "
+        "writes solver-curve-unclipped.json with the RMS distances, no FID",
+    )
     args = parser.parse_args()
     model = load_model(args.model).eval()
     activations, reference = conditioning(model, args.model, args.num)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.report and args.no_clip:
+        result = report(args.model, args.work, reference, fid=False)
+        result["clip_x0"] = False
+        (RESULTS / "solver-curve-unclipped.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
     if args.report:
         result = report(args.model, args.work, reference)
         RESULTS.mkdir(exist_ok=True)
@@ -167,7 +182,7 @@ def main() -> None:
         plot(result, RESULTS / "solver-curve.png")
         return
     for sampler, calls in parse_only(args.only):
-        sample_task(model, activations, sampler, calls, args.work, args.batch)
+        sample_task(model, activations, sampler, calls, args.work, args.batch, not args.no_clip)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,15 @@ def generate(
     generator: torch.Generator | None = None,
     progress: bool = False,
     sampler: str = "ddim",
+    clip_x0: bool = True,
 ) -> torch.Tensor:
     """Decode one sample per activation vector (N, P) -> (N, C, H, W) on the CPU, with
-    ``steps`` network calls of ``sampler`` ("ddim", "dpmpp-2m", "dpmpp-3m") per image."""
+    ``steps`` network calls of ``sampler`` ("ddim", "dpmpp-2m", "dpmpp-3m") per image, predicted
+    x0 clipped to [-1, 1] on every step unless ``clip_x0`` is False."""
     chunks = activations.split(batch_size)
     samples = [
         model.sample(
-            s.to(model.device), steps, generator=generator, clip_x0=True, sampler=sampler
+            s.to(model.device), steps, generator=generator, clip_x0=clip_x0, sampler=sampler
         ).cpu()
         for s in tqdm(chunks, desc="generating", disable=not progress)
     ]
