@@ -287,7 +287,7 @@ def dpm_solver_sampling(
     descending = solver_timesteps(schedule.timesteps, steps)
     table = schedule.alphas_cumprod.to(x_T.device)
     levels = _levels(x_T, descending)
-    targets = [*levels[1:], _levels(x_T, [-1])[0]]
+    targets = _levels(x_T, [*descending[1:], -1])
     return _multistep_walk(eps_fn, x_T, descending, levels, targets, table, options, order)
 
 
