@@ -16,6 +16,8 @@ reference. Two views:
 Each (sampler, calls) is sampled once and kept in ``--work`` (resumable; ``--only`` splits the
 work across processes). ``--report`` writes ``benchmarks/results/solver-curve.json``,
 ``solver-curve.md`` (the table the README shows) and ``solver-curve.png`` from what is there.
+With ``--no-clip`` it samples the plain solvers (x0 unclipped) into their own ``--work`` folder
+and its ``--report`` writes ``solver-curve-unclipped.{json,md}`` (RMS only).
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ def sample_task(
         return
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(0)  # the same x_T for every sampler
-    images = generate(model, activations, calls, batch, generator, progress=True, sampler=sampler)
+    images = generate(
+        model, activations, calls, batch, generator, progress=True, sampler=sampler, clip_x0=clip
+    )
     seconds = time.perf_counter() - started
     torch.save({"images": images, "seconds": seconds, "threads": torch.get_num_threads()}, path)
     print(f"{sampler} {calls} calls: {seconds:.0f} s", flush=True)
@@ -99,39 +103,57 @@ def report(model_dir: Path, work: Path, reference_images: torch.Tensor, fid: boo
 
 
 def table(result: dict) -> str:
-    """Markdown: FID / RMS per sampler (rows) and network calls (columns), the reference below."""
+    """Markdown: FID / RMS (or the RMS alone, without FIDs) per sampler (rows) and network calls
+    (columns), the reference below."""
     rows = {(r["sampler"], r["calls"]): r for r in result["rows"]}
     reference = rows[REFERENCE]
+    with_fid = "fid" in reference
     header = "| sampler | " + " | ".join(f"{c} calls" for c in CALLS) + " |"
     lines = [header, "|---|" + "---:|" * len(CALLS)]
     for sampler in SAMPLERS:
         cells = []
         for calls in CALLS:
             row = rows.get((sampler, calls))
-            cells.append(f"{row['fid']:.1f} / {row['rms_to_ddim1000']:.3f}" if row else "-")
+            rms = f"{row['rms_to_ddim1000']:.3f}" if row else "-"
+            cells.append(f"{row['fid']:.1f} / {rms}" if row and with_fid else rms)
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"FID / RMS distance to the 1000-step DDIM image; 1000-step DDIM: FID "
-        f"{reference['fid']:.1f} ({result['num']} samples, {result['num']} test images).",
-    ]
+    clipping = (
+        "x0 clipped" if result.get("clip_x0", True) else "x0 unclipped (the plain ODE solvers)"
+    )
+    lines.append("")
+    if with_fid:
+        lines.append(
+            f"FID / RMS distance to the 1000-step DDIM image, {clipping}; 1000-step DDIM: FID "
+            f"{reference['fid']:.1f} ({result['num']} samples, {result['num']} test images)."
+        )
+    else:
+        lines.append(
+            f"RMS distance to the 1000-step DDIM image from the same x_T and activations, "
+            f"{clipping}; {result['num']} images."
+        )
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: Path) -> None:
+def _curves(axis, result: dict, key: str) -> None:
+    for sampler in SAMPLERS:
+        rows = sorted((r for r in result["rows"] if r["sampler"] == sampler and r["calls"] < 1000),
+                      key=lambda r: r["calls"])  # fmt: skip
+        axis.plot([r["calls"] for r in rows], [r[key] for r in rows], "o-", label=sampler)
+
+
+def plot(result: dict, unclipped: dict | None, path: Path) -> None:
+    """FID and RMS (x0 clipped) against calls, and the unclipped RMS where it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (fid_axis, rms_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = 2 if unclipped is None else 3
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2))
+    fid_axis, rms_axis = axes[:2]
     reference = next(r for r in result["rows"] if (r["sampler"], r["calls"]) == REFERENCE)
-    for sampler in SAMPLERS:
-        rows = sorted((r for r in result["rows"] if r["sampler"] == sampler and r["calls"] < 1000),
-                      key=lambda r: r["calls"])  # fmt: skip
-        calls = [r["calls"] for r in rows]
-        fid_axis.plot(calls, [r["fid"] for r in rows], "o-", label=sampler)
-        rms_axis.plot(calls, [r["rms_to_ddim1000"] for r in rows], "o-", label=sampler)
+    _curves(fid_axis, result, "fid")
+    _curves(rms_axis, result, "rms_to_ddim1000")
     fid_axis.axhline(reference["fid"], color="k", ls="--", label="DDIM, 1000 calls")
     fid_axis.axhline(reference["fid"] * 1.1, color="k", ls=":", label="+10%")
     fid_axis.set(xscale="log", xlabel="network calls per image", ylabel="FID (classifier features)",
@@ -139,7 +161,12 @@ def plot(result: dict, path: Path) -> None:
     rms_axis.set(xscale="log", yscale="log", xlabel="network calls per image",
                  ylabel="RMS distance to the 1000-step DDIM image",
                  title="same x_T and activations (x0 clipped)")  # fmt: skip
-    for axis in (fid_axis, rms_axis):
+    if unclipped is not None:
+        _curves(axes[2], unclipped, "rms_to_ddim1000")
+        axes[2].set(xscale="log", yscale="log", xlabel="network calls per image",
+                    ylabel="RMS distance to the 1000-step DDIM image",
+                    title=f"x0 unclipped: the ODE solvers ({unclipped['num']} images)")  # fmt: skip
+    for axis in axes:
         axis.set_xticks(CALLS, [str(c) for c in CALLS])
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.grid(alpha=0.3)
@@ -163,7 +190,8 @@ def main() -> None:
         "--no-clip",
         action="store_true",
         help="the plain solvers (x0 unclipped) for the deterministic view only: --report then "
-        "writes solver-curve-unclipped.json with the RMS distances, no FID",
+        "writes solver-curve-unclipped.{json,md} with the RMS distances, no FID (run it before "
+        "the clipped --report, whose plot then shows it too)",
     )
     args = parser.parse_args()
     model = load_model(args.model).eval()
@@ -173,13 +201,16 @@ def main() -> None:
         result = report(args.model, args.work, reference, fid=False)
         result["clip_x0"] = False
         (RESULTS / "solver-curve-unclipped.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / "solver-curve-unclipped.md").write_text(table(result))
         return
     if args.report:
         result = report(args.model, args.work, reference)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "solver-curve.json").write_text(json.dumps(result, indent=2) + "\n")
         (RESULTS / "solver-curve.md").write_text(table(result))
-        plot(result, RESULTS / "solver-curve.png")
+        unclipped_path = RESULTS / "solver-curve-unclipped.json"
+        unclipped = json.loads(unclipped_path.read_text()) if unclipped_path.exists() else None
+        plot(result, unclipped, RESULTS / "solver-curve.png")
         return
     for sampler, calls in parse_only(args.only):
         sample_task(model, activations, sampler, calls, args.work, args.batch, not args.no_clip)

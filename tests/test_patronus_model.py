@@ -54,7 +54,7 @@ def test_invert_reconstruct_and_edit(model, images):
     x_T = model.invert(images, steps=6)
     assert x_T.shape == images.shape
     s = model.encode(images)
-    decoded = model.sample(s, steps=6, x_T=x_T)
+    decoded = model.sample(s, steps=6, x_T=x_T, sampler="ddim")  # inversion's decoder
     torch.testing.assert_close(model.reconstruct(images, steps=6), decoded)
     # an edit that changes nothing decodes to the reconstruction
     torch.testing.assert_close(model.edit(images, lambda s: s, steps=6, x_T=x_T), decoded)
@@ -67,10 +67,12 @@ def test_invert_reconstruct_and_edit(model, images):
 def test_trajectory_generators(model, images):
     s = model.encode(images).detach()
     with torch.no_grad():
-        steps = list(model.sample_steps(s, steps=4))
+        steps = list(model.sample_steps(s, steps=4, sampler="ddim"))
         inversion = list(model.invert_steps(images, steps=4))
     assert len(steps) == len(inversion) == 4
     assert [st.t for st in steps] == [999, 666, 333, 0]
+    default = list(model.sample_steps(s, steps=4))  # DPM-Solver++ 2M: no call at t = 0
+    assert [st.t for st in default] == [999, 749, 500, 250]
 
 
 def test_training_loss_is_a_differentiable_scalar(model, images):
@@ -144,7 +146,7 @@ def test_sampling_and_inversion_are_the_same_without_the_extension(
 
 def test_cuda_graph_needs_cuda(model, images):
     with pytest.raises(ValueError, match="CUDA-graph capture needs CUDA tensors"):
-        model.sample(model.encode(images).detach(), steps=2, cuda_graph=True)
+        model.sample(model.encode(images).detach(), steps=2, sampler="ddim", cuda_graph=True)
 
 
 def test_compiled_denoiser_samples_the_same(model, images):

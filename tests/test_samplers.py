@@ -13,6 +13,7 @@ from patronus.diffusion import (
     ddim_inversion,
     ddim_sampling,
     ddpm_sampling,
+    dpm_solver_sampling,
     respaced_timesteps,
     run_sampler,
 )
@@ -204,7 +205,7 @@ def test_sampler_options_build_and_refuse():
 
 def test_sample_dispatches_like_the_sampler_it_names():
     x_T = torch.randn(2, 1, 4, 4, dtype=torch.float64)
-    options = SamplerOptions(steps=6, eta=0.7, clip_x0=True)
+    options = SamplerOptions("ddim", steps=6, eta=0.7, clip_x0=True)
     got = run_sampler(sample(toy_eps, x_T, SCHEDULE, options, torch.Generator().manual_seed(1)))
     expected = run_sampler(ddim_sampling(toy_eps, x_T, SCHEDULE, 6, 0.7, True,
                                          torch.Generator().manual_seed(1)))  # fmt: skip
@@ -215,6 +216,16 @@ def test_sample_dispatches_like_the_sampler_it_names():
     expected = run_sampler(ddpm_sampling(toy_eps, x_T, schedule, False,
                                          torch.Generator().manual_seed(2), "beta"))  # fmt: skip
     assert torch.equal(got, expected)
+    # the default: DPM-Solver++ 2M with 20 network calls
+    got = run_sampler(sample(toy_eps, x_T, SCHEDULE, SamplerOptions()))
+    expected = run_sampler(dpm_solver_sampling(toy_eps, x_T, SCHEDULE, 20, 2))
+    assert torch.equal(got, expected)
+
+
+def test_eta_needs_ddim():
+    with pytest.raises(ValueError, match='eta > 0 needs sampler="ddim"'):
+        SamplerOptions(eta=0.5)
+    assert SamplerOptions("ddim", eta=0.5).eta == 0.5
 
 
 def test_clipping_bounds_every_predicted_x0():

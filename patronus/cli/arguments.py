@@ -120,20 +120,29 @@ def add_guidance(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SAMPLER_HELP = {
+    "dpmpp-2m": "dpmpp-2m / dpmpp-3m (DPM-Solver++ multistep, --steps network calls)",
+    "ddim": "ddim (--steps respaced steps)",
+    "ddpm": "ddpm (all T ancestral steps)",
+}
+
+
 def add_sampler(
     parser: argparse.ArgumentParser,
     samplers: tuple[str, ...] | None = None,
     what: str = "",
 ) -> None:
-    """--sampler (default ddim) among ``samplers`` (default: every sampler); ``what`` it samples."""
+    """--sampler (default dpmpp-2m) among ``samplers`` (default: every sampler); ``what`` it
+    samples."""
     from patronus.diffusion.samplers import SAMPLERS
 
+    choices = samplers or SAMPLERS
+    described = ", ".join(text for name, text in SAMPLER_HELP.items() if name in choices)
     parser.add_argument(
         "--sampler",
-        choices=samplers or SAMPLERS,
-        default="ddim",
-        help=f"{what}ddim (--steps respaced steps), ddpm (all T ancestral steps), dpmpp-2m / "
-        "dpmpp-3m (DPM-Solver++ multistep, --steps network calls) (default ddim)",
+        choices=choices,
+        default="dpmpp-2m",
+        help=f"{what}{described} (default dpmpp-2m)",
     )
 
 

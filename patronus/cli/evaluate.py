@@ -51,7 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     _common(fid, "fid")
     a.number(fid, "--num", a.positive_int, 10000, "generated images")
-    a.number(fid, "--steps", a.positive_int, 50, "network calls per image (DDIM: respaced steps)")
+    a.number(fid, "--steps", a.positive_int, 20, "network calls per image (DDIM: respaced steps)")
     a.add_sampler(fid, ("ddim", "dpmpp-2m", "dpmpp-3m"))
     a.add_precision(fid)
     fid.add_argument(

@@ -21,7 +21,7 @@ from patronus.cli.outputs import CommandError, now, output_folder, report_writte
 from patronus.diffusion import SamplerOptions
 
 
-def _add_inputs(parser: argparse.ArgumentParser) -> None:
+def _add_inputs(parser: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
     from patronus.data.registry import DATASETS
 
     a.add_checkpoint(parser)
@@ -35,7 +35,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="dataset split (default test)")
     a.number(parser, "--num", a.positive_int, 16, "images taken from the dataset")
     a.number(parser, "--offset", a.nonnegative_int, 0, "index of the first dataset image taken")
-    a.number(parser, "--steps", a.positive_int, 50, "respaced DDIM steps")
+    a.number(parser, "--steps", a.positive_int, steps, steps_help)
     a.add_guidance(parser)
     a.add_precision(parser)
     a.add_seed(parser)
@@ -51,7 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--dataset, default the checkpoint's test images), of a file (--activations) or drawn "
         "from the activation prior (--unconditional).",
     )
-    _add_inputs(parser)
+    _add_inputs(parser, 20, "network calls per image (ddpm: all T)")
     parser.add_argument("--activations", type=Path, help=".pt, .npy or .safetensors of (B, P)")
     a.add_sampler(parser)
     a.number(parser, "--eta", a.nonnegative_float, 0.0, "DDIM stochasticity", note="deterministic")
@@ -74,7 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         ("reconstruct", "same as invert: originals above their reconstructions"),
     ):
         parser = sub.add_parser(name, help=text, description=text + ".")
-        _add_inputs(parser)
+        _add_inputs(parser, 50, "respaced DDIM steps")
         a.add_output(parser, name)
         parser.set_defaults(handler=invert)
 

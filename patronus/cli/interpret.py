@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         guidance_scale=args.guidance_scale,
         edit_guidance=args.edit_guidance,
-        sampler=getattr(args, "sampler", "ddim"),
+        sampler=getattr(args, "sampler", "dpmpp-2m"),
     )
     write = {
         "visualize": reporting.write_visualization,

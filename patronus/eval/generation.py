@@ -21,11 +21,11 @@ Features = Callable[[torch.Tensor], torch.Tensor]
 def generate(
     model: Patronus,
     activations: torch.Tensor,
-    steps: int = 50,
+    steps: int = 20,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    sampler: str = "ddim",
+    sampler: str = "dpmpp-2m",
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """Decode one sample per activation vector (N, P) -> (N, C, H, W) on the CPU, with

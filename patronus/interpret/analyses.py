@@ -32,7 +32,7 @@ def variations(
     inversion: Inversion,
     count: int = 4,
     generator: torch.Generator | None = None,
-    sampler: str = "ddim",
+    sampler: str = "dpmpp-2m",
 ) -> torch.Tensor:
     """The same activations sampled from ``count`` fresh x_T each, with x0 clipped as in sampling,
     ``inversion.steps`` network calls of ``sampler``: (n, count, C, H, W)."""

@@ -44,7 +44,7 @@ class ReportOptions:
     guidance_scale: float | None = None  # prototype guidance of inversion and decoding (None:
     # the model's recommended scale)
     edit_guidance: float = 1.0  # edits decoded as own + w (edit - own): w times the edit's effect
-    sampler: str = "ddim"  # of the variations (fresh noise); inversions and their decodes: DDIM
+    sampler: str = "dpmpp-2m"  # of the variations (fresh noise); inversions and their decodes: DDIM
 
 
 Log = Callable[[str], None]

@@ -271,10 +271,11 @@ class Patronus(nn.Module):
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) conditioned on activations s (B, P).
 
-        ``options`` is a :class:`~patronus.diffusion.SamplerOptions` (default: 50 DDIM steps) or
-        a number of steps; keywords change its fields: ``sampler`` ("ddim": ``steps`` respaced
-        steps with ``eta``; "ddpm": all T ancestral steps with ``variance``; "dpmpp-2m",
-        "dpmpp-3m": DPM-Solver++ multistep, ``steps`` network calls), ``clip_x0`` (clip
+        ``options`` is a :class:`~patronus.diffusion.SamplerOptions` (default: DPM-Solver++ 2M,
+        20 network calls) or a number of steps; keywords change its fields: ``sampler``
+        ("dpmpp-2m", "dpmpp-3m": DPM-Solver++ multistep, ``steps`` network calls; "ddim":
+        ``steps`` respaced steps with ``eta``; "ddpm": all T ancestral steps with
+        ``variance``), ``clip_x0`` (clip
         every predicted x0 to [-1, 1]), ``dynamic_threshold`` (a quantile, e.g. 0.995: clip and
         rescale per sample), ``cuda_graph`` (capture one step, network + scheduler, as a CUDA
         graph and replay it). ``x_T`` defaults to N(0, I) drawn from ``generator``, which also
