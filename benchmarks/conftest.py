@@ -43,6 +43,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["device"] = device_name(
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
+    machine_info["threads"] = torch.get_num_threads()
     machine_info["patronus_info"] = patronus.info()
 
 

@@ -40,7 +40,8 @@ def markdown(data: dict) -> str:
             f"{info.get('batch', 0) / median:.1f} | {stats['rounds']} |"
         )
     if rows:
-        lines += ["", "| benchmark | preset | backend | batch | median ms | images/s | rounds |",
+        lines += ["", "## end-to-end steps", "",
+                  "| benchmark | preset | backend | batch | median ms | images/s | rounds |",
                   "|---|---|---|---:|---:|---:|---:|", *rows]  # fmt: skip
     lines += provider_tables(data["benchmarks"])
     lines += step_tables(data["benchmarks"])
@@ -48,6 +49,10 @@ def markdown(data: dict) -> str:
     lines += matched_tables(data["benchmarks"])
     lines += training_tables(data["benchmarks"])
     lines += ["", "```", machine.get("patronus_info", ""), "```", ""]
+    threads = machine.get("threads")
+    if threads and "CPU" in machine.get("device", ""):  # every table says its thread count
+        suffix = f" [{threads} thread{'s' if threads > 1 else ''}]"
+        lines = [line + suffix if line.startswith("## ") else line for line in lines]
     return "\n".join(lines)
 
 
