@@ -27,7 +27,9 @@ def device() -> torch.device:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    plural = "s" if threads > 1 else ""
+    return f"{platform.processor() or platform.machine()} CPU, {threads} thread{plural}"
 
 
 def synchronize(device: torch.device) -> None:

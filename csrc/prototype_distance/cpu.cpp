@@ -1,9 +1,10 @@
 // CPU kernels of the prototype min distance (forward and backward), used by the Python op
 // patronus::prototype_min_distance on CPU tensors.
 //
-// Forward, per (batch element, block of 8 prototypes): the cross products with every patch into an
-// 8 x N buffer that stays in cache, then a fused pass over it for the min and argmin (ties ->
-// smallest index; NaN wins, so it propagates), then the winning distance recomputed exactly as
+// Forward, per (group of batch elements with about 1024 patches in all, tile of <= 128 prototypes):
+// the cross products with every patch, one GEMM of the BLAS torch ships into a buffer that stays
+// in cache, then a fused vectorisable pass over each row for the min and argmin (ties -> smallest
+// index; NaN wins, so it propagates), then the winning distance recomputed exactly as
 // sum((z - p)^2). No (B, P, N) tensor is ever allocated. The search runs on inputs centred on the
 // prototypes' mean c (distances do not change), ||z - c||^2 - 2 (z - c).(p - c) + ||p - c||^2,
 // so that a large common offset of features and prototypes does not cancel away the differences
@@ -16,6 +17,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -44,15 +47,14 @@ at::ScalarType opmath_of(const at::Tensor& a, const at::Tensor& b) {
                                                                               : at::kFloat;
 }
 
-template <typename T>
-bool less_nan_first(T a, T b) {
-  // NaN compares smaller than everything, so a NaN distance wins (and propagates)
-  if (std::isnan(a)) return !std::isnan(b);
-  if (std::isnan(b)) return false;
-  return a < b;
-}
+// Prototypes per GEMM tile and patches per GEMM: the (<= kMaxTile, ~kColumns) cross products of
+// one tile stay in cache (512 kB in float32 at most).
+constexpr int64_t kMaxTile = 128;
+constexpr int64_t kMinTile = 32;
+constexpr int64_t kFewGroups = 8;
+constexpr int64_t kColumns = 1024;
 
-constexpr int64_t kProtoBlock = 8;
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <typename scalar_t>
 scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
@@ -61,59 +63,46 @@ scalar_t squared_norm(const scalar_t* x, int64_t length, int64_t stride) {
   return sum;
 }
 
-// cross[k][n] = sum_d protos[k][d] * z[d][n] for kProtoBlock prototypes (zero-padded rows past
-// the last one), a register tile of kProtoBlock x WIDTH patches at a time. Every patch accumulates
-// in the same order with the same fused multiply-adds (explicit std::fma, nothing left to the
-// compiler's contraction), so identical patches get bit-identical distances and ties resolve to
-// the smallest index. The body
-// is a macro so that each target clone (AVX-512, AVX2, baseline x86-64; chosen at load time)
-// compiles it for its own instruction set (an inline function would not be inlined across them).
-#define PATRONUS_CROSS_PRODUCTS(scalar_t, WIDTH)                                            \
-  int64_t n0 = 0;                                                                          \
-  for (; n0 + (WIDTH) <= num_patches; n0 += (WIDTH)) {                                     \
-    scalar_t acc[kProtoBlock][WIDTH] = {};                                                 \
-    for (int64_t d = 0; d < dim; ++d) {                                                    \
-      const scalar_t* row = z + d * num_patches + n0;                                      \
-      scalar_t centred[WIDTH];                                                             \
-      for (int64_t w = 0; w < (WIDTH); ++w) centred[w] = row[w] - center[d];               \
-      for (int64_t k = 0; k < kProtoBlock; ++k) {                                          \
-        const scalar_t weight = protos[k * dim + d];                                       \
-        for (int64_t w = 0; w < (WIDTH); ++w)                                              \
-          acc[k][w] = std::fma(weight, centred[w], acc[k][w]);                             \
-      }                                                                                    \
-    }                                                                                      \
-    for (int64_t k = 0; k < kProtoBlock; ++k)                                              \
-      for (int64_t w = 0; w < (WIDTH); ++w) cross[k * num_patches + n0 + w] = acc[k][w];   \
-  }                                                                                        \
-  for (int64_t n = n0; n < num_patches; ++n) {                                             \
-    scalar_t acc[kProtoBlock] = {};                                                        \
-    for (int64_t d = 0; d < dim; ++d) {                                                    \
-      const scalar_t centred = z[d * num_patches + n] - center[d];                         \
-      for (int64_t k = 0; k < kProtoBlock; ++k)                                            \
-        acc[k] = std::fma(protos[k * dim + d], centred, acc[k]);                           \
-    }                                                                                      \
-    for (int64_t k = 0; k < kProtoBlock; ++k) cross[k * num_patches + n] = acc[k];         \
-  }
+// The expanded distances of one prototype to a run of patches, written over its cross products,
+// and their argmin: dist = ||z - c||^2 - 2 (z - c).q + ||q||^2, with inf - inf (an infinite input)
+// read as +inf, NaN inputs staying NaN. The pass over the run is branch-free (vectorisable): the
+// minimum is kept in kLanes independent lanes where a NaN sticks, then the first index holding
+// the minimum (ties -> the smallest index) or, if any distance is NaN, the first NaN is found.
+constexpr int64_t kLanes = 16;
+#define PATRONUS_ROW_ARGMIN(scalar_t)                                                         \
+  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();                             \
+  for (int64_t n = 0; n < length; ++n) {                                                      \
+    const scalar_t dist = norms[n] - 2 * row[n] + proto_norm;                                 \
+    const bool infinite = dist != dist && norms[n] == norms[n] && proto_norm == proto_norm;   \
+    row[n] = infinite ? inf : dist;                                                           \
+  }                                                                                           \
+  scalar_t lanes[kLanes];                                                                     \
+  for (int64_t j = 0; j < kLanes; ++j) lanes[j] = inf;                                        \
+  int64_t n0 = 0;                                                                             \
+  for (; n0 + kLanes <= length; n0 += kLanes) {                                               \
+    for (int64_t j = 0; j < kLanes; ++j) {                                                    \
+      const scalar_t value = row[n0 + j];                                                     \
+      lanes[j] = (value != value || value < lanes[j]) ? value : lanes[j];                     \
+    }                                                                                         \
+  }                                                                                           \
+  scalar_t best = inf;                                                                        \
+  for (int64_t j = 0; j < kLanes; ++j)                                                        \
+    best = (lanes[j] != lanes[j] || lanes[j] < best) ? lanes[j] : best;                       \
+  for (int64_t n = n0; n < length; ++n)                                                       \
+    best = (row[n] != row[n] || row[n] < best) ? row[n] : best;                               \
+  const bool nan = best != best;                                                              \
+  for (int64_t n = 0; n < length; ++n)                                                        \
+    if (nan ? row[n] != row[n] : row[n] == best) return n;                                    \
+  return 0;
 
-// protos: kProtoBlock centred prototypes (p - c); z: raw channel-major patches, centred on load.
-PATRONUS_CLONES void cross_products(const float* z, const float* protos, const float* center,
-                                    int64_t num_patches, int64_t dim, float* cross) {
-  PATRONUS_CROSS_PRODUCTS(float, 32)
+PATRONUS_CLONES int64_t row_argmin(float* row, const float* norms, float proto_norm,
+                                   int64_t length) {
+  PATRONUS_ROW_ARGMIN(float)
 }
 
-PATRONUS_CLONES void cross_products(const double* z, const double* protos, const double* center,
-                                    int64_t num_patches, int64_t dim, double* cross) {
-  PATRONUS_CROSS_PRODUCTS(double, 16)
-}
-
-// The expanded distance, with inf - inf (an infinite input) read as +inf; NaN inputs stay NaN.
-template <typename scalar_t>
-scalar_t expanded_distance(scalar_t patch_norm, scalar_t cross, scalar_t proto_norm) {
-  const scalar_t dist = patch_norm - 2 * cross + proto_norm;
-  if (std::isnan(dist) && !std::isnan(patch_norm) && !std::isnan(proto_norm)) {
-    return std::numeric_limits<scalar_t>::infinity();
-  }
-  return dist;
+PATRONUS_CLONES int64_t row_argmin(double* row, const double* norms, double proto_norm,
+                                   int64_t length) {
+  PATRONUS_ROW_ARGMIN(double)
 }
 
 std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& features,
@@ -131,7 +120,15 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
     return {min_dist, index};
   }
   const at::Tensor protos = prototypes.to(opmath).contiguous();
-  const int64_t prototype_blocks = (num_prototypes + kProtoBlock - 1) / kProtoBlock;
+  // batch elements per GEMM: about kColumns patches, so small feature maps still make one
+  // GEMM large enough for the BLAS to run at speed
+  const int64_t group = std::max<int64_t>(1, std::min(batch, kColumns / num_patches));
+  const int64_t groups = ceil_div(batch, group);
+  // prototypes per GEMM, balanced: up to kMaxTile, or up to kMinTile when there are few groups,
+  // so that the threads have work (a rule of the shapes alone: results never depend on threads)
+  const int64_t widest = groups >= kFewGroups ? kMaxTile : kMinTile;
+  const int64_t tile = ceil_div(num_prototypes, ceil_div(num_prototypes, widest));
+  const int64_t prototype_blocks = ceil_div(num_prototypes, tile);
   // channel-major patches (B, D, N): free for NCHW features, one copy for other layouts
   const at::Tensor z = patches.transpose(1, 2).to(opmath).contiguous();
   AT_DISPATCH_FLOATING_TYPES(opmath, "prototype_min_distance_cpu", [&] {
@@ -142,59 +139,69 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
     for (int64_t p = 0; p < num_prototypes; ++p)
       for (int64_t d = 0; d < dim; ++d) center[d] += p_ptr[p * dim + d];
     for (int64_t d = 0; d < dim; ++d) center[d] /= static_cast<scalar_t>(num_prototypes);
-    std::vector<scalar_t> centred(prototype_blocks * kProtoBlock * dim, scalar_t(0));
+    std::vector<scalar_t> centred(num_prototypes * dim);
     for (int64_t p = 0; p < num_prototypes; ++p)
       for (int64_t d = 0; d < dim; ++d) centred[p * dim + d] = p_ptr[p * dim + d] - center[d];
     const scalar_t* c_ptr = center.data();
-    const scalar_t* q_ptr = centred.data();
+    const at::Tensor q = at::from_blob(centred.data(), {num_prototypes, dim}, protos.options());
     std::vector<scalar_t> proto_norms(num_prototypes);
     for (int64_t p = 0; p < num_prototypes; ++p) {
-      proto_norms[p] = squared_norm(q_ptr + p * dim, dim, 1);
+      proto_norms[p] = squared_norm(centred.data() + p * dim, dim, 1);
     }
-    std::vector<scalar_t> patch_norms(batch * num_patches, scalar_t(0));
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        scalar_t* norms = patch_norms.data() + b * num_patches;
-        for (int64_t d = 0; d < dim; ++d) {
-          const scalar_t* row = z_ptr + (b * dim + d) * num_patches;
-          for (int64_t n = 0; n < num_patches; ++n) {
-            const scalar_t centred_value = row[n] - c_ptr[d];
-            norms[n] += centred_value * centred_value;
-          }
-        }
-      }
-    });
     scalar_t* out_ptr = min_dist.mutable_data_ptr<scalar_t>();
     int64_t* idx_ptr = index.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, batch * prototype_blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> cross(kProtoBlock * num_patches);
+    at::parallel_for(0, groups * prototype_blocks, 1, [&](int64_t begin, int64_t end) {
+      // the task's buffers: one group's centred patches (D, G N) and their squared norms, and the
+      // cross products of one tile of prototypes with them (tile, G N)
+      const int64_t columns = group * num_patches;
+      at::Tensor patches_centred = at::empty({dim, columns}, protos.options());
+      at::Tensor cross = at::empty({tile, columns}, protos.options());
+      scalar_t* zc = patches_centred.mutable_data_ptr<scalar_t>();
+      std::vector<scalar_t> norms(columns);
+      int64_t centred_group = -1;  // a task's jobs are consecutive: each group is centred once
       for (int64_t job = begin; job < end; ++job) {
-        const int64_t b = job / prototype_blocks;
-        const int64_t p0 = (job % prototype_blocks) * kProtoBlock;
-        const int64_t count = std::min(kProtoBlock, num_prototypes - p0);
-        const scalar_t* zb = z_ptr + b * dim * num_patches;
-        cross_products(zb, q_ptr + p0 * dim, c_ptr, num_patches, dim, cross.data());
-        for (int64_t k = 0; k < count; ++k) {
-          const int64_t p = p0 + k;
-          const scalar_t* row = cross.data() + k * num_patches;
-          const scalar_t* norms = patch_norms.data() + b * num_patches;
-          scalar_t best = std::numeric_limits<scalar_t>::infinity();
-          int64_t best_n = 0;
-          for (int64_t n = 0; n < num_patches; ++n) {
-            const scalar_t dist = expanded_distance(norms[n], row[n], proto_norms[p]);
-            if (less_nan_first(dist, best)) {
-              best = dist;
-              best_n = n;
-              if (std::isnan(dist)) break;
+        const int64_t g = job / prototype_blocks;
+        const int64_t b0 = g * group, members = std::min(group, batch - b0);
+        const int64_t width = members * num_patches;
+        const int64_t p0 = (job % prototype_blocks) * tile;
+        const int64_t count = std::min(tile, num_prototypes - p0);
+        if (g != centred_group) {
+          std::fill(norms.begin(), norms.end(), scalar_t(0));
+          for (int64_t d = 0; d < dim; ++d) {
+            for (int64_t m = 0; m < members; ++m) {
+              const scalar_t* source = z_ptr + ((b0 + m) * dim + d) * num_patches;
+              scalar_t* target = zc + d * width + m * num_patches;
+              scalar_t* norm = norms.data() + m * num_patches;
+              for (int64_t n = 0; n < num_patches; ++n) {
+                const scalar_t value = source[n] - c_ptr[d];
+                target[n] = value;
+                norm[n] += value * value;
+              }
             }
           }
-          scalar_t exact = 0;
-          for (int64_t d = 0; d < dim; ++d) {
-            const scalar_t diff = zb[d * num_patches + best_n] - p_ptr[p * dim + d];
-            exact += diff * diff;
+          centred_group = g;
+        }
+        // (count, D) x (D, members N) with the BLAS torch ships, single-threaded in this task
+        at::Tensor centred_view = at::from_blob(zc, {dim, width}, protos.options());
+        at::Tensor tile_out = at::from_blob(cross.mutable_data_ptr<scalar_t>(), {count, width},
+                                            protos.options());
+        at::mm_out(tile_out, q.narrow(0, p0, count), centred_view);
+        for (int64_t k = 0; k < count; ++k) {
+          const int64_t p = p0 + k;
+          for (int64_t m = 0; m < members; ++m) {
+            const int64_t b = b0 + m;
+            scalar_t* row = tile_out.mutable_data_ptr<scalar_t>() + k * width + m * num_patches;
+            const int64_t best_n =
+                row_argmin(row, norms.data() + m * num_patches, proto_norms[p], num_patches);
+            const scalar_t* zb = z_ptr + b * dim * num_patches;
+            scalar_t exact = 0;
+            for (int64_t d = 0; d < dim; ++d) {
+              const scalar_t diff = zb[d * num_patches + best_n] - p_ptr[p * dim + d];
+              exact += diff * diff;
+            }
+            out_ptr[b * num_prototypes + p] = exact;
+            idx_ptr[b * num_prototypes + p] = best_n;
           }
-          out_ptr[b * num_prototypes + p] = exact;
-          idx_ptr[b * num_prototypes + p] = best_n;
         }
       }
     });

@@ -26,6 +26,8 @@ SHAPES = [  # (B, D, H, W, P), deliberately odd
     (1, 9, 6, 7, 1),  # P = 1
     (2, 130, 11, 13, 37),  # D and N beyond one block
     (5, 128, 10, 10, 30),  # the Fashion-MNIST paper shape
+    (45, 6, 7, 7, 70),  # CPU: 20 batch elements per GEMM (last group 5), 3 prototype tiles
+    (9, 5, 40, 30, 140),  # CPU: one element per GEMM, 2 prototype tiles of 70
 ]
 HALF = (torch.float16, torch.bfloat16)
 
@@ -82,6 +84,22 @@ def test_layouts_without_copies(backend):
         min_dist, index = prototype_min_distance(variant, prototypes)
         torch.testing.assert_close(min_dist.double(), expected, **tolerance(torch.float32))
         assert torch.equal(index, expected_index)
+
+
+def test_results_do_not_depend_on_the_thread_count(backend):
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(45, 6, 7, 7, generator=generator).to(torch.get_default_device())
+    prototypes = torch.randn(70, 6, generator=generator).to(torch.get_default_device())
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(prototype_min_distance(features, prototypes))
+    finally:
+        torch.set_num_threads(threads)
+    for values, index in results[1:]:
+        assert torch.equal(values, results[0][0]) and torch.equal(index, results[0][1])
 
 
 def test_ties_take_the_smallest_index(backend):
