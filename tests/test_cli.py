@@ -215,6 +215,10 @@ def test_user_errors_exit_2_with_a_message(tiny_run, tmp_path, capsys):
         == 2
     )
     assert "must be (B, 8)" in capsys.readouterr().err
+    # eta > 0 with the default (deterministic) sampler: refused before any folder is made
+    assert main(["sample", str(tiny_run), "--eta", "0.5", "--out", str(tmp_path / "e")]) == 2
+    assert 'eta > 0 needs sampler="ddim"' in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
     assert (
         main(
             [

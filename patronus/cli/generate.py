@@ -106,14 +106,21 @@ def sample(args: argparse.Namespace) -> int:
 
     if args.unconditional and args.activations:
         raise CommandError("--unconditional draws the activations: drop --activations")
+    try:  # refused before anything is loaded or written
+        options = SamplerOptions(
+            args.sampler,
+            args.steps,
+            args.eta,
+            clip_x0=args.clip,
+            guidance_scale=args.guidance_scale,
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     started = now()
     out = output_folder(args.out, "sample", args.overwrite)
     model = load_checkpoint(args)
     s, originals = _activations(args, model)
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    options = SamplerOptions(
-        args.sampler, args.steps, args.eta, clip_x0=args.clip, guidance_scale=args.guidance_scale
-    )
     steps = options.network_calls(model.schedule)
     rows = []
     for index in range(args.variations):
