@@ -83,7 +83,7 @@ def report(model_dir: Path, work: Path, reference_images: torch.Tensor, fid: boo
     from patronus.eval.classifier import load_classifier
     from patronus.eval.generation import distances
 
-    classifier = load_classifier(model_dir / "classifier")
+    classifier = load_classifier(model_dir / "classifier") if fid else None
     truth = torch.load(work / "{}-{}.pt".format(*REFERENCE))["images"]
     rows = []
     for sampler, calls in tasks():

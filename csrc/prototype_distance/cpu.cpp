@@ -154,10 +154,8 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
       // the task's buffers: one group's centred patches (D, G N) and their squared norms, and the
       // cross products of one tile of prototypes with them (tile, G N)
       const int64_t columns = group * num_patches;
-      at::Tensor patches_centred = at::empty({dim, columns}, protos.options());
-      at::Tensor cross = at::empty({tile, columns}, protos.options());
-      scalar_t* zc = patches_centred.mutable_data_ptr<scalar_t>();
-      std::vector<scalar_t> norms(columns);
+      std::vector<scalar_t> centred_patches(dim * columns), norms(columns), cross(tile * columns);
+      scalar_t* zc = centred_patches.data();
       int64_t centred_group = -1;  // a task's jobs are consecutive: each group is centred once
       for (int64_t job = begin; job < end; ++job) {
         const int64_t g = job / prototype_blocks;
@@ -183,14 +181,13 @@ std::tuple<at::Tensor, at::Tensor> min_distance_forward_cpu(const at::Tensor& fe
         }
         // (count, D) x (D, members N) with the BLAS torch ships, single-threaded in this task
         at::Tensor centred_view = at::from_blob(zc, {dim, width}, protos.options());
-        at::Tensor tile_out = at::from_blob(cross.mutable_data_ptr<scalar_t>(), {count, width},
-                                            protos.options());
+        at::Tensor tile_out = at::from_blob(cross.data(), {count, width}, protos.options());
         at::mm_out(tile_out, q.narrow(0, p0, count), centred_view);
         for (int64_t k = 0; k < count; ++k) {
           const int64_t p = p0 + k;
           for (int64_t m = 0; m < members; ++m) {
             const int64_t b = b0 + m;
-            scalar_t* row = tile_out.mutable_data_ptr<scalar_t>() + k * width + m * num_patches;
+            scalar_t* row = cross.data() + k * width + m * num_patches;
             const int64_t best_n =
                 row_argmin(row, norms.data() + m * num_patches, proto_norms[p], num_patches);
             const scalar_t* zb = z_ptr + b * dim * num_patches;

@@ -132,17 +132,17 @@ def add_sampler(
     samplers: tuple[str, ...] | None = None,
     what: str = "",
 ) -> None:
-    """--sampler (default dpmpp-2m) among ``samplers`` (default: every sampler); ``what`` it
+    """--sampler (default: the library's) among ``samplers`` (default: every sampler); ``what`` it
     samples."""
-    from patronus.diffusion.samplers import SAMPLERS
+    from patronus.diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS
 
     choices = samplers or SAMPLERS
     described = ", ".join(text for name, text in SAMPLER_HELP.items() if name in choices)
     parser.add_argument(
         "--sampler",
         choices=choices,
-        default="dpmpp-2m",
-        help=f"{what}{described} (default dpmpp-2m)",
+        default=DEFAULT_SAMPLER,
+        help=f"{what}{described} (default {DEFAULT_SAMPLER})",
     )
 
 

@@ -13,6 +13,7 @@ import torch
 from patronus.cli import arguments as a
 from patronus.cli.loading import check_finite, dataset_builder, load_checkpoint, prior_folder
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+from patronus.diffusion.samplers import DEFAULT_STEPS
 
 
 def _common(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -51,7 +52,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     _common(fid, "fid")
     a.number(fid, "--num", a.positive_int, 10000, "generated images")
-    a.number(fid, "--steps", a.positive_int, 20, "network calls per image (DDIM: respaced steps)")
+    a.number(
+        fid, "--steps", a.positive_int, DEFAULT_STEPS, "network calls per image (DDIM: respaced)"
+    )
     a.add_sampler(fid, ("ddim", "dpmpp-2m", "dpmpp-3m"))
     a.add_precision(fid)
     fid.add_argument(

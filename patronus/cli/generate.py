@@ -19,6 +19,7 @@ from patronus.cli.loading import (
 )
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
 from patronus.diffusion import SamplerOptions
+from patronus.diffusion.samplers import DEFAULT_STEPS
 
 
 def _add_inputs(parser: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
@@ -51,7 +52,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--dataset, default the checkpoint's test images), of a file (--activations) or drawn "
         "from the activation prior (--unconditional).",
     )
-    _add_inputs(parser, 20, "network calls per image (ddpm: all T)")
+    _add_inputs(parser, DEFAULT_STEPS, "network calls per image (ddpm: all T)")
     parser.add_argument("--activations", type=Path, help=".pt, .npy or .safetensors of (B, P)")
     a.add_sampler(parser)
     a.number(parser, "--eta", a.nonnegative_float, 0.0, "DDIM stochasticity", note="deterministic")

@@ -11,6 +11,7 @@ import torch
 from patronus.cli import arguments as a
 from patronus.cli.loading import dataset_builder, load_checkpoint
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+from patronus.diffusion.samplers import DEFAULT_SAMPLER
 
 COMMANDS = {
     "visualize": "what + where: prototype visualisations and nearest patches (PNG, JSON, NPZ)",
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         guidance_scale=args.guidance_scale,
         edit_guidance=args.edit_guidance,
-        sampler=getattr(args, "sampler", "dpmpp-2m"),
+        sampler=getattr(args, "sampler", DEFAULT_SAMPLER),
     )
     write = {
         "visualize": reporting.write_visualization,

@@ -45,6 +45,10 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tenso
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-3m")
 SOLVER_ORDERS = {"dpmpp-2m": 2, "dpmpp-3m": 3}
+# sampling from noise by default: DPM-Solver++ 2M with 20 network calls, chosen from the measured
+# calls-against-quality curve (README); every default sampler and step count refers to these
+DEFAULT_SAMPLER = "dpmpp-2m"
+DEFAULT_STEPS = 20
 DDPM_VARIANCES = ("posterior", "beta")
 
 
@@ -85,10 +89,9 @@ class SamplerOptions:
     """How a model samples: the sampler, its steps, and how each step is taken."""
 
     # "dpmpp-2m" / "dpmpp-3m": DPM-Solver++ multistep of order 2 / 3 (deterministic); "ddim":
-    # respaced steps with ``eta``; "ddpm": all T ancestral steps. The default, DPM-Solver++ 2M
-    # with 20 calls, is chosen from the measured calls-against-quality curve (README)
-    sampler: str = "dpmpp-2m"
-    steps: int = 20  # network calls of DDIM and DPM-Solver++ (DDPM runs all T steps)
+    # respaced steps with ``eta``; "ddpm": all T ancestral steps
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS  # network calls of DDIM and DPM-Solver++ (DDPM runs all T steps)
     eta: float = 0.0  # DDIM stochasticity (0: deterministic)
     clip_x0: bool = False  # clip every predicted x0 to [-1, 1]
     dynamic_threshold: float | None = None  # per-sample quantile of |x0| (Imagen), e.g. 0.995

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from patronus.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from patronus.eval.frechet import feature_statistics, frechet_distance, kernel_distance
 from patronus.models import Patronus
 from patronus.utils.images import save_image, to_uint8
@@ -21,11 +22,11 @@ Features = Callable[[torch.Tensor], torch.Tensor]
 def generate(
     model: Patronus,
     activations: torch.Tensor,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    sampler: str = "dpmpp-2m",
+    sampler: str = DEFAULT_SAMPLER,
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """Decode one sample per activation vector (N, P) -> (N, C, H, W) on the CPU, with

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from patronus.diffusion.samplers import DEFAULT_SAMPLER
 from patronus.interpret.what import Inversion, edited_activations
 from patronus.interpret.where import cell_boxes
 from patronus.models import Patronus
@@ -32,7 +33,7 @@ def variations(
     inversion: Inversion,
     count: int = 4,
     generator: torch.Generator | None = None,
-    sampler: str = "dpmpp-2m",
+    sampler: str = DEFAULT_SAMPLER,
 ) -> torch.Tensor:
     """The same activations sampled from ``count`` fresh x_T each, with x0 clipped as in sampling,
     ``inversion.steps`` network calls of ``sampler``: (n, count, C, H, W)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from patronus.diffusion.samplers import DEFAULT_SAMPLER
 from patronus.interpret import analyses, figures
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
 from patronus.interpret.what import (
@@ -44,7 +45,8 @@ class ReportOptions:
     guidance_scale: float | None = None  # prototype guidance of inversion and decoding (None:
     # the model's recommended scale)
     edit_guidance: float = 1.0  # edits decoded as own + w (edit - own): w times the edit's effect
-    sampler: str = "dpmpp-2m"  # of the variations (fresh noise); inversions and their decodes: DDIM
+    # sampler of the variations (fresh noise); inversions and their decodes are DDIM
+    sampler: str = DEFAULT_SAMPLER
 
 
 Log = Callable[[str], None]

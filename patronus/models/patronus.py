@@ -275,11 +275,11 @@ class Patronus(nn.Module):
         20 network calls) or a number of steps; keywords change its fields: ``sampler``
         ("dpmpp-2m", "dpmpp-3m": DPM-Solver++ multistep, ``steps`` network calls; "ddim":
         ``steps`` respaced steps with ``eta``; "ddpm": all T ancestral steps with
-        ``variance``), ``clip_x0`` (clip
-        every predicted x0 to [-1, 1]), ``dynamic_threshold`` (a quantile, e.g. 0.995: clip and
-        rescale per sample), ``cuda_graph`` (capture one step, network + scheduler, as a CUDA
-        graph and replay it). ``x_T`` defaults to N(0, I) drawn from ``generator``, which also
-        seeds the steps' noise. E.g. ``model.sample(s, 20, clip_x0=True, generator=g)``.
+        ``variance``), ``clip_x0`` (clip every predicted x0 to [-1, 1]), ``dynamic_threshold``
+        (a quantile, e.g. 0.995: clip and rescale per sample), ``cuda_graph`` (capture one step,
+        network + scheduler, as a CUDA graph and replay it; DDIM and DDPM). ``x_T`` defaults to
+        N(0, I) drawn from ``generator``, which also seeds the steps' noise. E.g.
+        ``model.sample(s, 20, clip_x0=True, generator=g)``.
         ``guidance_scale`` w (default the model's) guides against the learned null vector, or
         against ``guidance_reference`` activations (B, P) when given. ``scheduler``: a diffusers
         scheduler (with this model's noise schedule) runs the loop instead, diffusers' way, over
