@@ -33,6 +33,44 @@ def test_train_then_resume(tmp_path, capsys):
     assert (tmp_path / "loss_curve.png").is_file()
 
 
+def test_train_init_from_fine_tunes_a_trained_model(tiny_run, tmp_path, capsys):
+    flags = "--preset synthetic-tiny --dataset synthetic --limit 48 --batch-size 16 --no-progress"
+    common = ["train", *flags.split(), "--amp", "off", "--log-every", "1"]
+    out = tmp_path / "tuned"
+    args = [*common, "--init-from", str(tiny_run), "--out", str(out), "--steps", "2"]
+    args += ["--edit-consistency", "0.5", "--edit-consistency-max-t", "150", "--lr", "1e-9"]
+    assert main(args) == 0
+    capsys.readouterr()
+    source, tuned = load_model(tiny_run), load_model(out, ema=False)
+    assert source.config == tuned.config
+    # a learning rate of 1e-9 leaves the source's weights (its EMA ones) all but unchanged
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(tuned.state_dict()[name], value, atol=1e-6, rtol=0)
+    config = json.loads((out / "checkpoints" / "step_0000002" / "config.json").read_text())
+    assert config["init_from"] == str(tiny_run)
+    assert config["train"]["edit_consistency_weight"] == 0.5
+    assert config["train"]["edit_consistency_max_timestep"] == 150
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["consistency"] > 0 for row in rows)
+    # resuming keeps where the run came from
+    assert main([*common, "--out", str(out), "--steps", "3", "--resume"]) == 0
+    config = json.loads((out / "checkpoints" / "step_0000003" / "config.json").read_text())
+    assert config["init_from"] == str(tiny_run)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--activation", "log"], "--activation would change it"),
+        (["--resume"], "starts a new run"),
+    ],
+)
+def test_train_init_from_refuses_contradictions(tiny_run, tmp_path, capsys, extra, message):
+    args = ["train", "--preset", "synthetic-tiny", "--init-from", str(tiny_run)]
+    assert main([*args, "--out", str(tmp_path / "run"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_train_falls_back_to_synthetic_with_a_message(tmp_path, capsys):
     args = [
         "train",

@@ -39,6 +39,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="replace the run already in --out (its checkpoints, metrics, "
         "samples; other files stay)",
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="RUN",
+        help="start from the weights of a trained model (its EMA weights when it has them) and "
+        "its model configuration, e.g. to fine-tune it with --edit-consistency; a new run",
+    )
     parser.add_argument("--dataset", choices=DATASETS, help="default: the preset's")
     parser.add_argument("--data-dir", type=Path, help="dataset folder (Fashion-MNIST: found)")
     parser.add_argument("--limit", type=a.positive_int, help="use the first N training images")
@@ -90,6 +97,22 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         0.0,
         "tilt of training timesteps towards high noise: density ~ (t/T)^b",
         note="uniform",
+    )
+    a.number(
+        parser,
+        "--edit-consistency",
+        a.nonnegative_float,
+        0.0,
+        "weight of the edit-consistency term: predictions with one activation raised must "
+        "re-encode to the raised value (makes edits show)",
+        note="off",
+    )
+    a.number(
+        parser,
+        "--edit-consistency-max-t",
+        a.nonnegative_int,
+        500,
+        "the largest training timestep the edit-consistency term is applied at",
     )
     a.number(parser, "--log-every", a.positive_int, 10, "steps between metric rows")
     a.number(parser, "--checkpoint-every", a.positive_int, 500, "steps between checkpoints")
@@ -152,6 +175,8 @@ def _new_run(args: argparse.Namespace, preset, steps_of):
         grad_clip=args.grad_clip if args.grad_clip > 0 else None,
         distinct_loss_weight=args.distinct_weight,
         timestep_bias=args.timestep_bias,
+        edit_consistency_weight=args.edit_consistency,
+        edit_consistency_max_timestep=args.edit_consistency_max_t,
         seed=args.seed,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
@@ -161,11 +186,38 @@ def _new_run(args: argparse.Namespace, preset, steps_of):
     )
 
 
+MODEL_FLAGS = ("activation", "prototype_conditioning", "condition_dropout", "guidance_scale")
+
+
+def _check_init_from(args: argparse.Namespace) -> None:
+    """--init-from takes the source's model as it is: refuse what contradicts that."""
+    if args.resume:
+        raise CommandError("--init-from starts a new run; --resume continues one: pick one")
+    given = [name for name in MODEL_FLAGS if getattr(args, name) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CommandError(f"--init-from keeps the source's model; {flags} would change it")
+    if args.out.resolve() == args.init_from.resolve():
+        raise CommandError("--init-from and --out must be different folders")
+
+
+def _initial_model(args: argparse.Namespace, model_config):
+    """A fresh model of ``model_config``, or the trained one of --init-from."""
+    from patronus import Patronus
+    from patronus.checkpoint import load_model
+
+    if args.init_from is None:
+        return Patronus(model_config)
+    return load_model(args.init_from)
+
+
 def run(args: argparse.Namespace) -> int:
     from patronus.train.run_folder import RunLock, clear_run, holds_a_run
 
     if args.resume and args.overwrite:
         raise CommandError("--resume continues the run in --out, --overwrite replaces it: pick one")
+    if args.init_from is not None:
+        _check_init_from(args)
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out} is a file, not a run folder")
     if not args.resume and not args.overwrite and holds_a_run(args.out):
@@ -183,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from patronus.checkpoint import CheckpointError, read_config, resolve_checkpoint
-    from patronus.models import Patronus, PatronusConfig
+    from patronus.models import PatronusConfig
     from patronus.models.presets import get_preset
     from patronus.train import TrainConfig, Trainer
 
@@ -195,12 +247,18 @@ def _train(args: argparse.Namespace) -> int:
             model_config = PatronusConfig.from_dict(saved["model"])
             data_spec = saved["data"]
             train_config = TrainConfig.from_dict(saved["train"])
+            init_from = saved.get("init_from")
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{folder} cannot be resumed: {error!r}") from error
         if args.steps is not None:
             train_config = train_config.replace(max_steps=args.steps)
     else:
-        model_config = _model_config(preset.model, args)
+        init_from = str(args.init_from) if args.init_from is not None else None
+        model_config = (
+            _model_config(preset.model, args)
+            if init_from is None
+            else PatronusConfig.from_dict(read_config(resolve_checkpoint(init_from))["model"])
+        )
         data_spec = {
             "name": args.dataset or preset.dataset,
             "data_dir": str(args.data_dir) if args.data_dir else None,
@@ -227,13 +285,16 @@ def _train(args: argparse.Namespace) -> int:
         train_config = _new_run(args, preset, steps_of)
     torch.manual_seed(args.seed)
     try:  # the checks of what the user asked for (batch vs dataset, image shapes)
+        metadata = {"preset": args.preset, "data": data_spec}
+        if init_from is not None:
+            metadata["init_from"] = init_from
         trainer = Trainer(
-            Patronus(model_config),
+            _initial_model(args, model_config),
             dataset,
             train_config,
             args.out,
             args.device,
-            metadata={"preset": args.preset, "data": data_spec},
+            metadata=metadata,
         )
     except ValueError as error:
         raise CommandError(str(error)) from error

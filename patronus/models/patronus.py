@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,6 +27,16 @@ from patronus.nn.prototype_layer import PrototypeLayer, PrototypeOutput
 
 Callback = Callable[[SamplerStep], None]
 PRECISIONS = ("fp32", "bf16")
+
+
+class TrainingForward(NamedTuple):
+    """What one training forward pass of B images computed."""
+
+    mse: torch.Tensor  # () the noise-prediction loss
+    x_t: torch.Tensor  # (B, C, H, W) the noisy images
+    activations: torch.Tensor  # (B, P) s of the clean images (before condition dropout)
+    eps: torch.Tensor  # (B, C, H, W) the predicted noise
+    kept: torch.Tensor  # (B,) bool: the row was conditioned on its own s (not dropped)
 
 
 class Patronus(nn.Module):
@@ -131,13 +141,23 @@ class Patronus(nn.Module):
     def training_loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """MSE between ``noise`` and the prediction at x_t = q(x0, t, noise), s from x0 (in
         training mode replaced by the null vector with probability ``condition_dropout``)."""
+        return self.training_forward(x0, t, noise).mse
+
+    def training_forward(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> TrainingForward:
+        """One training forward pass: :meth:`training_loss` and what it computed on the way
+        (x_t, the image's activations, the predicted noise, which rows kept their activations)."""
         x_t = noisy_sample(x0, t, noise, self.alphas_cumprod(x0.device))
         s = self.encode(x0)
+        kept = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        condition = s
         if self.training and self.config.condition_dropout > 0:
-            dropped = torch.rand(s.shape[0], device=s.device) < self.config.condition_dropout
-            s = torch.where(dropped[:, None], self.null_activations.to(s.dtype), s)
-        eps = self(x_t, t, s)
-        return nn.functional.mse_loss(eps.float(), noise.float())
+            kept = torch.rand(s.shape[0], device=s.device) >= self.config.condition_dropout
+            condition = torch.where(kept[:, None], s, self.null_activations.to(s.dtype))
+        eps = self(x_t, t, condition)
+        mse = nn.functional.mse_loss(eps.float(), noise.float())
+        return TrainingForward(mse, x_t, s, eps, kept)
 
     def compile_denoiser(self, **options) -> Patronus:
         """``torch.compile`` the UNet in place (``options`` go to torch.compile, e.g.

@@ -19,7 +19,9 @@ class TrainConfig:
     (AVX512-BF16 or AMX-BF16 among their flags), none on other CPUs. ``ema_decay=None`` disables
     EMA (the paper uses none). ``timestep_bias`` b > 0 draws training timesteps with density
     proportional to (t / T)^b instead of uniformly (0, the paper's). ``sample_every=0`` writes
-    a sample grid only at checkpoints.
+    a sample grid only at checkpoints. ``edit_consistency_weight`` > 0 adds the edit-consistency
+    term (:mod:`patronus.train.edit_consistency`) on the rows with t <=
+    ``edit_consistency_max_timestep``.
     """
 
     max_steps: int = 1000
@@ -33,6 +35,8 @@ class TrainConfig:
     distinct_loss_weight: float = 0.0
     distinct_margin: float = 0.2
     timestep_bias: float = 0.0
+    edit_consistency_weight: float = 0.0
+    edit_consistency_max_timestep: int = 500
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -50,6 +54,15 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if not self.edit_consistency_weight >= 0.0:
+            raise ValueError(
+                f"edit_consistency_weight must be >= 0, got {self.edit_consistency_weight}"
+            )
+        if self.edit_consistency_max_timestep < 0:
+            raise ValueError(
+                "edit_consistency_max_timestep must be >= 0, "
+                f"got {self.edit_consistency_max_timestep}"
+            )
         if not self.timestep_bias >= 0.0:
             raise ValueError(f"timestep_bias must be >= 0, got {self.timestep_bias}")
         if min(self.log_every, self.checkpoint_every, self.keep_checkpoints) < 1:

@@ -44,6 +44,7 @@ from patronus.models import Patronus, PatronusConfig
 from patronus.nn.prototype_layer import prototype_distinct_loss
 from patronus.train.config import TrainConfig
 from patronus.train.distributed import setup_distributed
+from patronus.train.edit_consistency import edit_consistency_loss
 from patronus.train.ema import EMA
 from patronus.train.metrics import MetricsLog, plot_loss_curve
 from patronus.train.run_folder import RunLock, holds_a_run
@@ -82,20 +83,30 @@ def _sigterm_interrupts():
 
 
 class _Objective(nn.Module):
-    """What DDP wraps: (x0, t, noise) -> (total loss, noise MSE, distinct loss)."""
+    """What DDP wraps: (x0, t, noise) -> (total loss, noise MSE, distinct loss, edit-consistency
+    loss)."""
 
-    def __init__(self, model: Patronus, distinct_weight: float, margin: float) -> None:
+    def __init__(self, model: Patronus, config: TrainConfig) -> None:
         super().__init__()
         self.model = model
-        self.distinct_weight = distinct_weight
-        self.margin = margin
+        self.config = config
 
     def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
-        mse = self.model.training_loss(x0, t, noise)
-        if self.distinct_weight == 0:
-            return mse, mse, torch.zeros_like(mse)
-        distinct = prototype_distinct_loss(self.model.prototype_layer.prototypes, self.margin)
-        return mse + self.distinct_weight * distinct, mse, distinct
+        config = self.config
+        forward = self.model.training_forward(x0, t, noise)
+        loss, zero = forward.mse, torch.zeros_like(forward.mse)
+        distinct = consistency = zero
+        if config.distinct_loss_weight:
+            distinct = prototype_distinct_loss(
+                self.model.prototype_layer.prototypes, config.distinct_margin
+            )
+            loss = loss + config.distinct_loss_weight * distinct
+        if config.edit_consistency_weight:
+            consistency = edit_consistency_loss(
+                self.model, t, forward, config.edit_consistency_max_timestep
+            )
+            loss = loss + config.edit_consistency_weight * consistency
+        return loss, forward.mse, distinct, consistency
 
 
 class _StepBatches(Sampler[list[int]]):
@@ -173,7 +184,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.metadata = metadata or {}
-        objective = _Objective(model, config.distinct_loss_weight, config.distinct_margin)
+        objective = _Objective(model, config)
         self.objective = DistributedDataParallel(objective) if self.dist.enabled else objective
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -231,7 +242,7 @@ class Trainer:
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            loss, mse, distinct = self.objective(x0, t, noise)
+            loss, mse, distinct, consistency = self.objective(x0, t, noise)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -245,12 +256,15 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
-        return {
+        values = {
             "loss": loss.detach(),
             "mse": mse.detach(),
             "distinct": distinct.detach(),
             "grad_norm": grad_norm,
         }
+        if self.config.edit_consistency_weight:
+            values["consistency"] = consistency.detach()
+        return values
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""Edit consistency: a training term that makes the denoiser follow an edited activation.
+
+The noise-prediction loss only ever shows the denoiser activations that agree with the noisy
+image, so nothing teaches it what to do when they disagree, which is exactly what an edit asks
+(invert an image, raise one activation, decode). At the scale a CPU trains, the denoiser then
+learns to read the image from x_t and to ignore s.
+
+This term shows it the disagreement and says what it should do: for the training rows at noise
+levels t <= ``max_timestep`` (where the predicted clean image is sharp enough to encode), raise one
+random prototype J's activation to the batch's largest s_J, predict the noise again, and ask that
+the predicted clean image, re-encoded, rises in s_J by as much as was requested, relative to the
+prediction with the image's own activations::
+
+    achieved = s_J(x0_hat(x_t, t, s_edit)) - s_J(x0_hat(x_t, t, s))
+    loss = mean(((achieved - requested) / std_J)^2)
+
+with std_J the batch's spread of s_J. Both predictions carry the gradient: the term asks for a
+difference between them, and a change of the weights that moved both alike would change nothing.
+The re-encoding uses the encoder and prototypes as they are (their weights get no gradient from
+this term, so they cannot make edits easy by changing what an activation means); the gradient goes
+to the denoiser alone. The idea is the consistency feedback of ControlNet++ (Li et al., 2024),
+with the model's own prototype block as the reward model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+from patronus.diffusion.parametrization import predicted_x0
+from patronus.models.patronus import Patronus, TrainingForward
+
+
+def frozen_activations(model: Patronus, images: torch.Tensor) -> torch.Tensor:
+    """Activations (B, P) of images (B, C, H, W), differentiable in the images but not in the
+    encoder's or the prototypes' weights."""
+    encoder = {name: p.detach() for name, p in model.encoder.named_parameters()}
+    features = functional_call(model.encoder, encoder, (images,))
+    prototypes = {name: p.detach() for name, p in model.prototype_layer.named_parameters()}
+    return functional_call(model.prototype_layer, prototypes, (features,)).activations
+
+
+def edit_consistency_loss(
+    model: Patronus,
+    t: torch.Tensor,
+    forward: TrainingForward,
+    max_timestep: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The edit-consistency term of one training batch (see the module's docstring).
+
+    t: (B,) the batch's timesteps; forward: what the noise-prediction pass computed for them. Rows
+    whose activations were dropped (condition dropout) or whose t exceeds ``max_timestep`` take no
+    part; without any such row the term is 0 (still attached to the graph).
+    """
+    s = forward.activations.detach()
+    rows = torch.nonzero(forward.kept & (t <= max_timestep)).flatten()
+    if rows.numel() == 0:
+        return forward.eps.sum() * 0.0
+    prototype = torch.randint(0, s.shape[1], (rows.numel(),), device=s.device, generator=generator)
+    target = s.max(dim=0).values[prototype]
+    requested = target - s[rows, prototype]
+    spread = s.std(dim=0).clamp_min(1e-6)[prototype]
+    edited = s[rows].clone()
+    edited[torch.arange(rows.numel(), device=s.device), prototype] = target
+    x_t, t_rows = forward.x_t[rows], t[rows]
+    abar = model.alphas_cumprod(x_t.device)[t_rows].to(x_t.dtype).reshape(-1, 1, 1, 1)
+    eps_edit = model(x_t, t_rows, edited)
+    x0_edit = predicted_x0(x_t, eps_edit.to(x_t.dtype), abar, "epsilon")
+    x0_own = predicted_x0(x_t, forward.eps[rows].to(x_t.dtype), abar, "epsilon")
+    both = frozen_activations(model, torch.cat([x0_edit, x0_own]))
+    after, own = both.gather(1, prototype.repeat(2)[:, None]).squeeze(1).chunk(2)
+    return (((after - own) - requested) / spread).square().mean()

@@ -1,0 +1,132 @@
+"""The edit-consistency training term: what it measures, which rows and weights it touches."""
+
+import pytest
+import torch
+
+from patronus import Patronus
+from patronus.train import TrainConfig, Trainer
+from patronus.train.edit_consistency import edit_consistency_loss, frozen_activations
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return Patronus(tiny_config)
+
+
+@pytest.fixture
+def batch(tiny_config):
+    torch.manual_seed(1)
+    x0 = torch.rand(6, *tiny_config.image_shape) * 2 - 1
+    t = torch.tensor([3, 10, 40, 90, 150, 199])
+    return x0, t, torch.randn_like(x0)
+
+
+def test_frozen_activations_match_encode_and_spare_the_weights(model, batch):
+    images = batch[0].clone().requires_grad_()
+    activations = frozen_activations(model, images)
+    torch.testing.assert_close(activations, model.encode(images))
+    activations[:, 1].sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    weights = [*model.encoder.parameters(), *model.prototype_layer.parameters()]
+    assert all(p.grad is None for p in weights)
+
+
+def test_a_denoiser_deaf_to_s_achieves_nothing(model, batch):
+    """Known answer: with the prototype embedding's output zeroed the prediction ignores s, so
+    every edit achieves 0 and the term is the mean of (requested / spread)^2."""
+    embedding_out = model.unet.prototype_embedding.mlp[-1]
+    torch.nn.init.zeros_(embedding_out.weight)
+    torch.nn.init.zeros_(embedding_out.bias)
+    x0, t, noise = batch
+    forward = model.training_forward(x0, t, noise)
+    generator = torch.Generator().manual_seed(5)
+    loss = edit_consistency_loss(model, t, forward, 10_000, generator)
+    prototype = torch.randint(
+        0, model.num_prototypes, (6,), generator=torch.Generator().manual_seed(5)
+    )
+    s = forward.activations.detach()
+    requested = s.max(0).values[prototype] - s[torch.arange(6), prototype]
+    expected = (requested / s.std(0)[prototype]).square().mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_only_rows_at_low_noise_and_kept_take_part(model, batch):
+    x0, t, noise = batch
+    forward = model.training_forward(x0, t, noise)
+    none = edit_consistency_loss(model, t, forward, max_timestep=2)
+    assert none.item() == 0.0 and none.requires_grad  # no row with t <= 2
+    # one row left: the term is that row's alone, whatever the others hold
+    kept = torch.zeros(6, dtype=torch.bool)
+    kept[4] = True
+    only = edit_consistency_loss(
+        model, t, forward._replace(kept=kept), 10_000, torch.Generator().manual_seed(0)
+    )
+    low = edit_consistency_loss(
+        model, t, forward._replace(kept=t >= 150), 150, torch.Generator().manual_seed(0)
+    )
+    assert only.item() > 0
+    torch.testing.assert_close(only, low)
+
+
+def test_the_gradient_reaches_the_denoiser_only(model, batch):
+    x0, t, noise = batch
+    forward = model.training_forward(x0, t, noise)
+    edit_consistency_loss(model, t, forward._replace(eps=forward.eps.detach()), 10_000).backward()
+    assert model.unet.prototype_embedding.mlp[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.prototype_layer.prototypes.grad is None
+
+
+def test_the_gradient_is_the_terms_own(model, batch):
+    """Finite differences along a random direction of the denoiser's weights agree with the
+    gradient: both predictions move with the weights, and both carry the gradient (a stopped
+    gradient on the unedited one made this fail: the term then never fell in training)."""
+    model = model.double().eval()
+    x0, t, noise = (v.double() if v.is_floating_point() else v for v in batch)
+
+    def term() -> torch.Tensor:
+        forward = model.training_forward(x0, t, noise)
+        return edit_consistency_loss(model, t, forward, 10_000, torch.Generator().manual_seed(3))
+
+    weights = list(model.unet.parameters())
+    gradient = torch.autograd.grad(term(), weights, allow_unused=True)
+    torch.manual_seed(4)
+    direction = [torch.randn_like(w) for w in weights]
+    slope = sum((g * d).sum() for g, d in zip(gradient, direction, strict=True) if g is not None)
+    step = 1e-6
+    with torch.no_grad():
+        values = []
+        for sign in (1, -1):
+            for w, d in zip(weights, direction, strict=True):
+                w += sign * step * d
+            values.append(term())
+            for w, d in zip(weights, direction, strict=True):
+                w -= sign * step * d
+    torch.testing.assert_close((values[0] - values[1]) / (2 * step), slope, rtol=1e-4, atol=1e-6)
+
+
+def test_training_logs_the_term_only_when_enabled(tiny_config, tmp_path):
+    from patronus.data import SyntheticShapes
+
+    dataset = SyntheticShapes(32, tiny_config.image_size, tiny_config.image_channels)
+    rows = {}
+    for weight in (0.0, 0.5):
+        config = TrainConfig(
+            max_steps=2, batch_size=8, amp="off", progress=False, log_every=1,
+            edit_consistency_weight=weight, edit_consistency_max_timestep=199,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        trainer = Trainer(Patronus(tiny_config), dataset, config, tmp_path / str(weight), "cpu")
+        trainer.fit(on_step=lambda step, row, w=weight: rows.setdefault(w, row))
+    assert "consistency" not in rows[0.0]
+    assert rows[0.5]["consistency"] > 0
+    assert rows[0.5]["loss"] == pytest.approx(rows[0.5]["mse"] + 0.5 * rows[0.5]["consistency"])
+
+
+@pytest.mark.parametrize(
+    "changes", [{"edit_consistency_weight": -1.0}, {"edit_consistency_max_timestep": -1}]
+)
+def test_config_refuses_bad_values(changes):
+    with pytest.raises(ValueError, match="edit_consistency"):
+        TrainConfig(**changes)
