@@ -32,23 +32,36 @@ def test_frozen_activations_match_encode_and_spare_the_weights(model, batch):
     assert all(p.grad is None for p in weights)
 
 
-def test_a_denoiser_deaf_to_s_achieves_nothing(model, batch):
-    """Known answer: with the prototype embedding's output zeroed the prediction ignores s, so
-    every edit achieves 0 and the term is the mean of (requested / spread)^2."""
-    embedding_out = model.unet.prototype_embedding.mlp[-1]
-    torch.nn.init.zeros_(embedding_out.weight)
-    torch.nn.init.zeros_(embedding_out.bias)
+class _Oracle(torch.nn.Module):
+    """A denoiser that knows the clean images: it returns the exact noise of every row whatever
+    s says (finds each row's image by its x_t), so x0_hat = x0 for the edit and the original."""
+
+    def __init__(self, x0: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor) -> None:
+        super().__init__()
+        self.x0, self.x_t, self.abar = x0, x_t, abar
+
+    def forward(self, x_t, t, s):
+        row = torch.cdist(x_t.flatten(1), self.x_t.flatten(1)).argmin(1)
+        abar = self.abar[t].float().reshape(-1, 1, 1, 1)
+        return (x_t - abar.sqrt() * self.x0[row]) / (1 - abar).sqrt()
+
+
+def test_known_answer_with_a_denoiser_that_ignores_s(model, batch):
+    """An oracle ignores the edit: the edited prediction encodes to the image's own s_J (missing
+    the target by target - s_J) and the unedited one keeps it (no drift), so the term is
+    mean(((target - s_J) / std_J)^2)."""
     x0, t, noise = batch
     forward = model.training_forward(x0, t, noise)
-    generator = torch.Generator().manual_seed(5)
-    loss = edit_consistency_loss(model, t, forward, 10_000, generator)
+    model.unet = _Oracle(x0, forward.x_t, model.alphas_cumprod(x0.device))
+    forward = model.training_forward(x0, t, noise)
+    loss = edit_consistency_loss(model, t, forward, 10_000, torch.Generator().manual_seed(5))
     prototype = torch.randint(
         0, model.num_prototypes, (6,), generator=torch.Generator().manual_seed(5)
     )
     s = forward.activations.detach()
-    requested = s.max(0).values[prototype] - s[torch.arange(6), prototype]
-    expected = (requested / s.std(0)[prototype]).square().mean()
-    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    missed = s.max(0).values[prototype] - s[torch.arange(6), prototype]
+    expected = (missed / s.std(0)[prototype]).square().mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-4)
 
 
 def test_only_rows_at_low_noise_and_kept_take_part(model, batch):

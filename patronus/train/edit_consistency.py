@@ -8,18 +8,20 @@ learns to read the image from x_t and to ignore s.
 This term shows it the disagreement and says what it should do: for the training rows at noise
 levels t <= ``max_timestep`` (where the predicted clean image is sharp enough to encode), raise one
 random prototype J's activation to the batch's largest s_J, predict the noise again, and ask that
-the predicted clean image, re-encoded, rises in s_J by as much as was requested, relative to the
-prediction with the image's own activations::
+the predicted clean image, re-encoded, reaches that value; and that the prediction with the
+image's own activations, re-encoded, keeps the image's s_J::
 
-    achieved = s_J(x0_hat(x_t, t, s_edit)) - s_J(x0_hat(x_t, t, s))
-    loss = mean(((achieved - requested) / std_J)^2)
+    edited = s_J(x0_hat(x_t, t, s with s_J raised to the target))
+    own = s_J(x0_hat(x_t, t, s))
+    loss = mean(((edited - target) / std_J)^2 + ((own - s_J) / std_J)^2)
 
-with std_J the batch's spread of s_J. Both predictions carry the gradient: the term asks for a
-difference between them, and a change of the weights that moved both alike would change nothing.
-The re-encoding uses the encoder and prototypes as they are (their weights get no gradient from
-this term, so they cannot make edits easy by changing what an activation means); the gradient goes
-to the denoiser alone. The idea is the consistency feedback of ControlNet++ (Li et al., 2024),
-with the model's own prototype block as the reward model.
+with std_J the batch's spread of s_J. The second part keeps the comparison honest: without it the
+cheapest way to a large difference between the two predictions is to lower what the unedited one
+encodes to (measured: edits then decoded to images with a lower s_J than the original's). The
+re-encoding uses the encoder and prototypes as they are (their weights get no gradient from this
+term, so they cannot make edits easy by changing what an activation means); the gradient goes to
+the denoiser alone. The idea is the consistency feedback of ControlNet++ (Li et al., 2024), with
+the model's own prototype block as the reward model.
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ def edit_consistency_loss(
         return forward.eps.sum() * 0.0
     prototype = torch.randint(0, s.shape[1], (rows.numel(),), device=s.device, generator=generator)
     target = s.max(dim=0).values[prototype]
-    requested = target - s[rows, prototype]
     spread = s.std(dim=0).clamp_min(1e-6)[prototype]
+    count = torch.arange(rows.numel(), device=s.device)
     edited = s[rows].clone()
-    edited[torch.arange(rows.numel(), device=s.device), prototype] = target
+    edited[count, prototype] = target
     x_t, t_rows = forward.x_t[rows], t[rows]
     abar = model.alphas_cumprod(x_t.device)[t_rows].to(x_t.dtype).reshape(-1, 1, 1, 1)
     eps_edit = model(x_t, t_rows, edited)
@@ -70,4 +72,6 @@ def edit_consistency_loss(
     x0_own = predicted_x0(x_t, forward.eps[rows].to(x_t.dtype), abar, "epsilon")
     both = frozen_activations(model, torch.cat([x0_edit, x0_own]))
     after, own = both.gather(1, prototype.repeat(2)[:, None]).squeeze(1).chunk(2)
-    return (((after - own) - requested) / spread).square().mean()
+    missed = (after - target) / spread
+    drifted = (own - s[rows, prototype]) / spread
+    return (missed.square() + drifted.square()).mean()
