@@ -5,7 +5,7 @@ import torch
 
 from patronus import Patronus
 from patronus.train import TrainConfig, Trainer
-from patronus.train.edit_consistency import edit_consistency_loss, frozen_activations
+from patronus.train.edit_consistency import edit_consistency_loss, frozen_prototype_output
 
 
 @pytest.fixture
@@ -22,9 +22,9 @@ def batch(tiny_config):
     return x0, t, torch.randn_like(x0)
 
 
-def test_frozen_activations_match_encode_and_spare_the_weights(model, batch):
+def test_frozen_prototype_output_matches_encode_and_spare_the_weights(model, batch):
     images = batch[0].clone().requires_grad_()
-    activations = frozen_activations(model, images)
+    activations = frozen_prototype_output(model, images).activations
     torch.testing.assert_close(activations, model.encode(images))
     activations[:, 1].sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0

@@ -13,15 +13,21 @@ image's own activations, re-encoded, keeps the image's s_J::
 
     edited = s_J(x0_hat(x_t, t, s with s_J raised to the target))
     own = s_J(x0_hat(x_t, t, s))
-    loss = mean(((edited - target) / std_J)^2 + ((own - s_J) / std_J)^2)
+    spilled = mean |change| outside J's box / (mean |change| inside it + 0.05)
+    loss = mean(((edited - target) / std_J)^2 + ((own - s_J) / std_J)^2 + spilled^2)
 
-with std_J the batch's spread of s_J. The second part keeps the comparison honest: without it the
-cheapest way to a large difference between the two predictions is to lower what the unedited one
-encodes to (measured: edits then decoded to images with a lower s_J than the original's). The
-re-encoding uses the encoder and prototypes as they are (their weights get no gradient from this
-term, so they cannot make edits easy by changing what an activation means); the gradient goes to
-the denoiser alone. The idea is the consistency feedback of ControlNet++ (Li et al., 2024), with
-the model's own prototype block as the reward model.
+with std_J the batch's spread of s_J, "change" the pixel difference of the two predictions and
+J's box the receptive field of the patch where J fires in the edited one. The third part keeps the
+edit where the prototype is: without it (measured after 600 fine-tuning steps) edits reached
+their request (median fidelity 0.98) by changing the pixels outside the box almost as much as
+inside (mean |change| 0.45 against 0.50). The second part keeps the comparison honest:
+if the term compared the two predictions instead, the cheapest way to a large difference would be
+to lower what the unedited one encodes to (measured: edits then decoded to images with a lower s_J
+than the original's, median fidelity -0.29). The re-encoding uses the encoder and prototypes as
+they are (their weights get no gradient from this term, so they cannot make edits easy by changing
+what an activation means); the gradient goes to the denoiser alone. The idea is the consistency
+feedback of ControlNet++ (Li et al., 2024), with the model's own prototype block as the reward
+model.
 """
 
 from __future__ import annotations
@@ -31,15 +37,28 @@ from torch.func import functional_call
 
 from patronus.diffusion.parametrization import predicted_x0
 from patronus.models.patronus import Patronus, TrainingForward
+from patronus.nn.prototype_layer import PrototypeOutput
+
+VISIBLE_CHANGE = 0.05  # a mean |pixel change| (images in [-1, 1]) a person starts to see
 
 
-def frozen_activations(model: Patronus, images: torch.Tensor) -> torch.Tensor:
-    """Activations (B, P) of images (B, C, H, W), differentiable in the images but not in the
+def frozen_prototype_output(model: Patronus, images: torch.Tensor) -> PrototypeOutput:
+    """The prototype output of images (B, C, H, W), differentiable in the images but not in the
     encoder's or the prototypes' weights."""
     encoder = {name: p.detach() for name, p in model.encoder.named_parameters()}
     features = functional_call(model.encoder, encoder, (images,))
     prototypes = {name: p.detach() for name, p in model.prototype_layer.named_parameters()}
-    return functional_call(model.prototype_layer, prototypes, (features,)).activations
+    return functional_call(model.prototype_layer, prototypes, (features,))
+
+
+def box_masks(model: Patronus, patch_index: torch.Tensor) -> torch.Tensor:
+    """Flat feature-cell indices (N,) -> (N, 1, H, W) float masks of their receptive fields."""
+    size = (model.config.image_size, model.config.image_size)
+    masks = torch.zeros(patch_index.shape[0], 1, *size, device=patch_index.device)
+    for row, index in enumerate(patch_index.tolist()):
+        top, left, bottom, right = model.encoder.patch_box(index, size)
+        masks[row, :, top:bottom, left:right] = 1.0
+    return masks
 
 
 def edit_consistency_loss(
@@ -70,8 +89,13 @@ def edit_consistency_loss(
     eps_edit = model(x_t, t_rows, edited)
     x0_edit = predicted_x0(x_t, eps_edit.to(x_t.dtype), abar, "epsilon")
     x0_own = predicted_x0(x_t, forward.eps[rows].to(x_t.dtype), abar, "epsilon")
-    both = frozen_activations(model, torch.cat([x0_edit, x0_own]))
-    after, own = both.gather(1, prototype.repeat(2)[:, None]).squeeze(1).chunk(2)
+    output = frozen_prototype_output(model, torch.cat([x0_edit, x0_own]))
+    after, own = output.activations.gather(1, prototype.repeat(2)[:, None]).squeeze(1).chunk(2)
     missed = (after - target) / spread
     drifted = (own - s[rows, prototype]) / spread
-    return (missed.square() + drifted.square()).mean()
+    where = box_masks(model, output.patch_index[: rows.numel()].gather(1, prototype[:, None])[:, 0])
+    change = (x0_edit - x0_own).abs().mean(1, keepdim=True)
+    inside = (change * where).sum((1, 2, 3)) / where.sum((1, 2, 3)).clamp_min(1)
+    outside = (change * (1 - where)).sum((1, 2, 3)) / (1 - where).sum((1, 2, 3)).clamp_min(1)
+    spilled = outside / (inside + VISIBLE_CHANGE)
+    return (missed.square() + drifted.square() + spilled.square()).mean()
