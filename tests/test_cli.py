@@ -39,6 +39,7 @@ def test_train_init_from_fine_tunes_a_trained_model(tiny_run, tmp_path, capsys):
     out = tmp_path / "tuned"
     args = [*common, "--init-from", str(tiny_run), "--out", str(out), "--steps", "2"]
     args += ["--edit-consistency", "0.5", "--edit-consistency-max-t", "150", "--lr", "1e-9"]
+    args += ["--freeze-prototypes"]
     assert main(args) == 0
     capsys.readouterr()
     source, tuned = load_model(tiny_run), load_model(out, ema=False)
@@ -50,6 +51,7 @@ def test_train_init_from_fine_tunes_a_trained_model(tiny_run, tmp_path, capsys):
     assert config["init_from"] == str(tiny_run)
     assert config["train"]["edit_consistency_weight"] == 0.5
     assert config["train"]["edit_consistency_max_timestep"] == 150
+    assert config["train"]["freeze_prototypes"] is True
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(row["consistency"] > 0 for row in rows)
     # resuming keeps where the run came from

@@ -92,6 +92,27 @@ def test_dropout_and_distinct_loss_paths_train(tmp_path):
     assert all(row["distinct"] >= 0 for row in rows) and len(rows) == 4
 
 
+def test_frozen_prototypes_keep_their_weights_and_resume(tmp_path):
+    """freeze_prototypes: encoder and prototypes unchanged after training (edit consistency on),
+    the denoiser trained; a resumed run is bit-exact as without freezing."""
+    settings = {"max_steps": 6, "ema_decay": 0.9, "freeze_prototypes": True,
+                "edit_consistency_weight": 0.5, "edit_consistency_max_timestep": 199}  # fmt: skip
+    straight = make_trainer(tmp_path / "a", **settings)
+    before = {k: v.clone() for k, v in straight.model.state_dict().items()}
+    straight.fit()
+    after = straight.model.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "prototype_layer."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["unet.head.2.weight"], after["unet.head.2.weight"])
+    first = make_trainer(tmp_path / "b", **{**settings, "max_steps": 3})
+    first.fit()
+    resumed = make_trainer(tmp_path / "b", **settings, model_seed=5)
+    assert resumed.resume() == 3
+    resumed.fit()
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
 def test_run_folder_contents(tmp_path):
     trainer = make_trainer(
         tmp_path,

@@ -114,6 +114,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         500,
         "the largest training timestep the edit-consistency term is applied at",
     )
+    parser.add_argument(
+        "--freeze-prototypes",
+        action="store_true",
+        help="train the denoiser alone: the encoder and the prototypes keep their weights (with "
+        "--init-from, the activations keep their meaning)",
+    )
     a.number(parser, "--log-every", a.positive_int, 10, "steps between metric rows")
     a.number(parser, "--checkpoint-every", a.positive_int, 500, "steps between checkpoints")
     a.number(
@@ -177,6 +183,7 @@ def _new_run(args: argparse.Namespace, preset, steps_of):
         timestep_bias=args.timestep_bias,
         edit_consistency_weight=args.edit_consistency,
         edit_consistency_max_timestep=args.edit_consistency_max_t,
+        freeze_prototypes=args.freeze_prototypes,
         seed=args.seed,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,

@@ -21,7 +21,9 @@ class TrainConfig:
     proportional to (t / T)^b instead of uniformly (0, the paper's). ``sample_every=0`` writes
     a sample grid only at checkpoints. ``edit_consistency_weight`` > 0 adds the edit-consistency
     term (:mod:`patronus.train.edit_consistency`) on the rows with t <=
-    ``edit_consistency_max_timestep``.
+    ``edit_consistency_max_timestep``. ``freeze_prototypes`` trains the denoiser alone: the encoder
+    and the prototypes keep their weights, so the activations keep their meaning (for fine-tuning a
+    trained model).
     """
 
     max_steps: int = 1000
@@ -37,6 +39,7 @@ class TrainConfig:
     timestep_bias: float = 0.0
     edit_consistency_weight: float = 0.0
     edit_consistency_max_timestep: int = 500
+    freeze_prototypes: bool = False
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500

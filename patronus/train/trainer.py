@@ -184,10 +184,15 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.metadata = metadata or {}
+        if config.freeze_prototypes:  # before DDP, which registers what needs gradients
+            for parameter in (*model.encoder.parameters(), *model.prototype_layer.parameters()):
+                parameter.requires_grad_(False)
         objective = _Objective(model, config)
         self.objective = DistributedDataParallel(objective) if self.dist.enabled else objective
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
         )
         self.amp_dtype = _amp_dtype(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(
