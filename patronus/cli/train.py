@@ -210,8 +210,8 @@ def _check_init_from(args: argparse.Namespace) -> None:
 
 def _initial_model(args: argparse.Namespace, model_config):
     """A fresh model of ``model_config``, or the trained one of --init-from."""
-    from patronus import Patronus
     from patronus.checkpoint import load_model
+    from patronus.models import Patronus
 
     if args.init_from is None:
         return Patronus(model_config)
