@@ -65,12 +65,14 @@ def test_train_init_from_fine_tunes_a_trained_model(tiny_run, tmp_path, capsys):
     [
         (["--activation", "log"], "--activation would change it"),
         (["--resume"], "starts a new run"),
+        (["--init-from", "missing"], "does not exist"),
     ],
 )
 def test_train_init_from_refuses_contradictions(tiny_run, tmp_path, capsys, extra, message):
     args = ["train", "--preset", "synthetic-tiny", "--init-from", str(tiny_run)]
     assert main([*args, "--out", str(tmp_path / "run"), *extra]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_falls_back_to_synthetic_with_a_message(tmp_path, capsys):

@@ -206,6 +206,9 @@ def _check_init_from(args: argparse.Namespace) -> None:
         raise CommandError(f"--init-from keeps the source's model; {flags} would change it")
     if args.out.resolve() == args.init_from.resolve():
         raise CommandError("--init-from and --out must be different folders")
+    from patronus.checkpoint import resolve_checkpoint
+
+    resolve_checkpoint(args.init_from)  # a missing model fails here, before --out is touched
 
 
 def _initial_model(args: argparse.Namespace, model_config):
