@@ -5,7 +5,11 @@ import torch
 
 from patronus import Patronus
 from patronus.train import TrainConfig, Trainer
-from patronus.train.edit_consistency import edit_consistency_loss, frozen_prototype_output
+from patronus.train.edit_consistency import (
+    box_masks,
+    edit_consistency_loss,
+    frozen_prototype_output,
+)
 
 
 @pytest.fixture
@@ -143,3 +147,57 @@ def test_training_logs_the_term_only_when_enabled(tiny_config, tmp_path):
 def test_config_refuses_bad_values(changes):
     with pytest.raises(ValueError, match="edit_consistency"):
         TrainConfig(**changes)
+
+
+def test_box_masks_cover_the_boxes_the_report_draws(model):
+    """The locality part's masks are the receptive-field boxes that the report draws for the
+    same winning cells (patronus.interpret.where.cell_boxes)."""
+    from patronus.interpret.where import cell_boxes
+
+    height, width = model.encoder.output_size((model.config.image_size,) * 2)
+    cells = torch.tensor([0, width - 1, height * width // 2, height * width - 1])
+    masks = box_masks(model, cells)
+    for mask, (top, left, bottom, right) in zip(masks, cell_boxes(model, cells), strict=True):
+        expected = torch.zeros_like(mask)
+        expected[:, top:bottom, left:right] = 1
+        assert torch.equal(mask, expected) and 0 < mask.sum() < mask.numel()
+
+
+class _ShiftedEdits(_Oracle):
+    """The oracle for rows conditioned on their own activations; for edited rows the noise
+    that makes x0_hat = x0 + shift everywhere (an edit that changes every pixel alike)."""
+
+    def __init__(self, x0, x_t, abar, own, shift: float) -> None:
+        super().__init__(x0, x_t, abar)
+        self.own, self.shift = own, shift
+
+    def forward(self, x_t, t, s):
+        eps = super().forward(x_t, t, s)
+        edited = ~(s[:, None, :] == self.own[None]).all(-1).any(1)
+        abar = self.abar[t].float().reshape(-1, 1, 1, 1)
+        shift = self.shift * (abar / (1 - abar)).sqrt()
+        return torch.where(edited.reshape(-1, 1, 1, 1), eps - shift, eps)
+
+
+def test_known_answer_for_an_edit_that_changes_every_pixel_alike(model, batch):
+    """Edited predictions x0 + 0.3 everywhere: the locality part is (0.3 / (0.3 + 0.05))^2 for
+    every edited row (as much change outside the box as inside), the miss is that of the shifted
+    images encoded the public way, the unedited prediction keeps s (no drift)."""
+    x0, t, noise = batch
+    forward = model.training_forward(x0, t, noise)
+    s = forward.activations.detach()
+    abar = model.alphas_cumprod(x0.device)
+    model.unet = _ShiftedEdits(x0, forward.x_t, abar, s, 0.3)
+    forward = model.training_forward(x0, t, noise)
+    loss = edit_consistency_loss(model, t, forward, 10_000, torch.Generator().manual_seed(7))
+    prototype = torch.randint(
+        0, model.num_prototypes, (6,), generator=torch.Generator().manual_seed(7)
+    )
+    rows = torch.arange(6)
+    target = s.max(0).values[prototype]
+    shifted = target > s[rows, prototype]  # a row already at the batch's largest is not edited
+    assert shifted.sum() >= 4
+    after = torch.where(shifted, model.encode(x0 + 0.3)[rows, prototype].detach(), target)
+    missed = (after - target) / s.std(0)[prototype]
+    expected = (missed.square() + shifted * (0.3 / 0.35) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-3)
