@@ -6,7 +6,7 @@ import torch
 from patronus import Patronus
 from patronus.train import TrainConfig, Trainer
 from patronus.train.edit_consistency import (
-    box_masks,
+    box_masks_of_cells,
     edit_consistency_loss,
     frozen_prototype_output,
 )
@@ -156,7 +156,7 @@ def test_box_masks_cover_the_boxes_the_report_draws(model):
 
     height, width = model.encoder.output_size((model.config.image_size,) * 2)
     cells = torch.tensor([0, width - 1, height * width // 2, height * width - 1])
-    masks = box_masks(model, cells)
+    masks = box_masks_of_cells(model, cells)
     for mask, (top, left, bottom, right) in zip(masks, cell_boxes(model, cells), strict=True):
         expected = torch.zeros_like(mask)
         expected[:, top:bottom, left:right] = 1

@@ -211,16 +211,6 @@ def _check_init_from(args: argparse.Namespace) -> None:
     resolve_checkpoint(args.init_from)  # a missing model fails here, before --out is touched
 
 
-def _initial_model(args: argparse.Namespace, model_config):
-    """A fresh model of ``model_config``, or the trained one of --init-from."""
-    from patronus.checkpoint import load_model
-    from patronus.models import Patronus
-
-    if args.init_from is None:
-        return Patronus(model_config)
-    return load_model(args.init_from)
-
-
 def run(args: argparse.Namespace) -> int:
     from patronus.train.run_folder import RunLock, clear_run, holds_a_run
 
@@ -244,12 +234,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from patronus.checkpoint import CheckpointError, read_config, resolve_checkpoint
-    from patronus.models import PatronusConfig
+    from patronus.checkpoint import CheckpointError, load_model, read_config, resolve_checkpoint
+    from patronus.models import Patronus, PatronusConfig
     from patronus.models.presets import get_preset
     from patronus.train import TrainConfig, Trainer
 
     preset = get_preset(args.preset)
+    source = None  # the trained model --init-from starts from
     if args.resume:
         folder = resolve_checkpoint(args.out)
         saved = read_config(folder)
@@ -264,11 +255,11 @@ def _train(args: argparse.Namespace) -> int:
             train_config = train_config.replace(max_steps=args.steps)
     else:
         init_from = str(args.init_from) if args.init_from is not None else None
-        model_config = (
-            _model_config(preset.model, args)
-            if init_from is None
-            else PatronusConfig.from_dict(read_config(resolve_checkpoint(init_from))["model"])
-        )
+        if init_from is None:
+            model_config = _model_config(preset.model, args)
+        else:  # fine-tuning: the trained model as it is (EMA weights when it has them)
+            source = load_model(init_from)
+            model_config = source.config
         data_spec = {
             "name": args.dataset or preset.dataset,
             "data_dir": str(args.data_dir) if args.data_dir else None,
@@ -299,7 +290,7 @@ def _train(args: argparse.Namespace) -> int:
         if init_from is not None:
             metadata["init_from"] = init_from
         trainer = Trainer(
-            _initial_model(args, model_config),
+            source if source is not None else Patronus(model_config),
             dataset,
             train_config,
             args.out,

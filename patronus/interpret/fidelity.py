@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from patronus.interpret.what import PrototypeVisualization
+from patronus.nn.proto_encoder import box_masks
 
 FIDELITY_RANGE = (-1.0, 2.0)
 HALF = 0.5
@@ -73,11 +74,7 @@ class EditFidelity:
 
 def _inside_outside(change: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """change (N, H, W), half-open boxes (N, 4) -> mean change inside and outside each box."""
-    height, width = change.shape[-2:]
-    rows = torch.arange(height)[None, :, None]
-    cols = torch.arange(width)[None, None, :]
-    top, left, bottom, right = (boxes[:, k, None, None] for k in range(4))
-    mask = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    mask = box_masks(boxes, *change.shape[-2:])
     change = change.cpu().double()
     count_in = mask.sum((1, 2))
     count_out = mask.numel() // mask.shape[0] - count_in

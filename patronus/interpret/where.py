@@ -46,10 +46,7 @@ def upsample_cells(
 
 def cell_boxes(model: Patronus, patch_index: torch.Tensor) -> torch.Tensor:
     """Flat feature-cell indices (...) -> pixel boxes (..., 4) int64, clamped to the image."""
-    size = (model.config.image_size, model.config.image_size)
-    flat = patch_index.flatten().tolist()
-    boxes = [model.encoder.patch_box(index, size) for index in flat]
-    return torch.tensor(boxes, dtype=torch.long).reshape(*patch_index.shape, 4)
+    return model.encoder.patch_boxes(patch_index, (model.config.image_size,) * 2)
 
 
 @torch.no_grad()

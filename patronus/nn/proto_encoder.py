@@ -37,6 +37,14 @@ class ReceptiveField:
         return top, left, bottom, right
 
 
+def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Half-open pixel boxes (N, 4) (top, left, bottom, right) -> (N, H, W) bool masks."""
+    rows = torch.arange(height, device=boxes.device)[None, :, None]
+    cols = torch.arange(width, device=boxes.device)[None, None, :]
+    top, left, bottom, right = (boxes[:, k, None, None] for k in range(4))
+    return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+
+
 def receptive_field(
     kernel_sizes: Sequence[int], strides: Sequence[int], paddings: Sequence[int]
 ) -> ReceptiveField:
@@ -110,6 +118,11 @@ class ProtoEncoder(nn.Module):
         """Pixel box (top, left, bottom, right) of a flat feature-cell index into H'*W'."""
         _, width = self.output_size(image_size)
         return self.receptive_field.box(patch_index // width, patch_index % width, image_size)
+
+    def patch_boxes(self, patch_index: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Flat feature-cell indices (...) -> pixel boxes (..., 4) int64 (see :meth:`patch_box`)."""
+        boxes = [self.patch_box(index, image_size) for index in patch_index.flatten().tolist()]
+        return torch.tensor(boxes, dtype=torch.long).reshape(*patch_index.shape, 4)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) -> features (B, D, H', W')."""

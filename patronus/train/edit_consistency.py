@@ -37,6 +37,7 @@ from torch.func import functional_call
 
 from patronus.diffusion.parametrization import predicted_x0
 from patronus.models.patronus import Patronus, TrainingForward
+from patronus.nn.proto_encoder import box_masks
 from patronus.nn.prototype_layer import PrototypeOutput
 
 VISIBLE_CHANGE = 0.05  # a mean |pixel change| (images in [-1, 1]) a person starts to see
@@ -51,14 +52,11 @@ def frozen_prototype_output(model: Patronus, images: torch.Tensor) -> PrototypeO
     return functional_call(model.prototype_layer, prototypes, (features,))
 
 
-def box_masks(model: Patronus, patch_index: torch.Tensor) -> torch.Tensor:
+def box_masks_of_cells(model: Patronus, patch_index: torch.Tensor) -> torch.Tensor:
     """Flat feature-cell indices (N,) -> (N, 1, H, W) float masks of their receptive fields."""
-    size = (model.config.image_size, model.config.image_size)
-    masks = torch.zeros(patch_index.shape[0], 1, *size, device=patch_index.device)
-    for row, index in enumerate(patch_index.tolist()):
-        top, left, bottom, right = model.encoder.patch_box(index, size)
-        masks[row, :, top:bottom, left:right] = 1.0
-    return masks
+    size = model.config.image_size
+    boxes = model.encoder.patch_boxes(patch_index.cpu(), (size, size)).to(patch_index.device)
+    return box_masks(boxes, size, size)[:, None].float()
 
 
 def edit_consistency_loss(
@@ -93,7 +91,9 @@ def edit_consistency_loss(
     after, own = output.activations.gather(1, prototype.repeat(2)[:, None]).squeeze(1).chunk(2)
     missed = (after - target) / spread
     drifted = (own - s[rows, prototype]) / spread
-    where = box_masks(model, output.patch_index[: rows.numel()].gather(1, prototype[:, None])[:, 0])
+    where = box_masks_of_cells(
+        model, output.patch_index[: rows.numel()].gather(1, prototype[:, None])[:, 0]
+    )
     change = (x0_edit - x0_own).abs().mean(1, keepdim=True)
     inside = (change * where).sum((1, 2, 3)) / where.sum((1, 2, 3)).clamp_min(1)
     outside = (change * (1 - where)).sum((1, 2, 3)) / (1 - where).sum((1, 2, 3)).clamp_min(1)
