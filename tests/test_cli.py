@@ -33,6 +33,18 @@ def test_train_then_resume(tmp_path, capsys):
     assert (tmp_path / "loss_curve.png").is_file()
 
 
+def test_train_with_cross_attention_conditioning_saves_a_model_that_loads(tmp_path, capsys):
+    flags = "--preset synthetic-tiny --dataset synthetic --limit 32 --batch-size 16 --no-progress"
+    args = ["train", *flags.split(), "--amp", "off", "--steps", "2", "--out", str(tmp_path)]
+    assert main([*args, "--prototype-conditioning", "cross_attention"]) == 0
+    capsys.readouterr()
+    model = load_model(tmp_path)
+    assert model.config.unet.prototype_conditioning == "cross_attention"
+    assert hasattr(model.unet.encoder_blocks[0], "prototype_attention")
+    s = torch.zeros(2, model.num_prototypes)
+    assert model.sample(s, 2, generator=torch.Generator().manual_seed(0)).shape[0] == 2
+
+
 def test_train_init_from_fine_tunes_a_trained_model(tiny_run, tmp_path, capsys):
     flags = "--preset synthetic-tiny --dataset synthetic --limit 48 --batch-size 16 --no-progress"
     common = ["train", *flags.split(), "--amp", "off", "--log-every", "1"]

@@ -6,6 +6,7 @@ import torch
 from patronus import Patronus
 from patronus.models import PatronusUNet, UNetConfig
 from patronus.models.presets import PRESETS
+from patronus.nn import PrototypeTokens
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -25,7 +26,7 @@ def test_paper_model_has_about_25_1_million_parameters():
     assert sum(p.numel() for p in unet.parameters()) == pytest.approx(25.1e6, rel=0.005)
 
 
-@pytest.mark.parametrize("conditioning", ["bias", "scale_shift"])
+@pytest.mark.parametrize("conditioning", ["bias", "scale_shift", "cross_attention"])
 def test_conditioning_on_time_and_prototypes_changes_the_output(conditioning):
     torch.manual_seed(0)
     config = UNetConfig(
@@ -75,6 +76,62 @@ def test_scale_shift_conditioning_scales_the_normalised_features():
         UNetConfig(base_channels=8, channel_mults=(1,), attention=(False,)), 1, 3, 10
     )
     with pytest.raises(RuntimeError, match="prototype_scale_shift"):
+        paper.load_state_dict(unet.state_dict())
+
+
+def test_prototype_tokens_change_only_the_token_of_the_changed_activation():
+    torch.manual_seed(0)
+    tokens = PrototypeTokens(num_prototypes=6, out_dim=16)
+    s = torch.randn(3, 6)
+    edited = s.clone()
+    edited[:, 4] += 2.0
+    before, after = tokens(s), tokens(edited)
+    assert before.shape == (3, 6, 16)
+    torch.testing.assert_close(after[:, [0, 1, 2, 3, 5]], before[:, [0, 1, 2, 3, 5]])
+    assert (after[:, 4] - before[:, 4]).abs().amax() > 1e-3
+    # prototypes with equal activations still get different tokens (their identities)
+    same = tokens(torch.zeros(1, 6))
+    assert (same[0, 0] - same[0, 1]).abs().amax() > 1e-3
+
+
+def test_cross_attention_block_matches_a_float64_softmax_attention():
+    """The positions (queries, from the group-normalised features) attend to the prototype
+    tokens (keys and values of another width); the result is added to the block's output."""
+    torch.manual_seed(0)
+    config = UNetConfig(
+        base_channels=8,
+        channel_mults=(1,),
+        attention=(False,),
+        attention_heads=2,
+        prototype_conditioning="cross_attention",
+    )
+    unet = PatronusUNet(config, image_channels=1, num_prototypes=5, timesteps=10).double().eval()
+    block = unet.encoder_blocks[0]
+    assert not hasattr(block, "prototype_bias")
+    x, time_emb = torch.randn(2, 8, 5, 7).double(), torch.randn(2, 32).double()
+    tokens = torch.randn(2, 5, 32).double()
+    inner = (
+        block.conv1(block.act(block.norm1(x)))
+        + block.time_bias(block.act(time_emb))[..., None, None]
+    )
+    h = block.conv2(block.act(block.norm2(inner))) + x
+    attention = block.prototype_attention.attention
+    queries = block.prototype_attention.norm(h).flatten(2).transpose(1, 2)  # (B, 35, 8)
+    q = queries @ attention.q_proj_weight.T + attention.in_proj_bias[:8]
+    k = tokens @ attention.k_proj_weight.T + attention.in_proj_bias[8:16]
+    v = tokens @ attention.v_proj_weight.T + attention.in_proj_bias[16:]
+    heads = []
+    for head in range(2):
+        part = slice(4 * head, 4 * head + 4)
+        weights = torch.softmax(q[..., part] @ k[..., part].transpose(1, 2) / 2.0, dim=-1)
+        heads.append(weights @ v[..., part])
+    attended = attention.out_proj(torch.cat(heads, dim=-1))
+    expected = h + attended.transpose(1, 2).reshape(h.shape)
+    torch.testing.assert_close(block(x, time_emb, tokens), expected)
+    paper = PatronusUNet(
+        UNetConfig(base_channels=8, channel_mults=(1,), attention=(False,)), 1, 5, 10
+    )
+    with pytest.raises(RuntimeError, match="prototype_attention"):
         paper.load_state_dict(unet.state_dict())
 
 

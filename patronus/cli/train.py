@@ -17,6 +17,7 @@ from patronus.data.errors import DataLayoutError
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     from patronus.data.registry import DATASETS
+    from patronus.models.config import PROTOTYPE_CONDITIONINGS
     from patronus.models.presets import PRESETS
 
     parser = sub.add_parser(
@@ -66,9 +67,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--prototype-conditioning",
-        choices=("bias", "scale_shift"),
-        help="how the UNet takes s: the paper's per-channel bias, or a scale and shift of the "
-        "normalised features (default: the preset's)",
+        choices=PROTOTYPE_CONDITIONINGS,
+        help="how the UNet takes s: the paper's per-channel bias, a scale and shift of the "
+        "normalised features, or cross-attention to one token per prototype (default: the "
+        "preset's)",
     )
     parser.add_argument(
         "--condition-dropout",

@@ -31,6 +31,9 @@ class EncoderConfig:
             raise ValueError("encoder channels, kernel_sizes, strides, paddings: one length, > 0")
 
 
+PROTOTYPE_CONDITIONINGS = ("bias", "scale_shift", "cross_attention")
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """The conditional UNet of the paper and the original implementation."""
@@ -44,14 +47,15 @@ class UNetConfig:
     time_emb_mult: int = 4
     norm_groups: int = 8
     attention_heads: int = 4
-    # how each residual block takes the prototype embedding: "bias" (the paper's: a per-channel
-    # bias before the second GroupNorm) or "scale_shift" (h = GN(h) * (1 + scale) + shift after it)
+    # how each residual block takes s: "bias" (the paper's: a per-channel bias from the prototype
+    # embedding before the second GroupNorm), "scale_shift" (h = GN(h) * (1 + scale) + shift after
+    # it) or "cross_attention" (every position attends to one token per prototype)
     prototype_conditioning: str = "bias"
 
     def __post_init__(self) -> None:
-        if self.prototype_conditioning not in ("bias", "scale_shift"):
+        if self.prototype_conditioning not in PROTOTYPE_CONDITIONINGS:
             raise ValueError(
-                "unet.prototype_conditioning must be 'bias' or 'scale_shift', "
+                f"unet.prototype_conditioning must be one of {PROTOTYPE_CONDITIONINGS}, "
                 f"got {self.prototype_conditioning!r}"
             )
         if len(self.attention) != len(self.channel_mults):

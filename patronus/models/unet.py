@@ -3,7 +3,10 @@
 Every residual block adds two per-channel biases: one from the time embedding and one from the
 prototype embedding. The bias sits before a GroupNorm, which removes its mean over each group of
 channels; ``prototype_conditioning="scale_shift"`` instead scales and shifts the normalised
-features (h = GN(h) * (1 + scale) + shift, as in ADM and Diff-AE), a path the norm cannot undo.
+features (h = GN(h) * (1 + scale) + shift, as in ADM and Diff-AE), a path the norm cannot undo;
+``"cross_attention"`` gives each prototype a token and lets every position of every residual
+block attend to the tokens (as text-to-image UNets take words), so the denoiser can place what a
+prototype asks for where the image suits it.
 
 Module names follow the original implementation where that costs nothing
 (``encoder_blocks``, ``bottleneck_blocks``, ``decoder_blocks``), so importing its checkpoints is a
@@ -16,7 +19,7 @@ import torch
 from torch import nn
 
 from patronus.models.config import UNetConfig
-from patronus.nn.embeddings import PrototypeEmbedding, TimeEmbedding
+from patronus.nn.embeddings import PrototypeEmbedding, PrototypeTokens, TimeEmbedding
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -38,10 +41,28 @@ class SelfAttention(nn.Module):
         return x + h.transpose(1, 2).reshape(batch, channels, height, width)
 
 
+class CrossAttention(nn.Module):
+    """GroupNorm + multi-head attention of the H*W positions to tokens (B, P, token_dim),
+    residual."""
+
+    def __init__(self, channels: int, token_dim: int, groups: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.attention = nn.MultiheadAttention(
+            channels, heads, kdim=token_dim, vdim=token_dim, batch_first=True
+        )
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        h, _ = self.attention(h, tokens, tokens, need_weights=False)
+        return x + h.transpose(1, 2).reshape(batch, channels, height, width)
+
+
 class ResBlock(nn.Module):
     """GroupNorm, SiLU, conv; + time bias (+ prototype bias); GroupNorm (then the prototype
-    scale and shift); SiLU, Dropout2d, conv; + input (1x1 conv where channels change); optional
-    self-attention."""
+    scale and shift); SiLU, Dropout2d, conv; + input (1x1 conv where channels change) (then
+    cross-attention to the prototype tokens); optional self-attention."""
 
     def __init__(
         self,
@@ -50,7 +71,8 @@ class ResBlock(nn.Module):
         emb_dim: int,
         dropout: float,
         groups: int,
-        attention_heads: int | None,
+        attention_heads: int,
+        self_attention: bool,
         prototype_conditioning: str = "bias",
     ) -> None:
         super().__init__()
@@ -60,8 +82,12 @@ class ResBlock(nn.Module):
         self.prototype_conditioning = prototype_conditioning
         if prototype_conditioning == "bias":
             self.prototype_bias = nn.Linear(emb_dim, out_channels)
-        else:
+        elif prototype_conditioning == "scale_shift":
             self.prototype_scale_shift = nn.Linear(emb_dim, 2 * out_channels)
+        else:
+            self.prototype_attention = CrossAttention(
+                out_channels, emb_dim, groups, attention_heads
+            )
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout2d(dropout)
         self.conv2 = conv3x3(out_channels, out_channels)
@@ -71,23 +97,29 @@ class ResBlock(nn.Module):
             else nn.Conv2d(in_channels, out_channels, 1)
         )
         self.attention = (
-            SelfAttention(out_channels, groups, attention_heads) if attention_heads else None
+            SelfAttention(out_channels, groups, attention_heads) if self_attention else None
         )
         self.act = nn.SiLU()
 
     def forward(
         self, x: torch.Tensor, time_emb: torch.Tensor, prototype_emb: torch.Tensor
     ) -> torch.Tensor:
+        """prototype_emb: (B, emb_dim), or the tokens (B, P, emb_dim) with cross-attention."""
         h = self.conv1(self.act(self.norm1(x)))
-        prototype = self.act(prototype_emb)
         bias = self.time_bias(self.act(time_emb))
         if self.prototype_conditioning == "bias":
+            prototype = self.act(prototype_emb)
             h = self.norm2(h + (bias + self.prototype_bias(prototype))[:, :, None, None])
-        else:
+        elif self.prototype_conditioning == "scale_shift":
+            prototype = self.act(prototype_emb)
             scale, shift = self.prototype_scale_shift(prototype)[:, :, None, None].chunk(2, dim=1)
             h = self.norm2(h + bias[:, :, None, None]) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + bias[:, :, None, None])
         h = self.conv2(self.dropout(self.act(h)))
         h = h + self.skip(x)
+        if self.prototype_conditioning == "cross_attention":
+            h = self.prototype_attention(h, prototype_emb)
         return self.attention(h) if self.attention is not None else h
 
 
@@ -134,12 +166,17 @@ class PatronusUNet(nn.Module):
                 emb_dim,
                 config.dropout,
                 groups,
-                heads if attend else None,
+                heads,
+                attend,
                 config.prototype_conditioning,
             )
 
         self.time_embedding = TimeEmbedding(timesteps, base, emb_dim)
-        self.prototype_embedding = PrototypeEmbedding(num_prototypes, emb_dim)
+        self.prototype_embedding = (
+            PrototypeTokens(num_prototypes, emb_dim)
+            if config.prototype_conditioning == "cross_attention"
+            else PrototypeEmbedding(num_prototypes, emb_dim)
+        )
         self.stem = conv3x3(image_channels, base)
 
         self.encoder_blocks = nn.ModuleList()

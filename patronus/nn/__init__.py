@@ -1,6 +1,11 @@
 """nn.Modules of the prototype block and the denoiser's embeddings (no training logic)."""
 
-from patronus.nn.embeddings import PrototypeEmbedding, TimeEmbedding, sinusoidal_table
+from patronus.nn.embeddings import (
+    PrototypeEmbedding,
+    PrototypeTokens,
+    TimeEmbedding,
+    sinusoidal_table,
+)
 from patronus.nn.proto_encoder import ProtoEncoder, ReceptiveField, receptive_field
 from patronus.nn.prototype_layer import (
     PrototypeLayer,
@@ -14,6 +19,7 @@ __all__ = [
     "PrototypeEmbedding",
     "PrototypeLayer",
     "PrototypeOutput",
+    "PrototypeTokens",
     "ReceptiveField",
     "TimeEmbedding",
     "distance_to_activation",

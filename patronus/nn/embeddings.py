@@ -47,3 +47,21 @@ class PrototypeEmbedding(nn.Module):
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return self.mlp(s)
+
+
+class PrototypeTokens(nn.Module):
+    """Prototype activations s (B, P) -> one token per prototype (B, P, out_dim).
+
+    Token J = Linear(SiLU(s_J w + b + identity_J)): one small MLP of the scalar s_J shared by
+    all prototypes, told apart by a learned identity vector per prototype, so that a change of s_J
+    changes token J only.
+    """
+
+    def __init__(self, num_prototypes: int, out_dim: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(1, out_dim)
+        self.identity = nn.Parameter(torch.randn(num_prototypes, out_dim) * out_dim**-0.5)
+        self.out = nn.Linear(out_dim, out_dim)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.out(nn.functional.silu(self.value(s[..., None]) + self.identity))
