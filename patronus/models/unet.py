@@ -26,36 +26,24 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
 
 
-class SelfAttention(nn.Module):
-    """GroupNorm + multi-head self-attention over the H*W positions, residual."""
+class PositionAttention(nn.Module):
+    """GroupNorm + multi-head attention of the H*W positions to each other, or to tokens
+    (B, P, token_dim) when built with ``token_dim``; residual."""
 
-    def __init__(self, channels: int, groups: int, heads: int) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
-        self.attention = nn.MultiheadAttention(channels, heads, batch_first=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        h, _ = self.attention(h, h, h, need_weights=False)
-        return x + h.transpose(1, 2).reshape(batch, channels, height, width)
-
-
-class CrossAttention(nn.Module):
-    """GroupNorm + multi-head attention of the H*W positions to tokens (B, P, token_dim),
-    residual."""
-
-    def __init__(self, channels: int, token_dim: int, groups: int, heads: int) -> None:
+    def __init__(
+        self, channels: int, groups: int, heads: int, token_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels)
         self.attention = nn.MultiheadAttention(
             channels, heads, kdim=token_dim, vdim=token_dim, batch_first=True
         )
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         batch, channels, height, width = x.shape
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        h, _ = self.attention(h, tokens, tokens, need_weights=False)
+        context = h if tokens is None else tokens
+        h, _ = self.attention(h, context, context, need_weights=False)
         return x + h.transpose(1, 2).reshape(batch, channels, height, width)
 
 
@@ -85,8 +73,8 @@ class ResBlock(nn.Module):
         elif prototype_conditioning == "scale_shift":
             self.prototype_scale_shift = nn.Linear(emb_dim, 2 * out_channels)
         else:
-            self.prototype_attention = CrossAttention(
-                out_channels, emb_dim, groups, attention_heads
+            self.prototype_attention = PositionAttention(
+                out_channels, groups, attention_heads, token_dim=emb_dim
             )
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout2d(dropout)
@@ -97,7 +85,7 @@ class ResBlock(nn.Module):
             else nn.Conv2d(in_channels, out_channels, 1)
         )
         self.attention = (
-            SelfAttention(out_channels, groups, attention_heads) if self_attention else None
+            PositionAttention(out_channels, groups, attention_heads) if self_attention else None
         )
         self.act = nn.SiLU()
 
