@@ -23,13 +23,17 @@ def test_train_then_resume(tmp_path, capsys):
     flags = "--preset synthetic-tiny --dataset synthetic --limit 48 --batch-size 16 --no-progress"
     flags += " --amp off"
     common = ["train", *flags.split(), "--log-every", "1", "--out", str(tmp_path)]
-    assert main([*common, "--steps", "3"]) == 0
+    assert main([*common, "--steps", "3", "--activation-decorrelation", "0.25"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 3
     assert main([*common, "--steps", "5", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and '"step": 5' in out
-    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5]
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
+    # the resumed steps keep the run's terms
+    assert all(row["decorrelation"] > 0 for row in rows)
+    config = json.loads((tmp_path / "checkpoints" / "step_0000005" / "config.json").read_text())
+    assert config["train"]["activation_decorrelation_weight"] == 0.25
     assert (tmp_path / "loss_curve.png").is_file()
 
 
@@ -85,6 +89,16 @@ def test_train_init_from_refuses_contradictions(tiny_run, tmp_path, capsys, extr
     assert main([*args, "--out", str(tmp_path / "run"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_contradicting_training_flags(tmp_path, capsys):
+    from patronus.train.run_folder import holds_a_run
+
+    flags = "--preset synthetic-tiny --dataset synthetic --limit 32 --batch-size 16"
+    args = ["train", *flags.split(), "--out", str(tmp_path / "run"), "--freeze-prototypes"]
+    assert main([*args, "--activation-decorrelation", "1"]) == 2
+    assert "use one or the other" in capsys.readouterr().err
+    assert not holds_a_run(tmp_path / "run")
 
 
 def test_train_falls_back_to_synthetic_with_a_message(tmp_path, capsys):

@@ -116,6 +116,15 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         500,
         "the largest training timestep the edit-consistency term is applied at",
     )
+    a.number(
+        parser,
+        "--activation-decorrelation",
+        a.nonnegative_float,
+        0.0,
+        "weight of the activation-decorrelation term: the batch correlation of the prototype "
+        "activations, squared (each activation must say something the others do not)",
+        note="off",
+    )
     parser.add_argument(
         "--freeze-prototypes",
         action="store_true",
@@ -173,26 +182,30 @@ def _new_run(args: argparse.Namespace, preset, steps_of):
     from patronus.train import TrainConfig
 
     batch = args.batch_size if args.batch_size is not None else preset.batch_size
-    return TrainConfig(
-        max_steps=steps_of(batch),
-        batch_size=batch,
-        learning_rate=args.lr if args.lr is not None else preset.learning_rate,
-        warmup_steps=args.warmup,
-        amp=args.amp,
-        ema_decay=args.ema,
-        grad_clip=args.grad_clip if args.grad_clip > 0 else None,
-        distinct_loss_weight=args.distinct_weight,
-        timestep_bias=args.timestep_bias,
-        edit_consistency_weight=args.edit_consistency,
-        edit_consistency_max_timestep=args.edit_consistency_max_t,
-        freeze_prototypes=args.freeze_prototypes,
-        seed=args.seed,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        sample_every=args.sample_every,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-    )
+    try:
+        return TrainConfig(
+            max_steps=steps_of(batch),
+            batch_size=batch,
+            learning_rate=args.lr if args.lr is not None else preset.learning_rate,
+            warmup_steps=args.warmup,
+            amp=args.amp,
+            ema_decay=args.ema,
+            grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+            distinct_loss_weight=args.distinct_weight,
+            timestep_bias=args.timestep_bias,
+            edit_consistency_weight=args.edit_consistency,
+            edit_consistency_max_timestep=args.edit_consistency_max_t,
+            activation_decorrelation_weight=args.activation_decorrelation,
+            freeze_prototypes=args.freeze_prototypes,
+            seed=args.seed,
+            log_every=args.log_every,
+            checkpoint_every=args.checkpoint_every,
+            sample_every=args.sample_every,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+        )
+    except ValueError as error:  # flags that contradict each other
+        raise CommandError(str(error)) from error
 
 
 MODEL_FLAGS = ("activation", "prototype_conditioning", "condition_dropout", "guidance_scale")

@@ -21,7 +21,9 @@ class TrainConfig:
     proportional to (t / T)^b instead of uniformly (0, the paper's). ``sample_every=0`` writes
     a sample grid only at checkpoints. ``edit_consistency_weight`` > 0 adds the edit-consistency
     term (:mod:`patronus.train.edit_consistency`) on the rows with t <=
-    ``edit_consistency_max_timestep``. ``freeze_prototypes`` trains the denoiser alone: the encoder
+    ``edit_consistency_max_timestep``. ``activation_decorrelation_weight`` > 0 adds the
+    activation-decorrelation term (:mod:`patronus.train.activation_decorrelation`), computed over
+    each process's batch. ``freeze_prototypes`` trains the denoiser alone: the encoder
     and the prototypes keep their weights, so the activations keep their meaning (for fine-tuning a
     trained model).
     """
@@ -39,6 +41,7 @@ class TrainConfig:
     timestep_bias: float = 0.0
     edit_consistency_weight: float = 0.0
     edit_consistency_max_timestep: int = 500
+    activation_decorrelation_weight: float = 0.0
     freeze_prototypes: bool = False
     seed: int = 0
     log_every: int = 10
@@ -65,6 +68,18 @@ class TrainConfig:
             raise ValueError(
                 "edit_consistency_max_timestep must be >= 0, "
                 f"got {self.edit_consistency_max_timestep}"
+            )
+        if not self.activation_decorrelation_weight >= 0.0:
+            raise ValueError(
+                "activation_decorrelation_weight must be >= 0, "
+                f"got {self.activation_decorrelation_weight}"
+            )
+        if self.activation_decorrelation_weight and self.batch_size < 2:
+            raise ValueError("activation decorrelation needs batch_size >= 2 (a batch correlation)")
+        if self.activation_decorrelation_weight and self.freeze_prototypes:
+            raise ValueError(
+                "activation decorrelation trains the encoder and the prototypes, which "
+                "freeze_prototypes keeps fixed: use one or the other"
             )
         if not self.timestep_bias >= 0.0:
             raise ValueError(f"timestep_bias must be >= 0, got {self.timestep_bias}")

@@ -42,6 +42,7 @@ from patronus.checkpoint import (
 from patronus.diffusion.loss import sample_timesteps
 from patronus.models import Patronus, PatronusConfig
 from patronus.nn.prototype_layer import prototype_distinct_loss
+from patronus.train.activation_decorrelation import activation_decorrelation_loss
 from patronus.train.config import TrainConfig
 from patronus.train.distributed import setup_distributed
 from patronus.train.edit_consistency import edit_consistency_loss
@@ -83,30 +84,35 @@ def _sigterm_interrupts():
 
 
 class _Objective(nn.Module):
-    """What DDP wraps: (x0, t, noise) -> (total loss, noise MSE, distinct loss, edit-consistency
-    loss)."""
+    """What DDP wraps: (x0, t, noise) -> (total loss, its terms by name: "mse", "distinct" and,
+    when their weights are on, "consistency" and "decorrelation")."""
 
     def __init__(self, model: Patronus, config: TrainConfig) -> None:
         super().__init__()
         self.model = model
         self.config = config
 
-    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+    def forward(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         config = self.config
         forward = self.model.training_forward(x0, t, noise)
-        loss, zero = forward.mse, torch.zeros_like(forward.mse)
-        distinct = consistency = zero
+        loss = forward.mse
+        terms = {"mse": forward.mse, "distinct": torch.zeros_like(forward.mse)}
         if config.distinct_loss_weight:
-            distinct = prototype_distinct_loss(
+            terms["distinct"] = prototype_distinct_loss(
                 self.model.prototype_layer.prototypes, config.distinct_margin
             )
-            loss = loss + config.distinct_loss_weight * distinct
+            loss = loss + config.distinct_loss_weight * terms["distinct"]
         if config.edit_consistency_weight:
-            consistency = edit_consistency_loss(
+            terms["consistency"] = edit_consistency_loss(
                 self.model, t, forward, config.edit_consistency_max_timestep
             )
-            loss = loss + config.edit_consistency_weight * consistency
-        return loss, forward.mse, distinct, consistency
+            loss = loss + config.edit_consistency_weight * terms["consistency"]
+        if config.activation_decorrelation_weight:
+            terms["decorrelation"] = activation_decorrelation_loss(forward.activations)
+            loss = loss + config.activation_decorrelation_weight * terms["decorrelation"]
+        return loss, terms
 
 
 class _StepBatches(Sampler[list[int]]):
@@ -173,6 +179,11 @@ class Trainer:
         if config.batch_size % self.dist.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} must divide by {self.dist.world_size} processes"
+            )
+        if config.activation_decorrelation_weight and config.batch_size < 2 * self.dist.world_size:
+            raise ValueError(
+                "activation decorrelation needs at least 2 images per process, got batch_size "
+                f"{config.batch_size} over {self.dist.world_size} processes"
             )
         if len(dataset) < config.batch_size:
             raise ValueError(
@@ -247,7 +258,7 @@ class Trainer:
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            loss, mse, distinct, consistency = self.objective(x0, t, noise)
+            loss, terms = self.objective(x0, t, noise)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -261,14 +272,14 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
+        terms = {name: value.detach() for name, value in terms.items()}
         values = {
             "loss": loss.detach(),
-            "mse": mse.detach(),
-            "distinct": distinct.detach(),
+            "mse": terms.pop("mse"),
+            "distinct": terms.pop("distinct"),
             "grad_norm": grad_norm,
+            **terms,
         }
-        if self.config.edit_consistency_weight:
-            values["consistency"] = consistency.detach()
         return values
 
     # ------------------------------------------------------------------------------ the loop
