@@ -4,9 +4,10 @@ the others do not.
 Trained on the noise-prediction loss alone, the prototypes of a small model fire together: in the
 shipped Fashion-MNIST model each activation s_J is predicted by a linear fit of the other 29 with
 a median held-out R^2 of 0.84 (mean squared pairwise correlation 0.17). An edit that raises one
-activation to its 99% quantile while keeping the others is then about 4.5 conditional standard
-deviations away from anything the denoiser saw in training, and a denoiser that can read s_J off
-the other activations has no reason to follow it alone.
+activation to its 99% quantile (about 1.8 standard deviations above its mean) while the others,
+which predict it to within 0.4 of a standard deviation, stay where they are asks for a combination
+the denoiser never saw in training, and a denoiser that can read s_J off the other activations
+might have no reason to follow it alone.
 
 This term penalises the correlation of the activations over the batch::
 
@@ -17,6 +18,10 @@ This term penalises the correlation of the activations over the batch::
 Its gradient reaches the encoder and the prototypes (what the activations are), not the denoiser.
 The idea is the decorrelation term of VICReg (Bardes et al., 2022) and Barlow Twins (Zbontar et
 al., 2021), applied to the prototype activations.
+
+Measured on Fashion-MNIST (``fmnist-cpu``, 1000 steps, weight 1): the term removes the redundancy
+(R^2 0.75 -> 0.05) but the edits do not follow the activations better (median edit fidelity 0.12
+-> 0.07; see the README), so it is off by default.
 """
 
 from __future__ import annotations
