@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from patronus import Patronus
-from patronus.train import TrainConfig, Trainer
+from patronus.train import TrainConfig
 from patronus.train.activation_decorrelation import STD_FLOOR, activation_decorrelation_loss
 
 
@@ -72,22 +72,3 @@ def test_refuses_activations_without_a_batch_correlation(shape):
 def test_config_refuses_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)
-
-
-def test_training_logs_the_term_only_when_enabled(tiny_config, tmp_path):
-    from patronus.data import SyntheticShapes
-
-    dataset = SyntheticShapes(32, tiny_config.image_size, tiny_config.image_channels)
-    rows = {}
-    for weight in (0.0, 0.5):
-        config = TrainConfig(
-            max_steps=2, batch_size=8, amp="off", progress=False, log_every=1,
-            activation_decorrelation_weight=weight,
-        )  # fmt: skip
-        torch.manual_seed(0)
-        trainer = Trainer(Patronus(tiny_config), dataset, config, tmp_path / str(weight), "cpu")
-        trainer.fit(on_step=lambda step, row, w=weight: rows.setdefault(w, row))
-    assert "decorrelation" not in rows[0.0] and "consistency" not in rows[0.5]
-    assert rows[0.5]["decorrelation"] > 0
-    expected = rows[0.5]["mse"] + 0.5 * rows[0.5]["decorrelation"]
-    assert rows[0.5]["loss"] == pytest.approx(expected)

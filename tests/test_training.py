@@ -92,6 +92,25 @@ def test_dropout_and_distinct_loss_paths_train(tmp_path):
     assert all(row["distinct"] >= 0 for row in rows) and len(rows) == 4
 
 
+@pytest.mark.parametrize(
+    ("weights", "column"),
+    [
+        ({"edit_consistency_weight": 0.5, "edit_consistency_max_timestep": 999}, "consistency"),
+        ({"activation_decorrelation_weight": 0.5}, "decorrelation"),
+    ],
+)
+def test_an_extra_term_is_logged_and_added_only_when_enabled(tmp_path, weights, column):
+    rows = {}
+    for enabled in (False, True):
+        trainer = make_trainer(
+            tmp_path / str(enabled), max_steps=2, log_every=1, **(weights if enabled else {})
+        )
+        trainer.fit(on_step=lambda step, row, on=enabled: rows.setdefault(on, row))
+    assert column not in rows[False]
+    assert rows[True][column] > 0
+    assert rows[True]["loss"] == pytest.approx(rows[True]["mse"] + 0.5 * rows[True][column])
+
+
 def test_frozen_prototypes_keep_their_weights_and_resume(tmp_path):
     """freeze_prototypes: encoder and prototypes unchanged after training (edit consistency on),
     the denoiser trained; a resumed run is bit-exact as without freezing."""
