@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from patronus import Patronus
-from patronus.train import TrainConfig
+from patronus.train import TrainConfig, Trainer
 from patronus.train.activation_decorrelation import STD_FLOOR, activation_decorrelation_loss
 
 
@@ -72,3 +72,17 @@ def test_refuses_activations_without_a_batch_correlation(shape):
 def test_config_refuses_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)
+
+
+def test_trainer_refuses_fewer_than_two_images_per_process(tiny_config, tmp_path, monkeypatch):
+    """Each process correlates its own batch: 2 images over 2 processes leave one each."""
+    from patronus.data import SyntheticShapes
+    from patronus.train import trainer
+    from patronus.train.distributed import DistributedContext
+
+    two_processes = DistributedContext(0, 2, torch.device("cpu"), initialized_here=False)
+    monkeypatch.setattr(trainer, "setup_distributed", lambda device: two_processes)
+    config = TrainConfig(batch_size=2, activation_decorrelation_weight=1.0, progress=False)
+    dataset = SyntheticShapes(8, tiny_config.image_size, tiny_config.image_channels)
+    with pytest.raises(ValueError, match="at least 2 images per process"):
+        Trainer(Patronus(tiny_config), dataset, config, tmp_path, "cpu")
