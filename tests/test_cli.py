@@ -91,16 +91,6 @@ def test_train_init_from_refuses_contradictions(tiny_run, tmp_path, capsys, extr
     assert not (tmp_path / "run").exists()
 
 
-def test_train_refuses_contradicting_training_flags(tmp_path, capsys):
-    from patronus.train.run_folder import holds_a_run
-
-    flags = "--preset synthetic-tiny --dataset synthetic --limit 32 --batch-size 16"
-    args = ["train", *flags.split(), "--out", str(tmp_path / "run"), "--freeze-prototypes"]
-    assert main([*args, "--activation-decorrelation", "1"]) == 2
-    assert "use one or the other" in capsys.readouterr().err
-    assert not holds_a_run(tmp_path / "run")
-
-
 def test_train_falls_back_to_synthetic_with_a_message(tmp_path, capsys):
     args = [
         "train",

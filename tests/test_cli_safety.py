@@ -16,6 +16,7 @@ from PIL import Image
 
 from patronus.checkpoint import CheckpointError, resolve_checkpoint
 from patronus.cli import main
+from patronus.train.run_folder import RunLock
 
 TRAIN = ["train", "--preset", "synthetic-tiny", "--dataset", "synthetic", "--limit", "48",
          "--batch-size", "16", "--no-progress", "--log-every", "1", "--amp", "off"]  # fmt: skip
@@ -127,6 +128,24 @@ def test_a_run_folder_trains_once_at_a_time(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert main([*TRAIN, "--out", str(run), "--steps", "2"]) == 0  # the lock died with it
+
+
+def test_a_failed_start_leaves_no_new_folder_and_keeps_an_old_one(tmp_path, capsys):
+    contradiction = ["--freeze-prototypes", "--activation-decorrelation", "1", "--steps", "2"]
+    new = tmp_path / "new"
+    assert main([*TRAIN, "--out", str(new), *contradiction]) == 2
+    assert "use one or the other" in capsys.readouterr().err
+    assert not new.exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    assert main([*TRAIN, "--out", str(old), *contradiction]) == 2
+    assert old.is_dir()
+    # a folder the lock created stays once something was written into it
+    written = tmp_path / "written"
+    with pytest.raises(KeyError), RunLock(written):
+        (written / "metrics.jsonl").write_text("")
+        raise KeyError("failed after writing")
+    assert (written / "metrics.jsonl").is_file()
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])

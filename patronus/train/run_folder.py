@@ -2,7 +2,8 @@
 
 The lock is an exclusive ``flock`` on ``<run>/.lock`` held by process 0 while it trains; a second
 training of the same folder fails at once with the holder's pid. The lock is re-entrant within a
-process (the command line clears a folder and then trains it under the same lock)."""
+process (the command line clears a folder and then trains it under the same lock). A folder the
+lock created is removed again when what ran under it failed before writing anything."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from patronus.errors import PatronusError
 LOCK_FILE = ".lock"
 RUN_ENTRIES = ("checkpoints", "samples", "metrics.jsonl", "metrics.csv", "loss_curve.png")
 
-_held: dict[Path, tuple[int, int]] = {}  # resolved run folder -> (fd, depth)
+# resolved run folder -> (fd, depth, whether the lock created the folder)
+_held: dict[Path, tuple[int, int, bool]] = {}
 
 
 class RunInUseError(PatronusError, RuntimeError):
@@ -24,17 +26,19 @@ class RunInUseError(PatronusError, RuntimeError):
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds the run folder's lock (created if missing)."""
+    """``with RunLock(run_dir):`` holds the run folder's lock (the folder created if missing, and
+    removed again if the block raises while the folder holds nothing but the lock)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
 
     def __enter__(self) -> RunLock:
+        created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         key = self.run_dir.resolve()
         if key in _held:
-            fd, depth = _held[key]
-            _held[key] = (fd, depth + 1)
+            fd, depth, created = _held[key]
+            _held[key] = (fd, depth + 1, created)
             return self
         fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -47,16 +51,20 @@ class RunLock:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _held[key] = (fd, 1)
+        _held[key] = (fd, 1, created)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         key = self.run_dir.resolve()
-        fd, depth = _held[key]
+        fd, depth, created = _held[key]
         if depth > 1:
-            _held[key] = (fd, depth - 1)
+            _held[key] = (fd, depth - 1, created)
             return
         del _held[key]
+        lock = self.run_dir / LOCK_FILE
+        if created and exc_type is not None and list(self.run_dir.iterdir()) == [lock]:
+            lock.unlink()  # while still holding it, so that no other training takes it
+            self.run_dir.rmdir()
         os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
