@@ -6,7 +6,6 @@ import torch
 from patronus import Patronus
 from patronus.train import TrainConfig
 from patronus.train.edit_consistency import (
-    box_masks_of_cells,
     edit_consistency_loss,
     frozen_prototype_output,
 )
@@ -129,20 +128,6 @@ def test_the_gradient_is_the_terms_own(model, batch):
 def test_config_refuses_bad_values(changes):
     with pytest.raises(ValueError, match="edit_consistency"):
         TrainConfig(**changes)
-
-
-def test_box_masks_cover_the_boxes_the_report_draws(model):
-    """The locality part's masks are the receptive-field boxes that the report draws for the
-    same winning cells (patronus.interpret.where.cell_boxes)."""
-    from patronus.interpret.where import cell_boxes
-
-    height, width = model.encoder.output_size((model.config.image_size,) * 2)
-    cells = torch.tensor([0, width - 1, height * width // 2, height * width - 1])
-    masks = box_masks_of_cells(model, cells)
-    for mask, (top, left, bottom, right) in zip(masks, cell_boxes(model, cells), strict=True):
-        expected = torch.zeros_like(mask)
-        expected[:, top:bottom, left:right] = 1
-        assert torch.equal(mask, expected) and 0 < mask.sum() < mask.numel()
 
 
 class _ShiftedEdits(_Oracle):

@@ -31,7 +31,6 @@ from patronus.interpret import (
     visualize_prototypes,
 )
 from patronus.interpret.report import ReportInputs, ReportOptions, build_report
-from patronus.interpret.where import cell_boxes
 from patronus.models.presets import PRESETS, get_preset
 
 STEPS = 20
@@ -99,7 +98,7 @@ def test_edits_change_the_marked_patch_more_than_elsewhere(trained, test_set, re
             edit = inversion.decode(trained, s)
             index = trained.prototype_output(edit).patch_index[:, prototype]
         change = (edit - reference).abs().mean(1)  # (n, H, W)
-        for image, box in enumerate(cell_boxes(trained, index)):
+        for image, box in enumerate(trained.patch_boxes(index)):
             mask = torch.zeros_like(change[image], dtype=torch.bool)
             mask[box[0] : box[2], box[1] : box[3]] = True
             inside += float(change[image][mask].mean())
@@ -197,7 +196,7 @@ def test_nearest_patches_are_the_minimum_distances(trained, test_set):
         output = trained.prototype_output(images[:100])
     expected = output.min_distances.t().sort(dim=1).values[:, :3]
     torch.testing.assert_close(found.distance, expected.cpu())
-    assert torch.equal(found.boxes, cell_boxes(trained, output.patch_index.t()[
+    assert torch.equal(found.boxes, trained.patch_boxes(output.patch_index.t()[
         torch.arange(trained.num_prototypes)[:, None], found.image_index]))  # fmt: skip
 
 

@@ -5,6 +5,7 @@ import torch
 
 from patronus.models.presets import ENCODER_32_64, ENCODER_224
 from patronus.nn import ProtoEncoder, ReceptiveField, receptive_field
+from patronus.nn.proto_encoder import box_masks
 
 
 def encoder_of(config, in_channels=1):
@@ -58,6 +59,30 @@ def test_patch_box_from_flat_index():
     encoder = encoder_of(ENCODER_32_64)
     # flat index 23 of a 10x10 map = row 2, col 3: rows [3, 18), cols [5, 20)
     assert encoder.patch_box(23, (32, 32)) == (3, 5, 18, 20)
+
+
+@pytest.mark.parametrize(("config", "size"), [(ENCODER_32_64, 32), (ENCODER_224, 224)])
+def test_patch_boxes_look_up_every_cell_as_patch_box_computes_it(config, size):
+    encoder = encoder_of(config)
+    height, width = encoder.output_size((size, size))
+    cells = torch.randint(0, height * width, (3, 5, 7), generator=torch.Generator().manual_seed(0))
+    cells[0, 0, :2] = torch.tensor([0, height * width - 1])  # the corner cells, clamped boxes
+    boxes = encoder.patch_boxes(cells, (size, size))
+    assert boxes.shape == (3, 5, 7, 4) and boxes.dtype == torch.long
+    for cell, box in zip(cells.flatten().tolist(), boxes.reshape(-1, 4).tolist(), strict=True):
+        assert tuple(box) == encoder.patch_box(cell, (size, size))
+    assert encoder.patch_boxes(cells.to(torch.int32), (size, size)).equal(boxes)
+
+
+def test_box_masks_cover_exactly_the_boxes():
+    encoder = encoder_of(ENCODER_32_64)
+    cells = torch.tensor([0, 9, 45, 99])  # corners and the middle of the 10 x 10 map
+    masks = box_masks(encoder.patch_boxes(cells, (32, 32)), 32, 32)
+    for cell, mask in zip(cells.tolist(), masks, strict=True):
+        top, left, bottom, right = encoder.patch_box(cell, (32, 32))
+        expected = torch.zeros(32, 32, dtype=torch.bool)
+        expected[top:bottom, left:right] = True
+        assert torch.equal(mask, expected) and 0 < mask.sum() < mask.numel()
 
 
 def test_boxes_match_gradient_support():

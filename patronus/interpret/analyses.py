@@ -14,7 +14,6 @@ import torch
 
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
 from patronus.interpret.what import Inversion, edited_activations
-from patronus.interpret.where import cell_boxes
 from patronus.models import Patronus
 
 
@@ -111,5 +110,5 @@ def consistency(
     s = edited_activations(inversion.activations, [prototype], torch.tensor([value]))
     edits = inversion.decode(model, s, edit_guidance=edit_guidance)
     output = model.prototype_output(edits)
-    boxes = cell_boxes(model, output.patch_index[:, prototype].cpu())
+    boxes = model.patch_boxes(output.patch_index[:, prototype].cpu())
     return Consistency(prototype, edits, boxes, output.activations[:, prototype])

@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from patronus.diffusion.samplers import SamplerStep
-from patronus.interpret.where import cell_boxes
 from patronus.models import Patronus
 
 
@@ -216,7 +215,7 @@ def visualize_prototypes(
         rows = torch.arange(len(columns), device=decoded.device)
         edits.append(decoded.reshape(len(chunk), n, *decoded.shape[1:]))
         scores.append(output.activations[rows, columns].reshape(len(chunk), n))
-        boxes.append(cell_boxes(model, output.patch_index[rows, columns].cpu()).reshape(-1, n, 4))
+        boxes.append(model.patch_boxes(output.patch_index[rows, columns].cpu()).reshape(-1, n, 4))
     scores_all = torch.cat(scores)
     before = inversion.activations[:, prototypes].t()
     return PrototypeVisualization(
@@ -264,4 +263,4 @@ def nearest_patches(model: Patronus, batches: Iterable[torch.Tensor], k: int = 5
         )
     if best_distance is None:
         raise ValueError("no images to search")
-    return NearestPatches(best_image, best_distance, cell_boxes(model, best_patch))
+    return NearestPatches(best_image, best_distance, model.patch_boxes(best_patch))

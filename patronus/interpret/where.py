@@ -44,11 +44,6 @@ def upsample_cells(
     return rows[..., col_low] * (1 - col_w) + rows[..., col_high] * col_w
 
 
-def cell_boxes(model: Patronus, patch_index: torch.Tensor) -> torch.Tensor:
-    """Flat feature-cell indices (...) -> pixel boxes (..., 4) int64, clamped to the image."""
-    return model.encoder.patch_boxes(patch_index, (model.config.image_size,) * 2)
-
-
 @torch.no_grad()
 def localize(model: Patronus, images: torch.Tensor) -> Localization:
     """Similarity maps, winning patches and their boxes for every prototype, batched.
@@ -68,7 +63,7 @@ def localize(model: Patronus, images: torch.Tensor) -> Localization:
         cell_similarity,
         similarity,
         output.patch_index,
-        cell_boxes(model, output.patch_index.cpu()),
+        model.patch_boxes(output.patch_index.cpu()),
     )
 
 

@@ -128,6 +128,12 @@ class Patronus(nn.Module):
         """Clean images (B, C, H, W) -> prototype activations s (B, P) float32."""
         return self.prototype_output(x0).activations
 
+    def patch_boxes(self, patch_index: torch.Tensor) -> torch.Tensor:
+        """Flat feature-cell indices (...) (e.g. ``prototype_output(x0).patch_index``) -> the
+        pixel boxes (top, left, bottom, right) of their receptive fields (..., 4) int64, half-open,
+        clamped to the image, on the indices' device."""
+        return self.encoder.patch_boxes(patch_index, (self.config.image_size,) * 2)
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Noisy images (B, C, H, W), t (B,) int64, s (B, P) -> predicted noise (B, C, H, W)."""
         return self.unet(x_t, t, s)

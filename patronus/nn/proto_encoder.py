@@ -101,6 +101,7 @@ class ProtoEncoder(nn.Module):
         self.paddings = tuple(paddings)
         self.out_channels = previous
         self.receptive_field = receptive_field(kernel_sizes, strides, paddings)
+        self._box_tables: dict[tuple[tuple[int, int], torch.device], torch.Tensor] = {}
 
     def output_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Feature-map (H', W') for an input of (H, W) pixels."""
@@ -120,9 +121,16 @@ class ProtoEncoder(nn.Module):
         return self.receptive_field.box(patch_index // width, patch_index % width, image_size)
 
     def patch_boxes(self, patch_index: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """Flat feature-cell indices (...) -> pixel boxes (..., 4) int64 (see :meth:`patch_box`)."""
-        boxes = [self.patch_box(index, image_size) for index in patch_index.flatten().tolist()]
-        return torch.tensor(boxes, dtype=torch.long).reshape(*patch_index.shape, 4)
+        """Flat feature-cell indices (...) -> pixel boxes (..., 4) int64 on the indices' device
+        (see :meth:`patch_box`): a lookup in a per-cell table, with no copy to the host."""
+        key = (tuple(image_size), patch_index.device)
+        table = self._box_tables.get(key)
+        if table is None:
+            height, width = self.output_size(image_size)
+            cells = [self.patch_box(index, image_size) for index in range(height * width)]
+            table = torch.tensor(cells, dtype=torch.long, device=patch_index.device)
+            self._box_tables[key] = table
+        return table[patch_index.long()]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) -> features (B, D, H', W')."""

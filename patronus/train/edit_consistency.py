@@ -52,13 +52,6 @@ def frozen_prototype_output(model: Patronus, images: torch.Tensor) -> PrototypeO
     return functional_call(model.prototype_layer, prototypes, (features,))
 
 
-def box_masks_of_cells(model: Patronus, patch_index: torch.Tensor) -> torch.Tensor:
-    """Flat feature-cell indices (N,) -> (N, 1, H, W) float masks of their receptive fields."""
-    size = model.config.image_size
-    boxes = model.encoder.patch_boxes(patch_index.cpu(), (size, size)).to(patch_index.device)
-    return box_masks(boxes, size, size)[:, None].float()
-
-
 def edit_consistency_loss(
     model: Patronus,
     t: torch.Tensor,
@@ -91,9 +84,9 @@ def edit_consistency_loss(
     after, own = output.activations.gather(1, prototype.repeat(2)[:, None]).squeeze(1).chunk(2)
     missed = (after - target) / spread
     drifted = (own - s[rows, prototype]) / spread
-    where = box_masks_of_cells(
-        model, output.patch_index[: rows.numel()].gather(1, prototype[:, None])[:, 0]
-    )
+    cells = output.patch_index[: rows.numel()].gather(1, prototype[:, None])[:, 0]
+    size = model.config.image_size
+    where = box_masks(model.patch_boxes(cells), size, size)[:, None].to(x_t.dtype)
     change = (x0_edit - x0_own).abs().mean(1, keepdim=True)
     inside = (change * where).sum((1, 2, 3)) / where.sum((1, 2, 3)).clamp_min(1)
     outside = (change * (1 - where)).sum((1, 2, 3)) / (1 - where).sum((1, 2, 3)).clamp_min(1)
