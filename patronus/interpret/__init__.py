@@ -9,6 +9,7 @@ from patronus.interpret.analyses import (
     slerp,
     variations,
 )
+from patronus.interpret.comoving import comoving_directions
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
 from patronus.interpret.what import (
     Inversion,
@@ -33,6 +34,7 @@ __all__ = [
     "PrototypeVisualization",
     "activation_bounds",
     "box_iou",
+    "comoving_directions",
     "consistency",
     "crop",
     "edit_fidelity",

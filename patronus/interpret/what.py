@@ -119,16 +119,31 @@ def invert_images(
 
 
 def edited_activations(
-    activations: torch.Tensor, prototypes: Sequence[int], values: torch.Tensor
+    activations: torch.Tensor,
+    prototypes: Sequence[int],
+    values: torch.Tensor,
+    directions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n, P) activations -> (J * n, P): for each prototype J (in order), every image's
-    activations with s_J set to ``values[J]`` (values (J,) or (J, n))."""
+    activations with s_J set to ``values[J]`` (values (J,) or (J, n)).
+
+    ``directions`` (P, P), e.g. :func:`patronus.interpret.comoving_directions`: the other
+    activations move too, by (value - s_J) * directions[J]; s_J is still set to the value exactly.
+    None: they stay (the plain edit)."""
     count, n = len(prototypes), activations.shape[0]
-    values = values.reshape(count, -1).expand(count, n).to(activations)
+    values = values.reshape(count, -1).expand(count, n).to(activations).reshape(-1)
     edits = activations.repeat(count, 1)
     rows = torch.arange(count * n, device=activations.device)
     columns = torch.tensor(prototypes, device=activations.device).repeat_interleave(n)
-    edits[rows, columns] = values.reshape(-1)
+    if directions is not None:
+        size = activations.shape[1]
+        if directions.shape != (size, size) or not torch.isfinite(directions).all():
+            raise ValueError(
+                f"directions must be finite and ({size}, {size}), got {tuple(directions.shape)}"
+            )
+        rise = values - edits[rows, columns]
+        edits = edits + rise[:, None] * directions.to(activations)[columns]
+    edits[rows, columns] = values
     return edits
 
 
@@ -193,12 +208,16 @@ def visualize_prototypes(
     prototypes: Sequence[int] | None = None,
     batch_size: int = 256,
     edit_guidance: float = 1.0,
+    directions: torch.Tensor | None = None,
 ) -> PrototypeVisualization:
     """Edit each prototype's activation to its bound in every image, decode, keep the edit whose
     s_J rose most (re-encoded edit minus the image's own s_J).
 
     bounds: (P,) upper bounds (see :func:`activation_bounds`). ``edit_guidance``: see
     :meth:`Inversion.decode` (the unedited decodes stay unguided: the reconstructions).
+    ``directions`` (P, P): co-moving edits (see :mod:`patronus.interpret.comoving`), which show
+    what the model associates with a prototype rather than what it alone encodes; None (the
+    default): plain edits.
     """
     prototypes = list(range(model.num_prototypes)) if prototypes is None else list(prototypes)
     n = inversion.images.shape[0]
@@ -207,7 +226,7 @@ def visualize_prototypes(
     edits, scores, boxes = [], [], []
     for chunk in _chunks(prototypes, per_chunk):
         values = bounds[chunk].to(inversion.activations)
-        s = edited_activations(inversion.activations, chunk, values)
+        s = edited_activations(inversion.activations, chunk, values, directions)
         x_T = inversion.x_T.repeat(len(chunk), 1, 1, 1)
         decoded = inversion.decode(model, s, x_T, edit_guidance)
         output = model.prototype_output(decoded)
