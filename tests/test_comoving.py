@@ -48,6 +48,7 @@ def test_large_shrinkage_tends_to_the_plain_edit_and_constant_prototypes_get_it(
     exact = comoving_directions(reference)
     assert torch.equal(exact[2], torch.eye(5)[2]) and torch.equal(exact[:, 2], torch.eye(5)[2])
     assert exact.dtype == torch.float32
+    assert torch.equal(comoving_directions(reference[:, :1]), torch.ones(1, 1))  # one prototype
 
 
 @pytest.mark.parametrize(

@@ -37,8 +37,8 @@ def comoving_directions(reference: torch.Tensor, shrinkage: float = 0.0) -> torc
         raise ValueError("reference activations contain NaN or Inf")
     if not (math.isfinite(shrinkage) and shrinkage >= 0):
         raise ValueError(f"shrinkage must be finite and >= 0, got {shrinkage}")
-    centred = reference.double() - reference.double().mean(0)
-    covariance = centred.T @ centred / (reference.shape[0] - 1)
+    size = reference.shape[1]
+    covariance = torch.cov(reference.double().T).reshape(size, size)  # divided by N - 1
     variance = covariance.diagonal()
     varies = variance > 0
     directions = covariance / ((1 + shrinkage) * variance.clamp_min(1e-300))[:, None]
