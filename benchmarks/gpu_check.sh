@@ -9,6 +9,7 @@
 #   STAGES="a b ..."      run only these stages (a rerun after a fix), default all, in this order:
 #     build      the extension (CPU and CUDA kernels) with this python3
 #     op-tests   the ops' CUDA tests (tests/ops -m cuda): Triton and CUDA kernels against float64
+#     cuda-tests the remaining CUDA tests (models: bf16 training, CUDA-graph sampling)
 #     proto      the prototype op at B64 D256 32x32 P2000, fp32 and bf16: original two-conv form,
 #                eager, torch.compile, patronus; forward, backward, forward+backward, peak memory
 #     step       the scheduler step against a copy, eager, torch.compile and diffusers (DDIM),
@@ -17,16 +18,20 @@
 #                and the network calls alone
 #     train      fmnist32 training step: the original code as it trains, ours fp32/bf16/
 #                channels_last/compile (the original's code must be carried in benchmarks/.original)
-#     cuda-tests the remaining CUDA tests (models: bf16 training, CUDA-graph sampling)
 #     proto-paper the prototype op at the paper's shapes
 #   BUDGET=seconds        total time for the stages (default 520); a stage gets what is left
 #   PYTHON=python3        the interpreter
+#   SHOWCASE_SECONDS=n    also train the shipped model's candidates for n seconds in the background
+#                         (benchmarks/showcase_training.sh, data from SHOWCASE_DATA), while the
+#                         build and the tests run; the benchmark stages wait for it (default 0)
+#   PACK=1                end by packing everything into $OUT/gpu-check.tgz (the device tool
+#                         brings back a few files only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 PY=${PYTHON:-python3}
 BUDGET=${BUDGET:-520}
-ALL="build op-tests proto step loops train cuda-tests proto-paper"
+ALL="build op-tests cuda-tests proto step loops train proto-paper"
 STAGES=${STAGES:-$ALL}
 mkdir -p "$OUT"
 # run from the source tree (patronus.kernels reads the top-level kernels/ folder)
@@ -82,16 +87,31 @@ bench() {  # bench NAME LIMIT PYTEST-ARGS...: a benchmark stage, then the tables
 } | tee "$OUT/versions.txt"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 
+SHOWCASE_PID=
+if ((${SHOWCASE_SECONDS:-0} > 0)); then
+    bash benchmarks/showcase_training.sh "$SHOWCASE_SECONDS" "${SHOWCASE_DATA:?}" "$OUT" \
+        >"$OUT/showcase.txt" 2>&1 &
+    SHOWCASE_PID=$!
+fi
+
 stage build 180 "$PY" setup.py build_ext --inplace
 wanted build && { "$PY" -m patronus info | tee "$OUT/info.txt"; }
-stage op-tests 100 "$PY" -m pytest tests/ops -m cuda -q -ra -p no:cacheprovider -x \
+stage op-tests 100 "$PY" -m pytest tests/ops -m cuda -q -ra -p no:cacheprovider \
     --junitxml="$OUT/op-tests.xml"
-bench proto 100 benchmarks/test_prototype_ops.py -k large
-bench step 50 benchmarks/test_scheduler_step.py -k "test_step or test_multistep_step"
-bench loops 80 benchmarks/test_scheduler_step.py -k "test_sampling_loop and ddim50"
-bench train 100 benchmarks/test_throughput.py -k test_training_variants
 stage cuda-tests 60 "$PY" -m pytest tests -m cuda -q -ra -p no:cacheprovider \
     --ignore=tests/ops --junitxml="$OUT/cuda-tests.xml"
+if [ -n "$SHOWCASE_PID" ]; then  # the benchmarks time the GPU alone
+    wait "$SHOWCASE_PID"
+    echo "showcase training: rc=$? at $(($(date +%s) - START))s" | tee -a "$OUT/stages.txt"
+fi
+bench proto 80 benchmarks/test_prototype_ops.py -k large
+bench step 40 benchmarks/test_scheduler_step.py -k "test_step or test_multistep_step"
+bench loops 60 benchmarks/test_scheduler_step.py -k "test_sampling_loop and ddim50"
+bench train 80 benchmarks/test_throughput.py -k test_training_variants
 bench proto-paper 60 benchmarks/test_prototype_ops.py -k "not large"
 echo "finished after $(($(date +%s) - START))s, status $STATUS" | tee -a "$OUT/stages.txt"
+if [ "${PACK:-0}" = 1 ]; then
+    (cd "$OUT" && tar -czf gpu-check.tgz --exclude='run-*.tgz' --exclude=gpu-check.tgz . &&
+        find . -maxdepth 1 -type f ! -name 'run-*.tgz' ! -name gpu-check.tgz -delete)
+fi
 exit $STATUS
