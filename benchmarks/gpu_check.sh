@@ -96,7 +96,7 @@ fi
 
 stage build 180 "$PY" setup.py build_ext --inplace
 wanted build && { "$PY" -m patronus info | tee "$OUT/info.txt"; }
-stage op-tests 100 "$PY" -m pytest tests/ops -m cuda -q -ra -p no:cacheprovider \
+stage op-tests 240 "$PY" -m pytest tests/ops -m cuda -q -ra -p no:cacheprovider \
     --junitxml="$OUT/op-tests.xml"
 stage cuda-tests 60 "$PY" -m pytest tests -m cuda -q -ra -p no:cacheprovider \
     --ignore=tests/ops --junitxml="$OUT/cuda-tests.xml"
@@ -111,7 +111,10 @@ bench train 80 benchmarks/test_throughput.py -k test_training_variants
 bench proto-paper 60 benchmarks/test_prototype_ops.py -k "not large"
 echo "finished after $(($(date +%s) - START))s, status $STATUS" | tee -a "$OUT/stages.txt"
 if [ "${PACK:-0}" = 1 ]; then
-    (cd "$OUT" && tar -czf gpu-check.tgz --exclude='run-*.tgz' --exclude=gpu-check.tgz . &&
-        find . -maxdepth 1 -type f ! -name 'run-*.tgz' ! -name gpu-check.tgz -delete)
+    # archived outside $OUT first: tar fails on a folder that changes while it reads it
+    archive=$(mktemp --suffix=.tgz)
+    tar -czf "$archive" -C "$OUT" --exclude='run-*.tgz' . &&
+        find "$OUT" -maxdepth 1 -type f ! -name 'run-*.tgz' -delete &&
+        mv "$archive" "$OUT/gpu-check.tgz"
 fi
 exit $STATUS

@@ -62,8 +62,8 @@ def x0_of(x, out, abar, prediction):
 
 def random_multistep_levels(batch, order, generator):
     """Per-sample levels: current c, target p < c (clean data for sample 0), previous above c."""
-    gap = lambda: torch.randint(15, 120, (batch,), generator=generator)  # noqa: E731
-    c = torch.randint(150, 600, (batch,), generator=generator)
+    gap = lambda: torch.randint(15, 120, (batch,), generator=generator, device="cpu")  # noqa: E731
+    c = torch.randint(150, 600, (batch,), generator=generator, device="cpu")
     p = c - gap()
     p[0] = -1
     previous = []
@@ -79,7 +79,8 @@ def test_dpm_solver_pp_matches_float64_equations(backend, dtype, order, predicti
     generator = torch.Generator().manual_seed(order * 100 + len(prediction) + dtype.itemsize)
     batch = 5
     x, out, *history = (
-        torch.randn(batch, 3, 5, 7, generator=generator).to(dtype) for _ in range(order + 1)
+        torch.randn(batch, 3, 5, 7, generator=generator, device="cpu").to(dtype)
+        for _ in range(order + 1)
     )
     c, p, previous = random_multistep_levels(batch, order, generator)
     device = backend.device
@@ -104,7 +105,12 @@ def test_dpm_solver_pp_matches_float64_equations(backend, dtype, order, predicti
 def test_first_order_is_ddim(backend):
     """DPM-Solver++ of order 1 is DDIM (eta = 0) in other words: equal to rounding."""
     generator = torch.Generator().manual_seed(3)
-    x, out = (torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=generator) for _ in range(2))
+    x, out = (
+        torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=generator, device="cpu").to(
+            backend.device
+        )
+        for _ in range(2)
+    )
     c, p = torch.tensor([999, 600, 40, 0]), torch.tensor([900, 300, 0, -1])
     dpm = scheduler_step(x, out, c, p, TABLE, mode="dpmsolver++")
     ddim = scheduler_step(x, out, c, p, TABLE, mode="ddim")

@@ -87,9 +87,9 @@ def test_layouts_without_copies(backend):
 
 
 def test_results_do_not_depend_on_the_thread_count(backend):
-    generator = torch.Generator().manual_seed(5)
-    features = torch.randn(45, 6, 7, 7, generator=generator).to(torch.get_default_device())
-    prototypes = torch.randn(70, 6, generator=generator).to(torch.get_default_device())
+    generator = torch.Generator(torch.get_default_device()).manual_seed(5)
+    features = torch.randn(45, 6, 7, 7, generator=generator)
+    prototypes = torch.randn(70, 6, generator=generator)
     threads = torch.get_num_threads()
     try:
         results = []
