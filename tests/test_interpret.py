@@ -292,6 +292,18 @@ def test_report_is_self_contained_and_every_figure_decodes(trained, test_set, tm
     assert f"{summary['median_fidelity']:.2f}" in page
 
 
+def test_report_with_edits_in_region_says_so(trained, test_set, tmp_path):
+    _, images, _ = test_set
+    inputs = ReportInputs(images[:4], images[100:228], images[228:300], {"model": "test"})
+    options = ReportOptions(num_images=4, steps=8, prototypes=(0, 1), nearest_k=3, edit_region=True)
+    page = build_report(trained, inputs, tmp_path / "report", options).read_text()
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["edit_fidelity"]["confined_to_box"] is True
+    assert results["options"]["edit_region"] is True
+    assert "not judged: edits decoded confined to the box" in page
+    assert "gallery edits confined to the prototype" in page
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -78,6 +78,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             help="decode edits as own + w (edit - own), w times the edit's effect on each step; "
             "unedited decodes stay the reconstructions (default 1: plain edits)",
         )
+        if name != "trace":
+            parser.add_argument(
+                "--edit-region",
+                action="store_true",
+                help="decode the gallery's edits confined to the box where the prototype fires "
+                "in the image (the rest follows the unedited decode): shows what the model draws "
+                "there; the inside/outside ratio is then not judged",
+            )
         a.add_seed(parser)
         a.add_device(parser)
         a.add_progress(parser)
@@ -136,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         guidance_scale=args.guidance_scale,
         edit_guidance=args.edit_guidance,
+        edit_region=getattr(args, "edit_region", False),
         sampler=getattr(args, "sampler", DEFAULT_SAMPLER),
     )
     write = {

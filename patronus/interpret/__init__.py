@@ -11,6 +11,7 @@ from patronus.interpret.analyses import (
 )
 from patronus.interpret.comoving import comoving_directions
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
+from patronus.interpret.region import decode_in_region, region_masks
 from patronus.interpret.what import (
     Inversion,
     NearestPatches,
@@ -37,6 +38,7 @@ __all__ = [
     "comoving_directions",
     "consistency",
     "crop",
+    "decode_in_region",
     "edit_fidelity",
     "edited_activations",
     "emergence_steps",
@@ -46,6 +48,7 @@ __all__ = [
     "localize",
     "nearest_patches",
     "reconstruction",
+    "region_masks",
     "slerp",
     "trace_emergence",
     "upsample_cells",

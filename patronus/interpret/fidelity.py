@@ -37,6 +37,7 @@ class EditFidelity:
     achieved: torch.Tensor  # the change the re-encoded edit shows
     inside: torch.Tensor  # mean |pixel change| inside J's box in the edit
     outside: torch.Tensor  # mean |pixel change| outside it (NaN if the box is the whole image)
+    confined: bool = False  # edits decoded confined to a box: inside/outside by construction
 
     @property
     def raw(self) -> torch.Tensor:
@@ -69,6 +70,7 @@ class EditFidelity:
             "mean_change_outside": float(outside.mean()) if outside.numel() else math.nan,
             "edits": int(self.requested.numel()),
             "edits_with_a_request": int(fidelity.numel()),
+            "confined_to_box": self.confined,
         }
 
 
@@ -98,4 +100,5 @@ def edit_fidelity(vis: PrototypeVisualization) -> EditFidelity:
         achieved=vis.achieved.cpu().float(),
         inside=inside.reshape(count, n),
         outside=outside.reshape(count, n),
+        confined=vis.region,
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from patronus.diffusion.samplers import SamplerStep
+from patronus.interpret.region import decode_in_region, region_masks
 from patronus.models import Patronus
 
 
@@ -59,7 +60,7 @@ class Inversion:
             x_T=self.x_T[index],
         )
 
-    def _guidance(self, s: torch.Tensor, edit_guidance: float) -> dict:
+    def guidance_settings(self, s: torch.Tensor, edit_guidance: float = 1.0) -> dict:
         """The sampler's guidance settings: the inversion's own, or with ``edit_guidance`` != 1
         guidance against the images' own activations (s holds edits of them, tiled as
         :func:`edited_activations` tiles them)."""
@@ -85,7 +86,7 @@ class Inversion:
         """Trajectory of :meth:`decode` (call within ``torch.no_grad()``, model in eval mode)."""
         x_T = self.x_T if x_T is None else x_T
         return model.sample_steps(
-            s, self.steps, x_T=x_T, sampler="ddim", **self._guidance(s, edit_guidance)
+            s, self.steps, x_T=x_T, sampler="ddim", **self.guidance_settings(s, edit_guidance)
         )
 
     def decode(
@@ -103,7 +104,7 @@ class Inversion:
         an unchanged activation vector still decodes to (nearly) the reconstruction."""
         x_T = self.x_T if x_T is None else x_T
         return model.sample(
-            s, self.steps, x_T=x_T, sampler="ddim", **self._guidance(s, edit_guidance)
+            s, self.steps, x_T=x_T, sampler="ddim", **self.guidance_settings(s, edit_guidance)
         )
 
 
@@ -166,6 +167,7 @@ class PrototypeVisualization:
     best: torch.Tensor  # (J,) index of the edit whose s_J rose most
     bounds: torch.Tensor  # (J,) the value s_J was set to
     network_evaluations_per_edit: int  # inversion + decoding steps for one edited image
+    region: bool = False  # edits confined to the box where J fires (interpret.region)
 
     @property
     def achieved(self) -> torch.Tensor:
@@ -209,6 +211,7 @@ def visualize_prototypes(
     batch_size: int = 256,
     edit_guidance: float = 1.0,
     directions: torch.Tensor | None = None,
+    region: bool = False,
 ) -> PrototypeVisualization:
     """Edit each prototype's activation to its bound in every image, decode, keep the edit whose
     s_J rose most (re-encoded edit minus the image's own s_J).
@@ -217,18 +220,27 @@ def visualize_prototypes(
     :meth:`Inversion.decode` (the unedited decodes stay unguided: the reconstructions).
     ``directions`` (P, P): co-moving edits (see :mod:`patronus.interpret.comoving`), which show
     what the model associates with a prototype rather than what it alone encodes; None (the
-    default): plain edits.
+    default): plain edits. ``region``: decode each edit confined to the box where J fires in the
+    original image (see :mod:`patronus.interpret.region`; the change outside is then ~0 by
+    construction).
     """
     prototypes = list(range(model.num_prototypes)) if prototypes is None else list(prototypes)
     n = inversion.images.shape[0]
     per_chunk = max(1, batch_size // n)
     reconstructions = inversion.decode(model, inversion.activations)
+    if region:  # (n, P, 4) where each prototype fires in the original images
+        own_boxes = model.patch_boxes(model.prototype_output(inversion.images).patch_index)
     edits, scores, boxes = [], [], []
     for chunk in _chunks(prototypes, per_chunk):
         values = bounds[chunk].to(inversion.activations)
         s = edited_activations(inversion.activations, chunk, values, directions)
-        x_T = inversion.x_T.repeat(len(chunk), 1, 1, 1)
-        decoded = inversion.decode(model, s, x_T, edit_guidance)
+        if region:
+            chunk_boxes = own_boxes[:, chunk].transpose(0, 1).reshape(-1, 4)
+            masks = region_masks(chunk_boxes, inversion.images.shape[-1])
+            decoded = decode_in_region(model, inversion, s, masks, edit_guidance)
+        else:
+            x_T = inversion.x_T.repeat(len(chunk), 1, 1, 1)
+            decoded = inversion.decode(model, s, x_T, edit_guidance)
         output = model.prototype_output(decoded)
         columns = torch.tensor(chunk, device=decoded.device).repeat_interleave(n)
         rows = torch.arange(len(columns), device=decoded.device)
@@ -248,6 +260,7 @@ def visualize_prototypes(
         best=(scores_all - before).argmax(dim=1).cpu(),
         bounds=bounds[prototypes].cpu(),
         network_evaluations_per_edit=2 * inversion.steps,
+        region=region,
     )
 
 
