@@ -49,3 +49,18 @@ def tiny_run(tmp_path_factory):
 def tiny_run_copy(tiny_run, tmp_path):
     """A writable copy of ``tiny_run``."""
     return shutil.copytree(tiny_run, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def tiny_inversion():
+    """An untrained synthetic-tiny model (eval), 3 random images inverted in 3 steps, and the
+    activations of 16 random reference images: (model, inversion, reference (16, P))."""
+    from patronus import Patronus
+    from patronus.interpret import invert_images
+
+    torch.manual_seed(0)
+    model = Patronus(get_preset("synthetic-tiny").model).eval()
+    images = torch.rand(3, *model.config.image_shape) * 2 - 1
+    with torch.no_grad():
+        reference = model.encode(torch.rand(16, *model.config.image_shape) * 2 - 1)
+    return model, invert_images(model, images, steps=3), reference

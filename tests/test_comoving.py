@@ -4,14 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from patronus import Patronus
 from patronus.interpret import (
     comoving_directions,
     edited_activations,
-    invert_images,
     visualize_prototypes,
 )
-from patronus.models.presets import get_preset
 
 
 def test_known_answer():
@@ -88,13 +85,8 @@ def test_edited_activations_move_the_others_along_and_set_s_j_exactly():
         edited_activations(activations, [1], values[:1], torch.full((4, 4), float("nan")))
 
 
-def test_visualize_prototypes_decodes_the_co_moving_edits():
-    torch.manual_seed(0)
-    model = Patronus(get_preset("synthetic-tiny").model).eval()
-    images = torch.rand(3, *model.config.image_shape) * 2 - 1
-    with torch.no_grad():
-        reference = model.encode(torch.rand(16, *model.config.image_shape) * 2 - 1)
-    inversion = invert_images(model, images, steps=3)
+def test_visualize_prototypes_decodes_the_co_moving_edits(tiny_inversion):
+    model, inversion, reference = tiny_inversion
     bounds = reference.max(0).values
     plain = visualize_prototypes(model, inversion, bounds, prototypes=[0, 2])
     identity = visualize_prototypes(

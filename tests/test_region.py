@@ -9,7 +9,6 @@ from patronus.diffusion.timesteps import respaced_timesteps
 from patronus.interpret import edited_activations, invert_images, visualize_prototypes
 from patronus.interpret.region import decode_in_region, region_masks
 from patronus.interpret.report import fidelity_headline, trusted
-from patronus.models.presets import get_preset
 
 
 def test_region_masks_known_answer():
@@ -38,13 +37,9 @@ def test_region_masks_clamp_at_the_border_and_refuse_bad_input():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = Patronus(get_preset("synthetic-tiny").model).eval()
-    images = torch.rand(3, *model.config.image_shape) * 2 - 1
-    with torch.no_grad():
-        reference = model.encode(torch.rand(16, *model.config.image_shape) * 2 - 1)
-    return model, invert_images(model, images, steps=4), reference.max(0).values
+def tiny(tiny_inversion):
+    model, inversion, reference = tiny_inversion
+    return model, inversion, reference.max(0).values
 
 
 def test_masks_of_ones_give_the_plain_edit_and_zeros_the_reconstruction(tiny):
@@ -69,7 +64,7 @@ def test_blended_decoding_against_ddim_written_out_in_float64(tiny):
     model = Patronus(model.config).eval()
     model.load_state_dict(tiny[0].state_dict())
     model.double()
-    inversion = invert_images(model, inversion32.images.double(), steps=4)
+    inversion = invert_images(model, inversion32.images.double(), inversion32.steps)
     s = edited_activations(inversion.activations, [2], bounds[[2]].double())
     generator = torch.Generator().manual_seed(1)
     size = model.config.image_size
@@ -77,7 +72,7 @@ def test_blended_decoding_against_ddim_written_out_in_float64(tiny):
     got = decode_in_region(model, inversion, s, masks)
 
     abar = model.schedule.alphas_cumprod.double()
-    levels = respaced_timesteps(model.schedule.timesteps, 4)[::-1]
+    levels = respaced_timesteps(model.schedule.timesteps, inversion.steps)[::-1]
     x, kept = inversion.x_T.clone(), inversion.x_T.clone()
     with torch.no_grad():
         for current, target in zip(levels, [*levels[1:], -1], strict=True):
