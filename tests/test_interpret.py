@@ -302,6 +302,7 @@ def test_report_with_edits_in_region_says_so(trained, test_set, tmp_path):
     assert results["options"]["edit_region"] is True
     assert "not judged: edits decoded confined to the box" in page
     assert "gallery edits confined to the prototype" in page
+    assert "outside it every edit is the unedited decode" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
 from patronus.interpret import analyses, figures
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
+from patronus.interpret.region import REGION_MARGIN
 from patronus.interpret.what import (
     activation_bounds,
     invert_images,
@@ -217,12 +218,10 @@ TRUSTED = {"median_fidelity": 0.7, "share_reaching_half": 0.8, "inside_outside_r
 def trusted(summary: dict) -> bool:
     """Whether edit fidelity clears every bar of ``TRUSTED`` (a NaN never does). Edits confined
     to their box are local by construction: their inside/outside ratio is not judged."""
-    bars = {key: bar for key, bar in TRUSTED.items() if not _judged_by_construction(summary, key)}
+    bars = dict(TRUSTED)
+    if summary.get("confined_to_box"):
+        del bars["inside_outside_ratio"]
     return all(summary[key] >= bar for key, bar in bars.items())
-
-
-def _judged_by_construction(summary: dict, key: str) -> bool:
-    return key == "inside_outside_ratio" and bool(summary.get("confined_to_box"))
 
 
 def fidelity_headline(summary: dict) -> str:
@@ -496,6 +495,14 @@ def _page(png, results, prototypes, evaluations) -> str:
         else "<p>Every prototype's kept edit reached the value s_J was set to.</p>"
     )
     opts = results["options"]
+    confinement = (
+        " The edits were decoded confined to the box where J fires in the image (widened by "
+        f"{REGION_MARGIN} pixels, soft edge): outside it every edit is the unedited decode. They "
+        "show what the model draws there; their inside/outside change ratio says where they were "
+        "allowed to change, not where the model would have changed the image."
+        if opts["edit_region"]
+        else ""
+    )
     bound_rule = (
         "the global maximum over the reference set (the original's rule)"
         if opts["global_max"]
@@ -541,7 +548,7 @@ reconstruction), re-encode. Each row keeps the image whose s_J rose most and sho
 before the edit, the edit with J's winning patch boxed (its exact receptive field) and s_J
 re-encoded from it against the value it was set to, the patch, what the edit changed in pixels
 (|edit - unedited decode|, one colour scale for all rows: a dark map means the edit changed
-little), and J's similarity over the edit.</p>
+little), and J's similarity over the edit.{confinement}</p>
 {shortfall}
 {_img(png["what"], "prototype gallery")}
 {
