@@ -424,6 +424,14 @@ def scheduler_step(
         history,
         history_timestep,
     )
-    return torch.ops.patronus.scheduler_step(
-        sample, model_output, timestep, prev_timestep, table, *args
-    )
+    operands = (sample, model_output, timestep, prev_timestep, table, *args)
+    if torch.compiler.is_compiling() or _tracks_gradients(sample, model_output, null_output):
+        return torch.ops.patronus.scheduler_step(*operands)
+    # eager and without gradients (as the samplers call it): the op's body directly, without the
+    # custom-op dispatch, which costs more host time than the CPU kernel itself at small sizes
+    return _on_backend(*operands)
+
+
+def _tracks_gradients(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record the step (the op's autograd then raises on backward)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

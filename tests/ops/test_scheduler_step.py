@@ -285,7 +285,33 @@ def test_step_is_not_differentiable(backend):
         prev.sum().backward()
 
 
-def test_torch_compile_fullgraph(backend):
+def test_public_step_with_gradients_still_refuses_backward(backend):
+    """Eager calls without gradients skip the custom-op dispatch; with gradients they keep it, so
+    backward still raises (instead of silently returning no gradient)."""
+    x = torch.randn(2, 3, requires_grad=True)
+    prev, _ = scheduler_step(x, x, 5, 4, TABLE, validate=False)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        prev.sum().backward()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_public_step_equals_the_op_with_and_without_gradients(backend, grad):
+    generator = torch.Generator().manual_seed(11)
+    x, out, null = (torch.randn(4, 2, 3, 5, generator=generator, device="cpu") for _ in range(3))
+    x, out, null = (t.to(backend.device) for t in (x, out, null))
+    c, p = torch.tensor([900, 400, 20, 0]), torch.tensor([880, 380, 0, -1])
+    table = TABLE.to(backend.device, torch.float64)
+    with torch.set_grad_enabled(grad):
+        got = scheduler_step(
+            x, out, c, p, table, eta=0.3, clip=1.0, rng_state=torch.tensor([3, 1]),
+            null_output=null, guidance_scale=2.0, validate=False,
+        )  # fmt: skip
+    want = torch.ops.patronus.scheduler_step(
+        x, out, c.to(backend.device), p.to(backend.device), table, 0, 0, 0, 0.3, 1.0, True, None,
+        None, torch.tensor([3, 1]), null, 2.0, [], [],
+    )  # fmt: skip
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
     torch._dynamo.reset()
     x, out = torch.randn(3, 2, 5), torch.randn(3, 2, 5)
     c, rng = torch.tensor([700, 300, 0]), torch.tensor([5, 0])
