@@ -18,11 +18,14 @@ rounds identical rows differently); on a GPU they are autotuned and use tensor c
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.autotuner import Autotuner
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # one configuration under the interpreter: large blocks, small grids
@@ -38,8 +41,31 @@ def _autotune(configs: list[triton.Config], key: list[str]):
     return wrap
 
 
+_forced_meta: dict[str, int] | None = None  # set by forced_config
+
+
+@contextlib.contextmanager
+def forced_config(config: triton.Config) -> Iterator[None]:
+    """Launch every kernel of this module with ``config`` instead of autotuning (or the
+    interpreter's blocks), so that tests can check each configuration the autotuner may pick."""
+    global _forced_meta
+    previous = _forced_meta
+    _forced_meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    try:
+        yield
+    finally:
+        _forced_meta = previous
+
+
 def _meta() -> dict[str, int]:
+    if _forced_meta is not None:
+        return dict(_forced_meta)
     return dict(INTERPRETER_META) if INTERPRET else {}
+
+
+def _kernel(kernel):
+    """The kernel to launch: without its autotuner while a configuration is forced."""
+    return kernel.fn if _forced_meta is not None and isinstance(kernel, Autotuner) else kernel
 
 
 def _configs(rows: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
@@ -353,7 +379,7 @@ def min_distance_forward(
     def grid(meta):
         return (triton.cdiv(num_prototypes, meta["BLOCK_P"]), batch)
 
-    _min_distance_fwd_kernel[grid](
+    _kernel(_min_distance_fwd_kernel)[grid](
         patches, prototypes, centred, center, proto_norm, min_dist, index,
         num_patches, dim, num_prototypes,
         *patches.stride(), *prototypes.stride(),
@@ -389,7 +415,7 @@ def min_distance_backward(
                 triton.cdiv(dim, meta["BLOCK_D"]),
             )
 
-        _grad_features_kernel[features_grid](
+        _kernel(_grad_features_kernel)[features_grid](
             patches, prototypes, grad, index, grad_patches,
             num_patches, dim, num_prototypes,
             *patches.stride(), *prototypes.stride(), *grad_patches.stride(),
@@ -409,7 +435,7 @@ def min_distance_backward(
     def prototypes_grid(meta):
         return (triton.cdiv(num_prototypes, meta["BLOCK_P"]), triton.cdiv(dim, meta["BLOCK_D"]))
 
-    _grad_prototypes_kernel[prototypes_grid](
+    _kernel(_grad_prototypes_kernel)[prototypes_grid](
         patches, prototypes, grad, index, grad_prototypes,
         batch, num_patches, dim, num_prototypes,
         *patches.stride(), *prototypes.stride(),
@@ -436,7 +462,7 @@ def distance_map(patches: torch.Tensor, prototypes: torch.Tensor) -> torch.Tenso
             batch,
         )
 
-    _distance_map_kernel[grid](
+    _kernel(_distance_map_kernel)[grid](
         patches, centred, center, proto_norm, out,
         num_patches, dim, num_prototypes,
         *patches.stride(),

@@ -475,3 +475,38 @@ def test_triton_under_compile_and_cuda_graph(monkeypatch):
     features.copy_(torch.randn_like(features))
     graph.replay()
     torch.testing.assert_close(static_out, prototype_min_distance(features, prototypes)[0])
+
+
+def _autotune_configs():
+    from patronus.kernels import prototype_distance as kernels
+
+    rows = kernels._FORWARD_CONFIGS + kernels._BACKWARD_CONFIGS
+    return [pytest.param(config, id=str(config).replace(" ", "")) for config in rows]
+
+
+@pytest.mark.backends("triton")
+@pytest.mark.parametrize("config", _autotune_configs())
+def test_every_autotune_configuration_matches_brute_force(backend, config):
+    """The autotuner checks speed, not results: each configuration it may pick computes the
+    minimum, its index, both gradients and the distance map right, on sizes beyond one block in
+    every dimension (N = 143 patches, D = 75, P = 133; none a multiple of a block)."""
+    from patronus.kernels import prototype_distance as kernels
+
+    generator = torch.Generator(torch.get_default_device()).manual_seed(hash(str(config)) % 2**31)
+    features = torch.randn(2, 75, 11, 13, generator=generator).requires_grad_()
+    prototypes = torch.rand(133, 75, generator=generator).requires_grad_()
+    weights = torch.randn(2, 133, generator=generator)
+    with kernels.forced_config(config):
+        min_dist, index = prototype_min_distance(features, prototypes)
+        grads = torch.autograd.grad((min_dist * weights).sum(), (features, prototypes))
+        distance_map = prototype_distance_map(features.detach(), prototypes.detach())
+    assert_min_matches(min_dist.detach(), index, features.detach(), prototypes.detach(), True)
+    f64 = features.detach().double().requires_grad_()
+    p64 = prototypes.detach().double().requires_grad_()
+    brute = brute_force_distances(f64, p64)
+    expected = torch.autograd.grad((brute.min(dim=2).values * weights.double()).sum(), (f64, p64))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        distance_map.double(), brute.detach().reshape(2, 133, 11, 13), atol=1e-3, rtol=1e-5
+    )
