@@ -5,7 +5,10 @@ for every pair its module lists in ``BACKENDS = {"cpu": [...], "cuda": [...]}`` 
 The fixture forces the backend (``PATRONUS_BACKEND``) and, for CUDA pairs, makes CUDA the default
 device, so tensors created without ``device=`` land on it. CUDA pairs carry the ``cuda`` mark:
 skipped without a GPU, run by ``make gpu-check``. On CPU, ``triton`` runs the Triton kernels under
-the interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU).
+the interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU). On CUDA, Triton tests
+launch one fixed configuration (the autotuner's first) instead of autotuning every new shape,
+which benchmarks each configuration and would take most of a short GPU loan; every configuration
+is checked by its own test, and tests marked ``autotune`` keep the autotuner.
 """
 
 from __future__ import annotations
@@ -55,4 +58,14 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if chosen.device == "cuda":
         torch.set_default_device("cuda")
         request.addfinalizer(lambda: torch.set_default_device(None))
+        if chosen.name == "triton" and request.node.get_closest_marker("autotune") is None:
+            _launch_one_configuration(request)
     return chosen
+
+
+def _launch_one_configuration(request: pytest.FixtureRequest) -> None:
+    from patronus.kernels import prototype_distance as kernels
+
+    forced = kernels.forced_config(kernels._FORWARD_CONFIGS[0])
+    forced.__enter__()
+    request.addfinalizer(lambda: forced.__exit__(None, None, None))

@@ -510,3 +510,24 @@ def test_every_autotune_configuration_matches_brute_force(backend, config):
     torch.testing.assert_close(
         distance_map.double(), brute.detach().reshape(2, 133, 11, 13), atol=1e-3, rtol=1e-5
     )
+
+
+@pytest.mark.autotune
+@pytest.mark.backends("triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autotuned_launch_matches_brute_force(backend, dtype):
+    """The other CUDA tests launch one fixed configuration (tests/ops/conftest.py); here the
+    autotuner picks, for the forward and both backward kernels."""
+    features = torch.randn(5, 128, 10, 10).to(dtype).requires_grad_()
+    prototypes = torch.rand(30, 128).requires_grad_()
+    min_dist, index = prototype_min_distance(features, prototypes)
+    assert_min_matches(
+        min_dist.detach(), index, features.detach(), prototypes.detach(), dtype not in HALF
+    )
+    grads = torch.autograd.grad(min_dist.sum(), (features, prototypes))
+    f64 = features.detach().double().requires_grad_()
+    p64 = prototypes.detach().double().requires_grad_()
+    brute = brute_force_distances(f64, p64).min(dim=2).values
+    expected = torch.autograd.grad(brute.sum(), (f64, p64))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got.double(), want, **tolerance(dtype))
