@@ -340,3 +340,15 @@ def test_sample_precision_flag_sets_the_denoisers_arithmetic(tiny_run, tmp_path)
     bf16 = model.set_precision("bf16").sample(saved["activations"], 3, x_T=x_T)
     torch.testing.assert_close(saved["samples"][:, 0], bf16, atol=1e-3, rtol=1e-3)
     assert not torch.equal(bf16, fp32)
+
+
+def test_visualize_with_edits_in_region(tiny_run, tmp_path):
+    out = tmp_path / "v"
+    command = ["visualize", str(tiny_run), "--num-images", "2", "--steps", "2", "--prototypes",
+               "0", "1", "--reference-size", "8", "--pool-size", "8", "--no-progress"]  # fmt: skip
+    assert main([*command, "--edit-region", "--out", str(out)]) == 0
+    numbers = json.loads((out / "visualize.json").read_text())
+    assert numbers["edit_fidelity"]["confined_to_box"] is True
+    assert main([*command, "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "visualize.json").read_text())
+    assert plain["edit_fidelity"]["confined_to_box"] is False

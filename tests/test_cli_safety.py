@@ -78,6 +78,7 @@ def test_out_naming_a_file_is_refused_before_any_work(tiny_run, tmp_path, capsys
         ["report", "RUN", "--quantile", "1.5"],
         ["evaluate", "probes", "RUN", "--folds", "1"],
         ["trace", "RUN", "--pool-size", "10"],  # trace searches no pool
+        ["trace", "RUN", "--edit-region"],  # trace decodes unconfined edits
     ],
 )
 def test_invalid_flags_are_refused_by_the_parser(args, tiny_run, tmp_path, capsys):
