@@ -98,6 +98,10 @@ def test_bad_input_is_refused(tiny):
         decode_in_region(model, inversion, s[:2], torch.ones(2, 1, size, size))
     with pytest.raises(ValueError, match="masks must be"):
         decode_in_region(model, inversion, s, torch.ones(3, size, size))
+    with pytest.raises(ValueError, match="unedited must hold"):
+        decode_in_region(
+            model, inversion, s, torch.ones(3, 1, size, size), unedited=[inversion.x_T]
+        )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         decode_in_region(model, inversion, s, torch.full((3, 1, size, size), 1.5))
 

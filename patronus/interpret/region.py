@@ -15,6 +15,7 @@ request?) still measures the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,18 +48,28 @@ def region_masks(boxes: torch.Tensor, size: int, margin: int = REGION_MARGIN) ->
 
 
 @torch.no_grad()
+def unedited_latents(model: Patronus, inversion: Inversion) -> list[torch.Tensor]:
+    """The unedited decode of the inversion's n images after every DDIM step, (n, C, H, W) each;
+    the last is the reconstruction (what :meth:`Inversion.decode` returns for its activations)."""
+    return [step.sample for step in inversion.decode_steps(model, inversion.activations)]
+
+
+@torch.no_grad()
 def decode_in_region(
     model: Patronus,
     inversion: Inversion,
     s: torch.Tensor,
     masks: torch.Tensor,
     edit_guidance: float = 1.0,
+    unedited: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Decode edits s (k * n, P) of the inversion's n images (tiled as
     :func:`~patronus.interpret.what.edited_activations` tiles them) from their x_T, keeping the
     unedited decode outside ``masks`` (k * n, 1, H, W) (1: the edit decides, 0: the unedited decode
     does) after every step. Same sampler settings as :meth:`Inversion.decode`, so masks of ones give
-    the plain edits and masks of zeros the reconstructions. Returns (k * n, C, H, W)."""
+    the plain edits and masks of zeros the reconstructions. ``unedited``: the
+    :func:`unedited_latents` of the inversion, when the caller has them already (decoding several
+    chunks of edits). Returns (k * n, C, H, W)."""
     n = inversion.images.shape[0]
     repeats, leftover = divmod(s.shape[0], n)
     if leftover or repeats == 0:
@@ -76,7 +87,10 @@ def decode_in_region(
     levels = respaced_timesteps(model.schedule.timesteps, inversion.steps)[::-1]
     table = model.alphas_cumprod(s.device)
     x = inversion.x_T.repeat(repeats, 1, 1, 1)
-    unedited = inversion.decode_steps(model, inversion.activations)
+    if unedited is None:
+        unedited = unedited_latents(model, inversion)
+    if len(unedited) != len(levels):
+        raise ValueError(f"unedited must hold {len(levels)} steps, got {len(unedited)}")
     for current, target, kept in zip(levels, [*levels[1:], -1], unedited, strict=True):
         t = torch.full((x.shape[0],), current, dtype=torch.long, device=x.device)
         output = eps_fn(x, t)
@@ -85,5 +99,5 @@ def decode_in_region(
             x, output, t, torch.full_like(t, target), table, null_output=null,
             guidance_scale=guidance["guidance_scale"], validate=False,
         )  # fmt: skip
-        x = torch.lerp(kept.sample.repeat(repeats, 1, 1, 1), x, masks)
+        x = torch.lerp(kept.repeat(repeats, 1, 1, 1), x, masks)
     return x

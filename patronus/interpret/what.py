@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from patronus.diffusion.samplers import SamplerStep
-from patronus.interpret.region import decode_in_region, region_masks
+from patronus.interpret.region import decode_in_region, region_masks, unedited_latents
 from patronus.models import Patronus
 
 
@@ -227,9 +227,12 @@ def visualize_prototypes(
     prototypes = list(range(model.num_prototypes)) if prototypes is None else list(prototypes)
     n = inversion.images.shape[0]
     per_chunk = max(1, batch_size // n)
-    reconstructions = inversion.decode(model, inversion.activations)
-    if region:  # (n, P, 4) where each prototype fires in the original images
+    if region:  # the unedited decode's steps (blended in), where each prototype fires (n, P, 4)
+        unedited = unedited_latents(model, inversion)
+        reconstructions = unedited[-1]
         own_boxes = model.patch_boxes(model.prototype_output(inversion.images).patch_index)
+    else:
+        reconstructions = inversion.decode(model, inversion.activations)
     edits, scores, boxes = [], [], []
     for chunk in _chunks(prototypes, per_chunk):
         values = bounds[chunk].to(inversion.activations)
@@ -237,7 +240,7 @@ def visualize_prototypes(
         if region:
             chunk_boxes = own_boxes[:, chunk].transpose(0, 1).reshape(-1, 4)
             masks = region_masks(chunk_boxes, inversion.images.shape[-1])
-            decoded = decode_in_region(model, inversion, s, masks, edit_guidance)
+            decoded = decode_in_region(model, inversion, s, masks, edit_guidance, unedited)
         else:
             x_T = inversion.x_T.repeat(len(chunk), 1, 1, 1)
             decoded = inversion.decode(model, s, x_T, edit_guidance)

@@ -425,13 +425,17 @@ def scheduler_step(
         history_timestep,
     )
     operands = (sample, model_output, timestep, prev_timestep, table, *args)
-    if torch.compiler.is_compiling() or _tracks_gradients(sample, model_output, null_output):
+    if torch.compiler.is_compiling() or _tracks_gradients(operands):
         return torch.ops.patronus.scheduler_step(*operands)
     # eager and without gradients (as the samplers call it): the op's body directly, without the
     # custom-op dispatch, which costs more host time than the CPU kernel itself at small sizes
     return _on_backend(*operands)
 
 
-def _tracks_gradients(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd would record the step (the op's autograd then raises on backward)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def _tracks_gradients(operands: tuple) -> bool:
+    """Whether autograd would record the step (the op's autograd then raises on backward): any
+    tensor operand, in the history lists too, requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [t for o in operands for t in (o if isinstance(o, list) else [o])]
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
