@@ -4,7 +4,9 @@ inversion.
 Each sampler is a generator yielding one :class:`SamplerStep` per network evaluation, so callers
 can trace the trajectory (t, x_t, predicted x0); :func:`run_sampler` drives one to the end with an
 optional callback and progress bar. The denoiser is any ``eps_fn(x_t, t) -> eps`` with t an int64
-(B,) tensor.
+(B,) tensor. ``after_step`` (an :data:`AfterStep`) may change the sample each step hands on, as
+diffusers' ``callback_on_step_end`` changes its latents (e.g. to keep a known region, as
+:mod:`patronus.interpret.region` does).
 
 The non-network part of every step is one call of the fused ``patronus.ops.scheduler_step``
 (equations in ``csrc/scheduler_step/step.h``): DDIM, DDPM on any pair of levels, and the DDIM
@@ -42,6 +44,9 @@ from patronus.ops.scheduler import scheduler_step
 # eps_fn(x_t, t) -> the network's output, or (conditioned, null-conditioned) outputs, which the
 # step combines as null + guidance_scale (conditioned - null)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+# after_step(step) -> the sample the step hands on (B, C, H, W), yielded as its ``sample`` and
+# where the next step starts; called once per step, after the step, with the step as computed
+AfterStep = Callable[["SamplerStep"], torch.Tensor]
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-3m")
 SOLVER_ORDERS = {"dpmpp-2m": 2, "dpmpp-3m": 3}
@@ -155,21 +160,22 @@ def sample(
     schedule: NoiseSchedule,
     options: SamplerOptions,
     generator: torch.Generator | None = None,
+    after_step: AfterStep | None = None,
 ) -> Iterator[SamplerStep]:
     """The trajectory from x_T to clean data with the sampler ``options`` names."""
     if options.sampler == "ddpm":
         return ddpm_sampling(
             eps_fn, x_T, schedule, generator=generator, variance=options.variance,
-            options=options.step_options, cuda_graph=options.cuda_graph,
+            options=options.step_options, cuda_graph=options.cuda_graph, after_step=after_step,
         )  # fmt: skip
     if options.sampler in SOLVER_ORDERS:
         return dpm_solver_sampling(
             eps_fn, x_T, schedule, options.steps, SOLVER_ORDERS[options.sampler],
-            options=options.step_options,
+            options=options.step_options, after_step=after_step,
         )  # fmt: skip
     return ddim_sampling(
         eps_fn, x_T, schedule, options.steps, options.eta, generator=generator,
-        options=options.step_options, cuda_graph=options.cuda_graph,
+        options=options.step_options, cuda_graph=options.cuda_graph, after_step=after_step,
     )  # fmt: skip
 
 
@@ -251,9 +257,11 @@ def ddim_sampling(
     generator: torch.Generator | None = None,
     options: StepOptions | None = None,
     cuda_graph: bool = False,
+    after_step: AfterStep | None = None,
 ) -> Iterator[SamplerStep]:
     """DDIM from x_T over ``steps`` respaced timesteps down to clean data; ``cuda_graph``
-    replays each step (network + scheduler) from one captured CUDA graph."""
+    replays each step (network + scheduler) from one captured CUDA graph; ``after_step``: see
+    :data:`AfterStep`."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     options = options or StepOptions(clip_x0=clip_x0)
@@ -264,7 +272,7 @@ def ddim_sampling(
     targets = _levels(x_T, [*descending[1:], -1])
     states = _random_states(len(descending), generator, x_T.device) if eta > 0 else None
     step = _runner(eps_fn, table, options, x_T, cuda_graph, states is not None, eta=eta)
-    return _walk(step, x_T, descending, current, current, targets, states)
+    return _walk(step, x_T, descending, current, current, targets, states, after_step)
 
 
 def solver_orders(steps: int, order: int) -> list[int]:
@@ -285,9 +293,10 @@ def dpm_solver_sampling(
     steps: int = 20,
     order: int = 2,
     options: StepOptions | None = None,
+    after_step: AfterStep | None = None,
 ) -> Iterator[SamplerStep]:
     """DPM-Solver++ multistep of ``order`` (2 or 3; 1 is DDIM) from x_T over ``steps`` network
-    calls to clean data. Deterministic: no generator."""
+    calls to clean data. Deterministic: no generator. ``after_step``: see :data:`AfterStep`."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     options = options or StepOptions()
@@ -295,7 +304,9 @@ def dpm_solver_sampling(
     table = schedule.alphas_cumprod.to(x_T.device)
     levels = _levels(x_T, descending)
     targets = _levels(x_T, [*descending[1:], -1])
-    return _multistep_walk(eps_fn, x_T, descending, levels, targets, table, options, order)
+    return _multistep_walk(
+        eps_fn, x_T, descending, levels, targets, table, options, order, after_step
+    )
 
 
 def _multistep_walk(
@@ -307,6 +318,7 @@ def _multistep_walk(
     table: torch.Tensor,
     options: StepOptions,
     order: int,
+    after_step: AfterStep | None,
 ) -> Iterator[SamplerStep]:
     """DPM-Solver++ steps from ``levels[i]`` to ``targets[i]``, each passing the x0 predictions
     of the steps before it that its order needs."""
@@ -319,9 +331,10 @@ def _multistep_walk(
             mode="dpmsolver++", previous_x0=previous,
             previous_timestep=[levels[index - 1 - i] for i in range(len(previous))],
         )  # fmt: skip
-        yield SamplerStep(index, t, x, x0, x_next)
+        step = handed_on(SamplerStep(index, t, x, x0, x_next), after_step)
+        yield step
         history = [x0, *history[:1]]
-        x = x_next
+        x = step.sample
 
 
 def ddpm_sampling(
@@ -333,8 +346,10 @@ def ddpm_sampling(
     variance: str = "posterior",
     options: StepOptions | None = None,
     cuda_graph: bool = False,
+    after_step: AfterStep | None = None,
 ) -> Iterator[SamplerStep]:
-    """DDPM ancestral sampling over all T steps (``cuda_graph`` as in :func:`ddim_sampling`)."""
+    """DDPM ancestral sampling over all T steps (``cuda_graph`` and ``after_step`` as in
+    :func:`ddim_sampling`)."""
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
     options = options or StepOptions(clip_x0=clip_x0)
@@ -344,7 +359,7 @@ def ddpm_sampling(
     targets = _levels(x_T, [t - 1 for t in descending])
     states = _random_states(len(descending), generator, x_T.device)
     step = _runner(eps_fn, table, options, x_T, cuda_graph, True, mode="ddpm", variance=variance)
-    return _walk(step, x_T, descending, current, current, targets, states)
+    return _walk(step, x_T, descending, current, current, targets, states, after_step)
 
 
 def ddim_inversion(
@@ -364,7 +379,7 @@ def ddim_inversion(
     options = StepOptions(guidance_scale=guidance_scale)
     step = _runner(eps_fn, table, options, x0, cuda_graph, False)
     # the network sees the target level: the inversion predicts the noise it is moving towards
-    return _walk(step, x0, timesteps, targets, current, targets, None)
+    return _walk(step, x0, timesteps, targets, current, targets, None, None)
 
 
 def _walk(
@@ -375,14 +390,29 @@ def _walk(
     current: list[torch.Tensor],
     targets: list[torch.Tensor],
     states: torch.Tensor | None,
+    after_step: AfterStep | None,
 ) -> Iterator[SamplerStep]:
     """Run ``step`` from level ``current[i]`` to ``targets[i]``, the network evaluated at
     ``network[i]`` (reported as ``shown[i]``), with the random state ``states[i]`` if any."""
     for index, t in enumerate(shown):
         rng = None if states is None else states[index]
         x_next, x0 = step(x, network[index], current[index], targets[index], rng)
-        yield SamplerStep(index, t, x, x0, x_next)
-        x = x_next
+        taken = handed_on(SamplerStep(index, t, x, x0, x_next), after_step)
+        yield taken
+        x = taken.sample
+
+
+def handed_on(step: SamplerStep, after_step: AfterStep | None) -> SamplerStep:
+    """``step`` with the sample ``after_step`` hands on instead of its own (itself without one)."""
+    if after_step is None:
+        return step
+    sample = after_step(step)
+    if not isinstance(sample, torch.Tensor) or sample.shape != step.sample.shape:
+        got = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+        raise ValueError(
+            f"after_step must return a tensor of shape {tuple(step.sample.shape)}, got {got}"
+        )
+    return replace(step, sample=sample)
 
 
 def run_sampler(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from patronus.diffusion.parametrization import predicted_x0
-from patronus.diffusion.samplers import EpsFn, SamplerStep
+from patronus.diffusion.samplers import AfterStep, EpsFn, SamplerStep, handed_on
 from patronus.diffusion.schedules import NoiseSchedule
 
 
@@ -45,11 +45,13 @@ def scheduler_sampling(
     steps: int,
     generator: torch.Generator | None = None,
     guidance_scale: float = 1.0,
+    after_step: AfterStep | None = None,
 ) -> Iterator[SamplerStep]:
     """The trajectory of ``scheduler``'s loop from x_T (B, C, H, W) over ``steps`` inference steps.
 
     ``pred_x0`` of each step is the scheduler's ``pred_original_sample`` where it reports one, else
-    the x0 its output predicts at t (``config.prediction_type``)."""
+    the x0 its output predicts at t (``config.prediction_type``). ``after_step``: see
+    :data:`patronus.diffusion.samplers.AfterStep`."""
     scheduler.set_timesteps(steps, device=x_T.device)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     prediction = scheduler.config.prediction_type
@@ -66,5 +68,6 @@ def scheduler_sampling(
         if x0 is None:
             abar = scheduler.alphas_cumprod[int(t)].to(x.device, x.dtype)
             x0 = predicted_x0(x, output, abar, prediction)
-        yield SamplerStep(index, int(t), x, x0, result.prev_sample)
-        x = result.prev_sample
+        step = handed_on(SamplerStep(index, int(t), x, x0, result.prev_sample), after_step)
+        yield step
+        x = step.sample

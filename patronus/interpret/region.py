@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from patronus.diffusion.timesteps import respaced_timesteps
+from patronus.diffusion.samplers import SamplerStep, run_sampler
 from patronus.models import Patronus
 from patronus.nn.proto_encoder import box_masks
-from patronus.ops.scheduler import scheduler_step
 
 if TYPE_CHECKING:
     from patronus.interpret.what import Inversion
@@ -82,22 +81,14 @@ def decode_in_region(
     if not bool(((masks >= 0) & (masks <= 1)).all()):
         raise ValueError("mask values must lie in [0, 1]")
     masks = masks.to(inversion.x_T)
-    guidance = inversion.guidance_settings(s, edit_guidance)
-    eps_fn = model.eps_fn(s, guidance["guidance_scale"], guidance.get("guidance_reference"))
-    levels = respaced_timesteps(model.schedule.timesteps, inversion.steps)[::-1]
-    table = model.alphas_cumprod(s.device)
-    x = inversion.x_T.repeat(repeats, 1, 1, 1)
     if unedited is None:
         unedited = unedited_latents(model, inversion)
-    if len(unedited) != len(levels):
-        raise ValueError(f"unedited must hold {len(levels)} steps, got {len(unedited)}")
-    for current, target, kept in zip(levels, [*levels[1:], -1], unedited, strict=True):
-        t = torch.full((x.shape[0],), current, dtype=torch.long, device=x.device)
-        output = eps_fn(x, t)
-        output, null = output if isinstance(output, tuple) else (output, None)
-        x, _ = scheduler_step(
-            x, output, t, torch.full_like(t, target), table, null_output=null,
-            guidance_scale=guidance["guidance_scale"], validate=False,
-        )  # fmt: skip
-        x = torch.lerp(kept.repeat(repeats, 1, 1, 1), x, masks)
-    return x
+    if len(unedited) != inversion.steps:
+        raise ValueError(f"unedited must hold {inversion.steps} steps, got {len(unedited)}")
+
+    def keep_outside(step: SamplerStep) -> torch.Tensor:
+        return torch.lerp(unedited[step.index].repeat(repeats, 1, 1, 1), step.sample, masks)
+
+    x_T = inversion.x_T.repeat(repeats, 1, 1, 1)
+    trajectory = inversion.decode_steps(model, s, x_T, edit_guidance, after_step=keep_outside)
+    return run_sampler(trajectory)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from patronus.diffusion.samplers import SamplerStep
+from patronus.diffusion.samplers import AfterStep, SamplerStep
 from patronus.interpret.region import decode_in_region, region_masks, unedited_latents
 from patronus.models import Patronus
 
@@ -82,12 +82,16 @@ class Inversion:
         s: torch.Tensor,
         x_T: torch.Tensor | None = None,
         edit_guidance: float = 1.0,
+        after_step: AfterStep | None = None,
     ) -> Iterator[SamplerStep]:
-        """Trajectory of :meth:`decode` (call within ``torch.no_grad()``, model in eval mode)."""
+        """Trajectory of :meth:`decode` (call within ``torch.no_grad()``, model in eval mode);
+        ``after_step`` may change the sample each step hands on (see
+        :data:`patronus.diffusion.samplers.AfterStep`)."""
         x_T = self.x_T if x_T is None else x_T
         return model.sample_steps(
-            s, self.steps, x_T=x_T, sampler="ddim", **self.guidance_settings(s, edit_guidance)
-        )
+            s, self.steps, x_T=x_T, sampler="ddim", after_step=after_step,
+            **self.guidance_settings(s, edit_guidance),
+        )  # fmt: skip
 
     def decode(
         self,

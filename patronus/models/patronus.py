@@ -12,6 +12,7 @@ from torch import nn
 from patronus.diffusion import samplers
 from patronus.diffusion.loss import noisy_sample
 from patronus.diffusion.samplers import (
+    AfterStep,
     EpsFn,
     SamplerOptions,
     SamplerStep,
@@ -255,9 +256,11 @@ class Patronus(nn.Module):
         x_T: torch.Tensor | None = None,
         guidance_reference: torch.Tensor | None = None,
         scheduler: Any = None,
+        after_step: AfterStep | None = None,
         **changes,
     ) -> Iterator[SamplerStep]:
-        """Trajectory of :meth:`sample` (call within ``torch.no_grad()``)."""
+        """Trajectory of :meth:`sample` (call within ``torch.no_grad()``). ``after_step`` may
+        change the sample each step hands on (:data:`patronus.diffusion.samplers.AfterStep`)."""
         options = SamplerOptions.of(options, **changes)
         referenced = guidance_reference is not None
         scale = self.guidance_scale(options.guidance_scale, referenced)
@@ -278,9 +281,10 @@ class Patronus(nn.Module):
                 )
             check_scheduler_schedule(scheduler, self.schedule)
             return scheduler_sampling(
-                eps_fn, x_T, scheduler, options.steps, generator, options.guidance_scale
-            )
-        return samplers.sample(eps_fn, x_T, self.schedule, options, generator)
+                eps_fn, x_T, scheduler, options.steps, generator, options.guidance_scale,
+                after_step,
+            )  # fmt: skip
+        return samplers.sample(eps_fn, x_T, self.schedule, options, generator, after_step)
 
     def sample(
         self,

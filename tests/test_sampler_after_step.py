@@ -1,0 +1,90 @@
+"""``after_step``: every sampler hands on (and yields) the sample the hook returns, and the next
+step starts from it; the identity hook changes nothing."""
+
+import pytest
+import torch
+
+from patronus.diffusion import NoiseSchedule, SamplerOptions, run_sampler
+from patronus.diffusion.samplers import sample
+from patronus.diffusion.scheduler_loop import scheduler_sampling
+
+SCHEDULE = NoiseSchedule.from_name("linear", 1000)
+SHORT = NoiseSchedule.from_name("linear", 30)  # DDPM walks every step
+
+
+def toy_eps(x, t):
+    t = t.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return torch.tanh(x * 0.7) * torch.cos(t / 300.0) + 0.1 * t / 1000
+
+
+CASES = [
+    ("ddim", SCHEDULE, SamplerOptions("ddim", steps=7, eta=0.6)),
+    ("ddpm", SHORT, SamplerOptions("ddpm")),
+    ("dpmpp-2m", SCHEDULE, SamplerOptions("dpmpp-2m", steps=7)),
+    ("dpmpp-3m", SCHEDULE, SamplerOptions("dpmpp-3m", steps=7)),
+]
+
+
+def _run(schedule, options, after_step=None):
+    x_T = torch.randn(3, 1, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(1)
+    return list(sample(toy_eps, x_T, schedule, options, generator, after_step))
+
+
+def _check_chain(steps, computed, change):
+    """Each yielded sample is ``change`` of the step as computed; the next step starts there."""
+    assert len(computed) == len(steps)
+    for index, step in enumerate(steps):
+        assert step.index == index
+        torch.testing.assert_close(step.sample, change(computed[index]), rtol=0, atol=0)
+        if index + 1 < len(steps):
+            assert torch.equal(steps[index + 1].x_t, step.sample)
+
+
+@pytest.mark.parametrize("name,schedule,options", CASES, ids=[c[0] for c in CASES])
+def test_every_sampler_hands_on_what_after_step_returns(name, schedule, options):
+    plain = _run(schedule, options)
+    same = _run(schedule, options, lambda step: step.sample)
+    assert all(torch.equal(a.sample, b.sample) for a, b in zip(plain, same, strict=True))
+
+    computed = []
+
+    def shrink(step):
+        computed.append(step.sample.clone())
+        return step.sample * 0.5 + 0.1
+
+    steps = _run(schedule, options, shrink)
+    _check_chain(steps, computed, lambda x: x * 0.5 + 0.1)
+    torch.testing.assert_close(steps[0].sample, plain[0].sample * 0.5 + 0.1, rtol=0, atol=0)
+    assert not torch.allclose(steps[-1].sample, plain[-1].sample * 0.5 + 0.1)  # it propagated
+
+
+def test_after_step_must_return_a_sample_of_the_same_shape():
+    options = SamplerOptions("ddim", steps=3)
+    with pytest.raises(
+        ValueError, match=r"after_step must return a tensor of shape \(3, 1, 5, 5\)"
+    ):
+        _run(SCHEDULE, options, lambda step: step.sample[:1])
+    with pytest.raises(ValueError, match="got NoneType"):
+        _run(SCHEDULE, options, lambda step: None)
+
+
+def test_a_diffusers_scheduler_loop_hands_on_what_after_step_returns():
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02
+    )
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain = run_sampler(scheduler_sampling(toy_eps, x_T, scheduler, 6))
+    assert torch.equal(
+        plain,
+        run_sampler(scheduler_sampling(toy_eps, x_T, scheduler, 6, after_step=lambda s: s.sample)),
+    )
+    computed = []
+
+    def flip(step):
+        computed.append(step.sample.clone())
+        return -step.sample
+
+    steps = list(scheduler_sampling(toy_eps, x_T, scheduler, 6, after_step=flip))
+    _check_chain(steps, computed, lambda x: -x)
