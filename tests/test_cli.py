@@ -352,3 +352,6 @@ def test_visualize_with_edits_in_region(tiny_run, tmp_path):
     assert main([*command, "--out", str(tmp_path / "plain")]) == 0
     plain = json.loads((tmp_path / "plain" / "visualize.json").read_text())
     assert plain["edit_fidelity"]["confined_to_box"] is False
+    # the unedited decodes do not depend on how the edits were decoded
+    assert len(plain["reconstruction_mse"]) == 2 and min(plain["reconstruction_mse"]) > 0
+    assert numbers["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-7)

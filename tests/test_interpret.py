@@ -148,7 +148,7 @@ def test_every_unedited_decode_is_the_reconstruction(trained, test_set):
 
     _, images, _ = test_set
     inversion = invert_images(trained, images[:4], STEPS)
-    reconstructed, _ = reconstruction(trained, inversion)
+    reconstructed, mse = reconstruction(trained, inversion)
     own = inversion.activations
 
     def same(a, b):
@@ -167,6 +167,7 @@ def test_every_unedited_decode_is_the_reconstruction(trained, test_set):
     same(consistency(trained, inversion, 5, float(own[3, 5])).edits[3], reconstructed[3])
     vis = visualize_prototypes(trained, inversion, own[1], [0, 4])
     same(vis.reconstructions, reconstructed)
+    same(vis.reconstruction_mse(), mse)
     same(vis.edits[:, 1], reconstructed[1].expand(2, -1, -1, -1))
     traced = trace_emergence(trained, inversion, [0, 4], own[:, [0, 4]].t())
     with torch.no_grad():

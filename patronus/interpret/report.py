@@ -176,7 +176,12 @@ def write_visualization(
         nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
     )
     fidelity = edit_fidelity(vis)
-    numbers = {"prototypes": prototypes, **_kept_edit_numbers(vis), **_fidelity_numbers(fidelity)}
+    numbers = {
+        "prototypes": prototypes,
+        **_kept_edit_numbers(vis),
+        **_fidelity_numbers(fidelity),
+        "reconstruction_mse": vis.reconstruction_mse().tolist(),
+    }
     arrays = {**_edit_arrays(vis), **_nearest_arrays(nearest), **_fidelity_arrays(fidelity)}
     _write_results(out_dir, "visualize", numbers, arrays)
     if log is not None:

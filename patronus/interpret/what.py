@@ -200,6 +200,11 @@ class PrototypeVisualization:
         """(J,) bool: the kept edit's s_J reached the value it was set to."""
         return self.best_after() >= self.bounds
 
+    def reconstruction_mse(self) -> torch.Tensor:
+        """(n,) mean squared error of each image's unedited decode against the image."""
+        originals = self.originals.to(self.reconstructions)
+        return (self.reconstructions - originals).square().flatten(1).mean(1)
+
     def best_pixel_change(self) -> torch.Tensor:
         """(J, H, W) mean |kept edit - its image's unedited decode| over channels."""
         unedited = self.reconstructions[self.best.to(self.reconstructions.device)]
