@@ -22,8 +22,10 @@
 #   BUDGET=seconds        total time for the stages (default 520); a stage gets what is left
 #   PYTHON=python3        the interpreter
 #   SHOWCASE_SECONDS=n    also train the shipped model's candidates for n seconds in the background
-#                         (benchmarks/showcase_training.sh, data from SHOWCASE_DATA), while the
-#                         build and the tests run; the benchmark stages wait for it (default 0)
+#                         (benchmarks/showcase_training.sh, data from SHOWCASE_DATA: Fashion-
+#                         MNIST's train-* and t10k-* files), while the build and the tests run,
+#                         then measure them (up to SHOWCASE_EVAL_SECONDS more); the benchmark
+#                         stages wait for it (default 0)
 #   PACK=1                end by packing everything into $OUT/gpu-check.tgz (the device tool
 #                         brings back a few files only)
 set -uo pipefail

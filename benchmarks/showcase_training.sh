@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Trains the candidates for the shipped Fashion-MNIST model on a GPU machine, side by side on its
-# one GPU, for a fixed wall time (a short loan cannot wait for step counts), and packs each run's
-# latest checkpoint (weights, configuration, metrics; no optimizer state) as $OUT/run-NAME.tgz.
+# one GPU, for a fixed wall time (a short loan cannot wait for step counts), measures each on the
+# GPU as the README measures the shipped model, and packs each run's latest checkpoint (weights,
+# configuration, metrics; no optimizer state) with its measurements as $OUT/run-NAME.tgz.
 # `make gpu-check` starts it in the background with SHOWCASE_SECONDS > 0, while the tests run.
 #
 #   showcase_training.sh SECONDS DATA_DIR OUT
+#
+# DATA_DIR holds Debian's Fashion-MNIST files (train-* and t10k-*: the measurements edit test
+# images). After training (SECONDS), each candidate gets at most SHOWCASE_EVAL_SECONDS (default
+# 120) for `patronus visualize` at 25 steps (edit fidelity, reconstruction MSE; EMA weights) and
+# `patronus evaluate fid` (2000 samples, DDIM 50 steps, the shipped model's feature classifier);
+# $OUT/showcase-NAME.json sums them up.
 #
 #   SHOWCASE_CANDIDATES="base tbias"  train only these (default: all four; fewer share the GPU
 #                                    with fewer and get further in the same time)
@@ -12,7 +19,8 @@
 #
 # Each candidate is the shipped recipe (preset fmnist-cpu, AdamW 1e-3, EMA 0.999, gradient clip 1)
 # at batch 128 with bf16 autocast, plus one change: none, timestep bias 1, condition dropout 0.2,
-# edit consistency 0.1. Training runs from a copy of the package without the compiled extension
+# edit consistency 0.1; or (editc-frozen, not in the default set) the shipped model fine-tuned
+# with edit consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps. Training runs from a copy of the package without the compiled extension
 # (the build replaces it meanwhile); a run that fails within its first minute is retried once on
 # the pure-PyTorch backend, and the retry is logged.
 set -uo pipefail
@@ -27,6 +35,8 @@ declare -A CHANGE=(
     [tbias]="--timestep-bias 1"
     [cdrop]="--condition-dropout 0.2"
     [editc]="--edit-consistency 0.1"
+    [editc-frozen]="--init-from assets/fmnist-patronus --freeze-prototypes --edit-consistency 0.1
+        --lr 5e-4 --warmup 50"
 )
 CANDIDATES=${SHOWCASE_CANDIDATES:-base tbias cdrop editc}
 for name in $CANDIDATES; do
@@ -38,6 +48,20 @@ rm -f "$SRC"/patronus/_C*.so
 RUNS=$(mktemp -d)
 mkdir -p "$OUT"
 
+EVAL_SECONDS=${SHOWCASE_EVAL_SECONDS:-120}
+
+measure_one() {  # measure_one NAME: edit fidelity and FID of a trained run, summed up in $OUT
+    local name=$1 run="$RUNS/$name" into="$RUNS/measure-$name" ends=$(($(date +%s) + EVAL_SECONDS))
+    local -a common=(--data-dir "$DATA" --device "$DEVICE" --no-progress --seed 0)
+    mkdir -p "$into"
+    PYTHONPATH="$SRC" timeout --signal=INT --kill-after=15 $((ends - $(date +%s))) \
+        "$PY" -m patronus visualize "$run" --steps 25 --num-images 8 --pool-size 256 \
+        "${common[@]}" --out "$into/visualize"
+    PYTHONPATH="$SRC" timeout --signal=INT --kill-after=15 $((ends - $(date +%s))) \
+        "$PY" -m patronus evaluate fid "$run" --num 2000 --steps 50 --sampler ddim \
+        --classifier assets/fmnist-patronus/classifier "${common[@]}" --out "$into/fid"
+    "$PY" benchmarks/showcase_summary.py "$name" "$run" "$into" >"$OUT/showcase-$name.json"
+}
 
 train_one() {  # train_one NAME: trains until the wall time is spent, then packs the run
     local name=$1 began=$(date +%s) rc=0 log="$RUNS/$name.log"
@@ -60,6 +84,8 @@ train_one() {  # train_one NAME: trains until the wall time is spent, then packs
     latest=$(cat "$RUNS/$name/checkpoints/latest" 2>/dev/null)
     local -a files=("$name.log")
     if [ -n "$latest" ]; then
+        measure_one "$name" >>"$log" 2>&1
+        files+=("measure-$name")
         mkdir -p "$RUNS/pack-$name"
         cp "$RUNS/$name/checkpoints/$latest"/*.json "$RUNS/$name/checkpoints/$latest"/*.safetensors \
             "$RUNS/pack-$name"/
