@@ -10,7 +10,7 @@
 #     build      the extension (CPU and CUDA kernels) with this python3
 #     op-tests   the ops' CUDA tests (tests/ops -m cuda): Triton and CUDA kernels against float64
 #     cuda-tests the remaining CUDA tests (models: bf16 training, CUDA-graph sampling)
-#     proto      the prototype op at B64 D256 32x32 P2000, fp32 and bf16: original two-conv form,
+#     proto      the prototype op at B64 D256 32x32 P2000, fp32, bf16, tf32: original two-conv form,
 #                eager, torch.compile, patronus; forward, backward, forward+backward, peak memory
 #     step       the scheduler step against a copy, eager, torch.compile and diffusers (DDIM),
 #                and the DPM-Solver++ 3M step against diffusers
@@ -106,7 +106,7 @@ if [ -n "$SHOWCASE_PID" ]; then  # the benchmarks time the GPU alone
     wait "$SHOWCASE_PID"
     echo "showcase training: rc=$? at $(($(date +%s) - START))s" | tee -a "$OUT/stages.txt"
 fi
-bench proto 80 benchmarks/test_prototype_ops.py -k large
+bench proto 120 benchmarks/test_prototype_ops.py -k large
 bench step 40 benchmarks/test_scheduler_step.py -k "test_step or test_multistep_step"
 bench loops 60 benchmarks/test_scheduler_step.py -k "test_sampling_loop and ddim50"
 bench train 80 benchmarks/test_throughput.py -k test_training_variants

@@ -2,10 +2,16 @@
 form, torch.compile of it, and patronus (cpp on CPU, Triton on CUDA); forward, backward and
 forward+backward time, and peak memory of forward+backward.
 
-The paper's shapes run everywhere; the large one (P = 2000) only on CUDA.
+The paper's shapes run everywhere; the large one (P = 2000) only on CUDA. Precisions: float32
+(torch's defaults: matmuls in full precision, cuDNN convolutions, i.e. the original form, in
+TF32), bf16 autocast, and on CUDA "tf32": float32 with TF32 allowed for matrix products too
+(``torch.set_float32_matmul_precision("high")``; the eager form and patronus' Triton kernel then
+multiply in TF32).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -76,12 +82,28 @@ def pytest_generate_tests(metafunc):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "tf32"])
 def test_min_distance(benchmark, provider, mode, precision, shape_name, device):
     if shape_name not in shapes(device):
         pytest.skip("the large shape runs on CUDA only")
-    if precision == "bfloat16" and device.type != "cuda":
-        pytest.skip("bf16 autocast is measured on CUDA")
+    if precision != "float32" and device.type != "cuda":
+        pytest.skip(f"{precision} is measured on CUDA")
+    with tf32_products() if precision == "tf32" else contextlib.nullcontext():
+        _measure(benchmark, provider, mode, precision, shape_name, device)
+
+
+@contextlib.contextmanager
+def tf32_products():
+    """float32 matrix products in TF32 (as torch.set_float32_matmul_precision("high") allows)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _measure(benchmark, provider, mode, precision, shape_name, device):
     batch, dim, height, width, num = shapes(device)[shape_name]
     torch.manual_seed(0)
     # bf16 as in bf16 autocast training: bf16 features from the encoder, fp32 prototypes
@@ -104,7 +126,8 @@ def test_min_distance(benchmark, provider, mode, precision, shape_name, device):
     forward_backward()  # warm-up (and compilation)
     benchmark.extra_info.update(
         provider=provider, mode=mode, shape=shape_name, batch=batch, kind="min distance",
-        dims=f"B={batch} D={dim} {height}x{width} P={num}", dtype=str(dtype).split(".")[-1],
+        dims=f"B={batch} D={dim} {height}x{width} P={num}",
+        dtype="tf32" if precision == "tf32" else str(dtype).split(".")[-1],
         device=device_name(device), peak_mb=peak_memory_mb(forward_backward, device),
         activation_mb=saved_for_backward(fn, features, prototypes, provider),
         product_flops=2 * batch * height * width * num * dim,

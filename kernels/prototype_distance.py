@@ -6,7 +6,12 @@ prototypes' mean for float32 features, 0 for half ones: features are centred as 
 so a large common offset does not cancel) from a tiled matrix product accumulated in float32
 (half inputs multiply in their own precision on tensor cores), with an online min/argmin over
 the patch tiles: the (B, P, N) tensor is never written. The winning distance is then
-recomputed as ``sum((z - p)^2)`` in float32 from the winning patch. A NaN distance wins the min
+recomputed as ``sum((z - p)^2)`` in float32 from the winning patch. Float32 products are exact
+(IEEE) unless torch allows TF32 for float32 matrix products
+(``torch.set_float32_matmul_precision("high")`` or ``torch.backends.cuda.matmul.fp32_precision =
+"tf32"``): then they run on tensor cores in TF32, which may pick a patch whose distance is within
+TF32 rounding of the true minimum (the distance returned is still that patch's, recomputed in
+float32), and the distance map carries TF32 rounding. A NaN distance wins the min
 (so NaN inputs propagate, as in the reference); inf - inf from an infinite input reads as +inf;
 ties go to the smallest index. The backward kernels mask any patch index outside [0, N) (it
 contributes nothing, nothing is read).
@@ -93,7 +98,8 @@ _BACKWARD_CONFIGS = _configs(
 
 @triton.jit
 def _dot_accumulate(z, p, acc, DOT_DTYPE: tl.constexpr):
-    """acc + z @ p: half operands on tensor cores, float32 operands in full (IEEE) precision.
+    """acc + z @ p: half operands on tensor cores, float32 operands in full (IEEE) precision or,
+    DOT_DTYPE "tf32", in TF32 on tensor cores.
 
     DOT_DTYPE "exact" (the interpreter) multiplies elementwise and sums: the interpreter's tl.dot
     is numpy's BLAS, which rounds identical rows differently and so breaks exact ties.
@@ -104,6 +110,8 @@ def _dot_accumulate(z, p, acc, DOT_DTYPE: tl.constexpr):
         acc = tl.dot(z.to(tl.bfloat16), p.to(tl.bfloat16), acc)
     elif DOT_DTYPE == "fp16":
         acc = tl.dot(z.to(tl.float16), p.to(tl.float16), acc)
+    elif DOT_DTYPE == "tf32":
+        acc = tl.dot(z.to(tl.float32), p.to(tl.float32), acc, input_precision="tf32")
     else:
         acc = tl.dot(z.to(tl.float32), p.to(tl.float32), acc, input_precision="ieee")
     return acc
@@ -345,10 +353,24 @@ def _distance_map_kernel(
 
 
 # ------------------------------------------------------------------------------------ launchers
+def tf32_allowed() -> bool:
+    """Whether torch allows TF32 in float32 matrix products on CUDA, read through the API that
+    torch >= 2.9 keeps consistent whichever of its two APIs set it."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is not None:
+        return precision == "tf32"
+    return bool(matmul.allow_tf32)
+
+
 def _dot_dtype(patches: torch.Tensor) -> str:
     if INTERPRET:
         return "exact"
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(patches.dtype, "fp32")
+    if patches.dtype == torch.float32:
+        return "tf32" if tf32_allowed() else "fp32"
+    if patches.dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"the Triton kernels take float32, float16 or bfloat16: {patches.dtype}")
+    return "bf16" if patches.dtype == torch.bfloat16 else "fp16"
 
 
 def _centred(

@@ -50,7 +50,7 @@ def main(capability: int) -> None:
     for kernel in (K._min_distance_fwd_kernel, K._distance_map_kernel):
         for config in kernel.configs:  # every autotune config on the hot (bf16) path
             cases.append((kernel, config, "*bf16", {"DOT_DTYPE": "bf16"}))
-        for features, dot in (("*fp16", "fp16"), ("*fp32", "fp32")):
+        for features, dot in (("*fp16", "fp16"), ("*fp32", "fp32"), ("*fp32", "tf32")):
             cases.append((kernel, kernel.configs[0], features, {"DOT_DTYPE": dot}))
     for kernel in (K._grad_features_kernel, K._grad_prototypes_kernel):
         for config in kernel.configs:

@@ -20,4 +20,4 @@ def test_kernels_compile_for_hopper():
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 25 and all(line.endswith(" ok") for line in lines)
+    assert len(lines) == 27 and all(line.endswith(" ok") for line in lines)

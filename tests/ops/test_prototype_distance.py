@@ -360,6 +360,69 @@ def test_backend_selection(monkeypatch):
         prototype_min_distance(features, prototypes)
 
 
+def test_float32_products_follow_torchs_tf32_switch(monkeypatch):
+    """On a GPU the Triton kernels multiply float32 features in TF32 exactly when torch allows TF32
+    for float32 matrix products (as cuBLAS matmuls do), in full precision otherwise."""
+    from patronus.kernels import prototype_distance as kernels
+
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    fp32, bf16 = torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.bfloat16)
+    assert torch.get_float32_matmul_precision() == "highest"  # torch's default
+    assert kernels._dot_dtype(fp32) == "fp32" and kernels._dot_dtype(bf16) == "bf16"
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert kernels.tf32_allowed() and kernels._dot_dtype(fp32) == "tf32"
+        assert kernels._dot_dtype(bf16) == "bf16"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert kernels._dot_dtype(fp32) == "fp32"
+    with pytest.raises(TypeError, match=r"bfloat16: torch\.float64"):
+        kernels._dot_dtype(fp32.double())
+
+
+def test_tf32_switch_read_after_torchs_newer_api():
+    """torch >= 2.9 refuses to read its older flag once the newer API set it; the kernels read the
+    newer one (in a fresh process: mixing the two APIs leaves torch's state unreadable)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from patronus.kernels import prototype_distance as k\n"
+        "print(k.tf32_allowed())\n"
+        "torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+        "print(k.tf32_allowed())\n"
+        "torch.backends.cuda.matmul.fp32_precision = 'ieee'\n"
+        "print(k.tf32_allowed())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "False"]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(64, 128, 26, 26, 100), (4, 256, 32, 32, 2000)])
+def test_triton_forward_in_tf32(monkeypatch, shape):
+    """With TF32 allowed the winner may be another patch within TF32 rounding of the minimum; the
+    distance returned is that patch's, recomputed in float32."""
+    monkeypatch.setenv("PATRONUS_BACKEND", "triton")
+    batch, dim, height, width, num = shape
+    generator = torch.Generator("cuda").manual_seed(0)
+    features = torch.randn(batch, dim, height, width, device="cuda", generator=generator)
+    prototypes = torch.rand(num, dim, device="cuda", generator=generator)
+    try:
+        torch.set_float32_matmul_precision("high")
+        min_dist, index = prototype_min_distance(features, prototypes)
+        mapped = prototype_distance_map(features, prototypes)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    distances = brute_force_distances(features, prototypes)
+    chosen = distances.gather(2, index[..., None])[..., 0]
+    torch.testing.assert_close(min_dist.double(), chosen, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(chosen, distances.min(2).values, atol=0.1, rtol=1e-3)
+    torch.testing.assert_close(mapped.flatten(2).double(), distances, atol=0.1, rtol=1e-3)
+
+
 def _backend_choices_cpu():
     from patronus.ops import backend_choices
 
