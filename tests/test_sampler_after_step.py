@@ -88,3 +88,23 @@ def test_a_diffusers_scheduler_loop_hands_on_what_after_step_returns():
 
     steps = list(scheduler_sampling(toy_eps, x_T, scheduler, 6, after_step=flip))
     _check_chain(steps, computed, lambda x: -x)
+
+
+def test_the_models_sample_passes_after_step_on():
+    from patronus import Patronus
+    from patronus.models.presets import get_preset
+
+    torch.manual_seed(0)
+    model = Patronus(get_preset("synthetic-tiny").model).eval()
+    s = torch.randn(2, model.num_prototypes)
+    x_T = torch.randn(2, *model.config.image_shape)
+
+    def halve(step):
+        return step.sample * 0.5
+
+    for sampler in ("ddim", "dpmpp-2m"):
+        with torch.no_grad():
+            steps = list(model.sample_steps(s, 3, x_T=x_T, sampler=sampler, after_step=halve))
+        got = model.sample(s, 3, x_T=x_T, sampler=sampler, after_step=halve)
+        assert torch.equal(got, steps[-1].sample)
+        assert not torch.allclose(got, model.sample(s, 3, x_T=x_T, sampler=sampler))

@@ -297,6 +297,7 @@ class Patronus(nn.Module):
         progress: bool = False,
         guidance_reference: torch.Tensor | None = None,
         scheduler: Any = None,
+        after_step: AfterStep | None = None,
         **changes,
     ) -> torch.Tensor:
         """Generate images (B, C, H, W) conditioned on activations s (B, P).
@@ -313,13 +314,14 @@ class Patronus(nn.Module):
         ``guidance_scale`` w (default the model's) guides against the learned null vector, or
         against ``guidance_reference`` activations (B, P) when given. ``scheduler``: a diffusers
         scheduler (with this model's noise schedule) runs the loop instead, diffusers' way, over
-        ``steps`` inference steps (:mod:`patronus.diffusion.scheduler_loop`).
+        ``steps`` inference steps (:mod:`patronus.diffusion.scheduler_loop`). ``after_step``
+        may change the sample each step hands on (:data:`patronus.diffusion.samplers.AfterStep`).
         """
         options = SamplerOptions.of(options, **changes)
         with self._inference():
             trajectory = self.sample_steps(
                 s, options, generator=generator, x_T=x_T, guidance_reference=guidance_reference,
-                scheduler=scheduler,
+                scheduler=scheduler, after_step=after_step,
             )  # fmt: skip
             total = options.network_calls(self.schedule)
             return run_sampler(trajectory, callback, progress, total, "sampling")
