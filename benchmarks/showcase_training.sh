@@ -20,9 +20,10 @@
 # Each candidate is the shipped recipe (preset fmnist-cpu, AdamW 1e-3, EMA 0.999, gradient clip 1)
 # at batch 128 with bf16 autocast, plus one change: none, timestep bias 1, condition dropout 0.2,
 # edit consistency 0.1; or (editc-frozen, not in the default set) the shipped model fine-tuned
-# with edit consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps. Training runs from a copy of the package without the compiled extension
-# (the build replaces it meanwhile); a run that fails within its first minute is retried once on
-# the pure-PyTorch backend, and the retry is logged.
+# with edit consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps. Training runs
+# from a copy of the package without the compiled extension (the build replaces it meanwhile); a
+# run that fails within its first minute is retried once on the pure-PyTorch backend, and the
+# retry is logged.
 set -uo pipefail
 SECONDS_LIMIT=$1
 DATA=$2
@@ -50,15 +51,20 @@ mkdir -p "$OUT"
 
 EVAL_SECONDS=${SHOWCASE_EVAL_SECONDS:-120}
 
+within() {  # within END COMMAND...: COMMAND with the seconds left until END (skipped if none)
+    local left=$(($1 - $(date +%s)))
+    shift
+    ((left > 0)) || { echo "no time left for: $*"; return 124; }
+    PYTHONPATH="$SRC" timeout --signal=INT --kill-after=15 "$left" "$@"
+}
+
 measure_one() {  # measure_one NAME: edit fidelity and FID of a trained run, summed up in $OUT
     local name=$1 run="$RUNS/$name" into="$RUNS/measure-$name" ends=$(($(date +%s) + EVAL_SECONDS))
     local -a common=(--data-dir "$DATA" --device "$DEVICE" --no-progress --seed 0)
     mkdir -p "$into"
-    PYTHONPATH="$SRC" timeout --signal=INT --kill-after=15 $((ends - $(date +%s))) \
-        "$PY" -m patronus visualize "$run" --steps 25 --num-images 8 --pool-size 256 \
+    within "$ends" "$PY" -m patronus visualize "$run" --steps 25 --num-images 8 --pool-size 256 \
         "${common[@]}" --out "$into/visualize"
-    PYTHONPATH="$SRC" timeout --signal=INT --kill-after=15 $((ends - $(date +%s))) \
-        "$PY" -m patronus evaluate fid "$run" --num 2000 --steps 50 --sampler ddim \
+    within "$ends" "$PY" -m patronus evaluate fid "$run" --num 2000 --steps 50 --sampler ddim \
         --classifier assets/fmnist-patronus/classifier "${common[@]}" --out "$into/fid"
     "$PY" benchmarks/showcase_summary.py "$name" "$run" "$into" >"$OUT/showcase-$name.json"
 }
