@@ -253,8 +253,22 @@ def _report(trained, test_set, out):
     return build_report(trained, inputs, out, options)
 
 
-def test_report_is_self_contained_and_every_figure_decodes(trained, test_set, tmp_path):
+def test_report_is_self_contained_and_every_figure_decodes(
+    trained, test_set, tmp_path, monkeypatch
+):
+    from patronus.interpret import reconstruction, report
+
+    counted = []
+    close = report._Progress.close
+
+    def count_then_close(bar):
+        counted.append((bar.calls, bar.bar.total))
+        close(bar)
+
+    monkeypatch.setattr(report._Progress, "close", count_then_close)
     path = _report(trained, test_set, tmp_path / "report")
+    ((calls, expected),) = counted
+    assert calls == expected  # the progress bar's total is the network calls the report makes
     page = path.read_text()
     assert 'src="http' not in page and "<script" not in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
@@ -291,6 +305,9 @@ def test_report_is_self_contained_and_every_figure_decodes(trained, test_set, tm
     assert summary["share_reaching_half"] == pytest.approx(float((shares >= 0.5).mean()))
     assert "Can these explanations be trusted?" in page
     assert f"{summary['median_fidelity']:.2f}" in page
+    # the reconstructions shown are the gallery's unedited decodes: the same as decoding anew
+    _, mse = reconstruction(trained, invert_images(trained, images[:4], 8))
+    assert results["reconstruction_mse"] == pytest.approx(mse.tolist(), abs=1e-7)
 
 
 def test_report_with_edits_in_region_says_so(trained, test_set, tmp_path):

@@ -323,8 +323,9 @@ def build_report(
     started = time.perf_counter()
     count = len(options.prototypes or range(model.num_prototypes))
     images = min(options.num_images, len(inputs.images))
-    # + emergence, reconstruction, variations, interpolation, extrapolation, consistency
-    total = _visualization_calls(options, count, images) + 6 * options.steps
+    # + emergence, variations, interpolation, extrapolation, consistency (the reconstructions
+    # are the visualisation's unedited decodes)
+    total = _visualization_calls(options, count, images) + 5 * options.steps
     progress = _Progress(model, total, options, log)
     try:
         setup = _prepare(model, inputs, options, progress)
@@ -337,7 +338,7 @@ def build_report(
             edit_guidance=options.edit_guidance,
         )  # fmt: skip
         progress.stage("analyses: reconstruction, variations, interpolation")
-        reconstructed, mse = analyses.reconstruction(model, inversion)
+        reconstructed, mse = vis.reconstructions, vis.reconstruction_mse()
         generator = torch.Generator(model.device).manual_seed(options.seed)
         varied = analyses.variations(model, inversion, 4, generator, options.sampler)
         interpolated = analyses.interpolation(model, inversion, 0, 1, 8)
