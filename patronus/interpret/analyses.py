@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
-from patronus.interpret.what import Inversion, edited_activations
+from patronus.interpret.what import Inversion, edited_activations, per_image_mse
 from patronus.models import Patronus
 
 
@@ -22,8 +22,7 @@ def reconstruction(model: Patronus, inversion: Inversion) -> tuple[torch.Tensor,
     """Decode every image from its own x_T and activations: (reconstructions (n, C, H, W), per-image
     MSE (n,))."""
     decoded = inversion.decode(model, inversion.activations)
-    mse = (decoded - inversion.images).square().flatten(1).mean(1)
-    return decoded, mse
+    return decoded, per_image_mse(decoded, inversion.images)
 
 
 @torch.no_grad()

@@ -157,6 +157,11 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
         yield list(items[start : start + size])
 
 
+def per_image_mse(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Decoded images and the originals, (n, C, H, W) each -> (n,) mean squared error per image."""
+    return (decoded - images.to(decoded)).square().flatten(1).mean(1)
+
+
 @dataclass(frozen=True)
 class PrototypeVisualization:
     """J prototypes, each edited into the same n images."""
@@ -202,8 +207,7 @@ class PrototypeVisualization:
 
     def reconstruction_mse(self) -> torch.Tensor:
         """(n,) mean squared error of each image's unedited decode against the image."""
-        originals = self.originals.to(self.reconstructions)
-        return (self.reconstructions - originals).square().flatten(1).mean(1)
+        return per_image_mse(self.reconstructions, self.originals)
 
     def best_pixel_change(self) -> torch.Tensor:
         """(J, H, W) mean |kept edit - its image's unedited decode| over channels."""
