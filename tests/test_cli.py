@@ -355,3 +355,11 @@ def test_visualize_with_edits_in_region(tiny_run, tmp_path):
     # the unedited decodes do not depend on how the edits were decoded
     assert len(plain["reconstruction_mse"]) == 2 and min(plain["reconstruction_mse"]) > 0
     assert numbers["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-7)
+    assert plain["edit_fidelity"]["prototype_guided"] is False
+    guided = tmp_path / "guided"
+    assert main([*command, "--prototype-guidance", "0.5", "--out", str(guided)]) == 0
+    numbers = json.loads((guided / "visualize.json").read_text())
+    assert numbers["edit_fidelity"]["prototype_guided"] is True
+    assert numbers["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-7)
+    with pytest.raises(SystemExit):
+        main([*command, "--prototype-guidance", "0", "--out", str(tmp_path / "bad")])

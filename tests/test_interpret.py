@@ -323,6 +323,26 @@ def test_report_with_edits_in_region_says_so(trained, test_set, tmp_path):
     assert "outside it every edit is the unedited decode" in page
 
 
+def test_report_with_prototype_guided_edits_says_so(trained, test_set, tmp_path):
+    """Guided edits are not judged as the model's: the headline, the facts and the gallery's
+    text say the edits were guided, and results.json records the settings."""
+    from patronus.interpret.prototype_guidance import PrototypeGuidance
+
+    _, images, _ = test_set
+    inputs = ReportInputs(images[:4], images[100:228], images[228:300], {"model": "test"})
+    guidance = PrototypeGuidance(step_size=0.5)
+    options = ReportOptions(
+        num_images=4, steps=8, prototypes=(0, 1), nearest_k=3, prototype_guidance=guidance
+    )
+    page = build_report(trained, inputs, tmp_path / "report", options).read_text()
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["edit_fidelity"]["prototype_guided"] is True
+    assert results["options"]["prototype_guidance"] == guidance.settings()
+    assert "Not judged here: the edits were guided by each prototype's own gradient" in page
+    assert "yes: nudges of 0.5 (L2, predicted clean image) after every step at t &lt;= 0.5" in page
+    assert "They show the pattern the prototype layer responds to" in page
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -86,6 +86,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 "in the image (the rest follows the unedited decode): shows what the model draws "
                 "there; the inside/outside ratio is then not judged",
             )
+            parser.add_argument(
+                "--prototype-guidance",
+                type=a.positive_float,
+                metavar="STEP",
+                help="guide the gallery's edits by each prototype's own gradient: nudge the "
+                "predicted clean image by STEP (L2) towards the bound after every late step "
+                "(t <= T/2, one blur before the prototype layer); the edits then show the "
+                "prototype layer's pattern as the denoiser draws it, and their fidelity is not "
+                "judged (default: off, the model's conditioning alone; 1 is a measured choice)",
+            )
         a.add_seed(parser)
         a.add_device(parser)
         a.add_progress(parser)
@@ -125,6 +135,12 @@ def _inputs(args: argparse.Namespace, model):
     )
 
 
+def _prototype_guidance(step_size: float | None):
+    from patronus.interpret.prototype_guidance import PrototypeGuidance
+
+    return None if step_size is None else PrototypeGuidance(step_size=step_size)
+
+
 def run(args: argparse.Namespace) -> int:
     from patronus.interpret import report as reporting
 
@@ -145,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale,
         edit_guidance=args.edit_guidance,
         edit_region=getattr(args, "edit_region", False),
+        prototype_guidance=_prototype_guidance(getattr(args, "prototype_guidance", None)),
         sampler=getattr(args, "sampler", DEFAULT_SAMPLER),
     )
     write = {

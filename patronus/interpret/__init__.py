@@ -11,6 +11,7 @@ from patronus.interpret.analyses import (
 )
 from patronus.interpret.comoving import comoving_directions
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
+from patronus.interpret.prototype_guidance import PrototypeGuidance
 from patronus.interpret.region import decode_in_region, region_masks
 from patronus.interpret.what import (
     Inversion,
@@ -32,6 +33,7 @@ __all__ = [
     "Inversion",
     "Localization",
     "NearestPatches",
+    "PrototypeGuidance",
     "PrototypeVisualization",
     "activation_bounds",
     "box_iou",

@@ -38,6 +38,7 @@ class EditFidelity:
     inside: torch.Tensor  # mean |pixel change| inside J's box in the edit
     outside: torch.Tensor  # mean |pixel change| outside it (NaN if the box is the whole image)
     confined: bool = False  # edits decoded confined to a box: inside/outside by construction
+    prototype_guided: bool = False  # edits nudged by s_J's gradient (interpret.prototype_guidance)
 
     @property
     def raw(self) -> torch.Tensor:
@@ -71,6 +72,7 @@ class EditFidelity:
             "edits": int(self.requested.numel()),
             "edits_with_a_request": int(fidelity.numel()),
             "confined_to_box": self.confined,
+            "prototype_guided": self.prototype_guided,
         }
 
 
@@ -101,4 +103,5 @@ def edit_fidelity(vis: PrototypeVisualization) -> EditFidelity:
         inside=inside.reshape(count, n),
         outside=outside.reshape(count, n),
         confined=vis.region,
+        prototype_guided=vis.prototype_guidance is not None,
     )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from patronus.diffusion.samplers import SamplerStep, run_sampler
+from patronus.diffusion.samplers import AfterStep, SamplerStep, run_sampler
 from patronus.models import Patronus
 from patronus.nn.proto_encoder import box_masks
 
@@ -61,6 +61,7 @@ def decode_in_region(
     masks: torch.Tensor,
     edit_guidance: float = 1.0,
     unedited: Sequence[torch.Tensor] | None = None,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Decode edits s (k * n, P) of the inversion's n images (tiled as
     :func:`~patronus.interpret.what.edited_activations` tiles them) from their x_T, keeping the
@@ -68,7 +69,8 @@ def decode_in_region(
     does) after every step. Same sampler settings as :meth:`Inversion.decode`, so masks of ones give
     the plain edits and masks of zeros the reconstructions. ``unedited``: the
     :func:`unedited_latents` of the inversion, when the caller has them already (decoding several
-    chunks of edits). Returns (k * n, C, H, W)."""
+    chunks of edits). ``after_step`` (e.g. :mod:`patronus.interpret.prototype_guidance`) changes
+    each step's sample before the blend. Returns (k * n, C, H, W)."""
     n = inversion.images.shape[0]
     repeats, leftover = divmod(s.shape[0], n)
     if leftover or repeats == 0:
@@ -87,7 +89,8 @@ def decode_in_region(
         raise ValueError(f"unedited must hold {inversion.steps} steps, got {len(unedited)}")
 
     def keep_outside(step: SamplerStep) -> torch.Tensor:
-        return torch.lerp(unedited[step.index].repeat(repeats, 1, 1, 1), step.sample, masks)
+        sample = step.sample if after_step is None else after_step(step)
+        return torch.lerp(unedited[step.index].repeat(repeats, 1, 1, 1), sample, masks)
 
     x_T = inversion.x_T.repeat(repeats, 1, 1, 1)
     trajectory = inversion.decode_steps(model, s, x_T, edit_guidance, after_step=keep_outside)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
 from patronus.interpret import analyses, figures
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
+from patronus.interpret.prototype_guidance import PrototypeGuidance
 from patronus.interpret.region import REGION_MARGIN
 from patronus.interpret.what import (
     activation_bounds,
@@ -47,6 +48,8 @@ class ReportOptions:
     # the model's recommended scale)
     edit_guidance: float = 1.0  # edits decoded as own + w (edit - own): w times the edit's effect
     edit_region: bool = False  # the gallery's edits decoded confined to the box where J fires
+    # the gallery's edits nudged along each prototype's gradient (None: the conditioning alone)
+    prototype_guidance: PrototypeGuidance | None = None
     # sampler of the variations (fresh noise); inversions and their decodes are DDIM
     sampler: str = DEFAULT_SAMPLER
 
@@ -105,7 +108,7 @@ def _what(model: Patronus, inputs: ReportInputs, options: ReportOptions, setup, 
     progress.stage(f"what: editing {len(prototypes)} prototypes into {n} images")
     vis = visualize_prototypes(
         model, inversion, bounds, prototypes, options.batch_size, options.edit_guidance,
-        region=options.edit_region,
+        region=options.edit_region, prototype_guidance=options.prototype_guidance,
     )  # fmt: skip
     located = localize(model, vis.best_edits())
     edit_maps = located.similarity[torch.arange(len(prototypes)), torch.tensor(prototypes)]
@@ -229,13 +232,21 @@ def trusted(summary: dict) -> bool:
     return all(summary[key] >= bar for key, bar in bars.items())
 
 
+GUIDED = (
+    "the edits were guided by each prototype's own gradient: they show the pattern that raises "
+    "its activation as the denoiser draws it, not how closely the denoiser alone follows its "
+    "prototypes (measure that without guidance)"
+)
+
+
 def fidelity_headline(summary: dict) -> str:
     """One plain sentence on whether the edits (and so the explanations) can be trusted."""
-    verdict = (
-        "the decoded edits deliver what they ask for, where the prototype fires"
-        if trusted(summary)
-        else "the model follows its prototypes only weakly: read the edits with care"
-    )
+    if summary.get("prototype_guided"):
+        verdict = GUIDED
+    elif trusted(summary):
+        verdict = "the decoded edits deliver what they ask for, where the prototype fires"
+    else:
+        verdict = "the model follows its prototypes only weakly: read the edits with care"
     locality = (
         "edits confined to the prototype's box (decoded in its region)"
         if summary.get("confined_to_box")
@@ -445,9 +456,19 @@ ACTIVATION_NOTES = {
 }
 
 
+def _guidance_setting(settings: dict | None) -> str:
+    if settings is None:
+        return "no"
+    return (
+        f"yes: nudges of {settings['step_size']} (L2, predicted clean image) after every step at "
+        f"t <= {settings['late_fraction']} T, smoothing {settings['smoothing']}"
+    )
+
+
 def _fidelity_box(summary: dict) -> str:
     """The headline: can the explanations below be trusted?"""
-    colour = "#e6f4ea" if trusted(summary) else "#fdecea"
+    guided = bool(summary.get("prototype_guided"))
+    colour = "#fff4d6" if guided else "#e6f4ea" if trusted(summary) else "#fdecea"
     rows = [
         ["median edit fidelity (delivered / requested activation change; 1 = all of it)",
          f"{summary['median_fidelity']:.2f}", f">= {TRUSTED['median_fidelity']}"],
@@ -459,13 +480,18 @@ def _fidelity_box(summary: dict) -> str:
          "not judged: edits decoded confined to the box"
          if summary.get("confined_to_box") else f">= {TRUSTED['inside_outside_ratio']:.0f}x"],
     ]  # fmt: skip
-    verdict = (
-        "The edits deliver what they ask for, where the prototype fires: the explanations below "
-        "show what the model uses."
-        if trusted(summary)
-        else "This model follows its prototypes only weakly: the edits below change the image "
-        "less than they ask, or not where the prototype is. Read them with care."
-    )
+    if guided:
+        verdict = f"Not judged here: {GUIDED}."
+    elif trusted(summary):
+        verdict = (
+            "The edits deliver what they ask for, where the prototype fires: the explanations "
+            "below show what the model uses."
+        )
+    else:
+        verdict = (
+            "This model follows its prototypes only weakly: the edits below change the image "
+            "less than they ask, or not where the prototype is. Read them with care."
+        )
     return (
         f'<div style="background:{colour};padding:.5em 1em;border-radius:6px">'
         f"<p><b>Can these explanations be trusted?</b> {verdict}</p>"
@@ -508,6 +534,13 @@ def _page(png, results, prototypes, evaluations) -> str:
         "allowed to change, not where the model would have changed the image."
         if opts["edit_region"]
         else ""
+    ) + (
+        " The edits were guided by the prototype's own gradient: during the late decoding steps "
+        "each predicted clean image was nudged towards a higher s_J until it reached the value "
+        "asked for. They show the pattern the prototype layer responds to as the denoiser draws "
+        "it, not what the denoiser alone draws for a higher s_J."
+        if opts["prototype_guidance"]
+        else ""
     )
     bound_rule = (
         "the global maximum over the reference set (the original's rule)"
@@ -525,6 +558,10 @@ def _page(png, results, prototypes, evaluations) -> str:
             [
                 "gallery edits confined to the prototype's box (decoded in its region)",
                 opts["edit_region"],
+            ],
+            [
+                "gallery edits guided by the prototype's gradient (interpret.prototype_guidance)",
+                _guidance_setting(opts["prototype_guidance"]),
             ],
             [
                 "network evaluations per edit (inversion + decoding)",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from patronus.diffusion.samplers import AfterStep, SamplerStep
+from patronus.interpret.prototype_guidance import PrototypeGuidance, prototype_guidance_hook
 from patronus.interpret.region import decode_in_region, region_masks, unedited_latents
 from patronus.models import Patronus
 
@@ -99,17 +100,20 @@ class Inversion:
         s: torch.Tensor,
         x_T: torch.Tensor | None = None,
         edit_guidance: float = 1.0,
+        after_step: AfterStep | None = None,
     ) -> torch.Tensor:
         """Decode activations s (B, P) from x_T (B, C, H, W; default this inversion's) with the
         inversion's own settings, so that ``decode(model, activations)`` is the reconstruction.
 
         ``edit_guidance`` w != 1 decodes edits of the images guided against their own
         activations: ref + w (edit - ref) per step, amplifying what the edit changes w times while
-        an unchanged activation vector still decodes to (nearly) the reconstruction."""
+        an unchanged activation vector still decodes to (nearly) the reconstruction.
+        ``after_step``: as in :meth:`decode_steps`."""
         x_T = self.x_T if x_T is None else x_T
         return model.sample(
-            s, self.steps, x_T=x_T, sampler="ddim", **self.guidance_settings(s, edit_guidance)
-        )
+            s, self.steps, x_T=x_T, sampler="ddim", after_step=after_step,
+            **self.guidance_settings(s, edit_guidance),
+        )  # fmt: skip
 
 
 @torch.no_grad()
@@ -177,6 +181,7 @@ class PrototypeVisualization:
     bounds: torch.Tensor  # (J,) the value s_J was set to
     network_evaluations_per_edit: int  # inversion + decoding steps for one edited image
     region: bool = False  # edits confined to the box where J fires (interpret.region)
+    prototype_guidance: PrototypeGuidance | None = None  # edits nudged by s_J's gradient
 
     @property
     def achieved(self) -> torch.Tensor:
@@ -225,6 +230,7 @@ def visualize_prototypes(
     edit_guidance: float = 1.0,
     directions: torch.Tensor | None = None,
     region: bool = False,
+    prototype_guidance: PrototypeGuidance | None = None,
 ) -> PrototypeVisualization:
     """Edit each prototype's activation to its bound in every image, decode, keep the edit whose
     s_J rose most (re-encoded edit minus the image's own s_J).
@@ -235,7 +241,10 @@ def visualize_prototypes(
     what the model associates with a prototype rather than what it alone encodes; None (the
     default): plain edits. ``region``: decode each edit confined to the box where J fires in the
     original image (see :mod:`patronus.interpret.region`; the change outside is then ~0 by
-    construction).
+    construction). ``prototype_guidance``: nudge each edit's late decoding steps along the
+    gradient of s_J until it reaches its bound (see :mod:`patronus.interpret.prototype_guidance`:
+    the edits then show the prototype layer's pattern as the denoiser renders it); None (the
+    default): the model's conditioning alone.
     """
     prototypes = list(range(model.num_prototypes)) if prototypes is None else list(prototypes)
     n = inversion.images.shape[0]
@@ -250,15 +259,22 @@ def visualize_prototypes(
     for chunk in _chunks(prototypes, per_chunk):
         values = bounds[chunk].to(inversion.activations)
         s = edited_activations(inversion.activations, chunk, values, directions)
+        columns = torch.tensor(chunk, device=s.device).repeat_interleave(n)
+        nudge = None
+        if prototype_guidance is not None:
+            targets = values.reshape(-1, 1).expand(-1, n).reshape(-1)
+            nudge = prototype_guidance_hook(
+                model, prototype_guidance, inversion.steps, columns, targets
+            )
         if region:
             chunk_boxes = own_boxes[:, chunk].transpose(0, 1).reshape(-1, 4)
             masks = region_masks(chunk_boxes, inversion.images.shape[-1])
-            decoded = decode_in_region(model, inversion, s, masks, edit_guidance, unedited)
+            decoded = decode_in_region(model, inversion, s, masks, edit_guidance, unedited, nudge)
         else:
             x_T = inversion.x_T.repeat(len(chunk), 1, 1, 1)
-            decoded = inversion.decode(model, s, x_T, edit_guidance)
+            decoded = inversion.decode(model, s, x_T, edit_guidance, nudge)
         output = model.prototype_output(decoded)
-        columns = torch.tensor(chunk, device=decoded.device).repeat_interleave(n)
+        columns = columns.to(decoded.device)
         rows = torch.arange(len(columns), device=decoded.device)
         edits.append(decoded.reshape(len(chunk), n, *decoded.shape[1:]))
         scores.append(output.activations[rows, columns].reshape(len(chunk), n))
@@ -277,6 +293,7 @@ def visualize_prototypes(
         bounds=bounds[prototypes].cpu(),
         network_evaluations_per_edit=2 * inversion.steps,
         region=region,
+        prototype_guidance=prototype_guidance,
     )
 
 

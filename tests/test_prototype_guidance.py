@@ -1,0 +1,200 @@
+"""Prototype-gradient guidance of edits (patronus.interpret.prototype_guidance): the smoothing, the
+nudge each step makes, and the option of visualize_prototypes."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from patronus.diffusion.samplers import SamplerStep
+from patronus.diffusion.timesteps import respaced_timesteps
+from patronus.interpret import edit_fidelity, visualize_prototypes
+from patronus.interpret.prototype_guidance import (
+    PrototypeGuidance,
+    prototype_guidance_hook,
+    smooth,
+)
+from patronus.interpret.region import region_masks
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="step_size"):
+        PrototypeGuidance(step_size=0.0)
+    with pytest.raises(ValueError, match="step_size"):
+        PrototypeGuidance(step_size=math.inf)
+    with pytest.raises(ValueError, match="smoothing"):
+        PrototypeGuidance(smoothing=-1)
+    with pytest.raises(TypeError, match="smoothing"):
+        PrototypeGuidance(smoothing=1.5)
+    with pytest.raises(ValueError, match="late_fraction"):
+        PrototypeGuidance(late_fraction=0.0)
+    assert PrototypeGuidance().settings() == {
+        "step_size": 1.0, "smoothing": 1, "late_fraction": 0.5,
+    }  # fmt: skip
+
+
+def test_smoothing_known_answer():
+    """One pass spreads a point as (1, 2, 1) x (1, 2, 1) / 16, two as (1, 4, 6, 4, 1)^2 / 256;
+    constant images and zero passes stay as they are, channel by channel."""
+    image = torch.zeros(1, 2, 9, 9, dtype=torch.float64)
+    image[0, 0, 4, 4] = 1.0
+    image[0, 1] = 0.25
+    once = smooth(image, 1)
+    expected = torch.zeros(9, 9, dtype=torch.float64)
+    expected[3:6, 3:6] = torch.outer(*(torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64),) * 2)
+    torch.testing.assert_close(once[0, 0], expected / 16)
+    torch.testing.assert_close(once[0, 1], image[0, 1])
+    row = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(smooth(image, 2)[0, 0, 2:7, 2:7], torch.outer(row, row) / 256)
+    assert torch.equal(smooth(image, 0), image)
+
+
+def _step(model, inversion, steps: int, level_index: int, generator: torch.Generator):
+    levels = respaced_timesteps(model.schedule.timesteps, steps)[::-1]
+    shape = (inversion.images.shape[0], *model.config.image_shape)
+    pred_x0 = torch.rand(shape, generator=generator) * 2 - 1
+    sample = torch.randn(shape, generator=generator)
+    return levels, SamplerStep(level_index, levels[level_index], sample, pred_x0, sample)
+
+
+def test_a_nudge_moves_the_clean_component_along_the_activation_gradient(tiny_inversion):
+    """Each image's sample moves by sqrt(abar_next) * step_size along a unit direction that raises
+    s_J of the (smoothed) predicted clean image; an image already at its target does not move."""
+    model, inversion, _ = tiny_inversion
+    generator = torch.Generator().manual_seed(3)
+    guidance = PrototypeGuidance(step_size=0.05, smoothing=1, late_fraction=1.0)
+    levels, step = _step(model, inversion, 4, 1, generator)
+    prototypes = torch.tensor([2, 5, 0])
+    with torch.no_grad():
+        before = model.encode(smooth(step.pred_x0, 1))[torch.arange(3), prototypes]
+    targets = before + torch.tensor([5.0, 5.0, -1.0])  # the third is above its target already
+    nudged = prototype_guidance_hook(model, guidance, 4, prototypes, targets)(step)
+    moved = nudged - step.sample
+    abar_next = model.schedule.abar(levels[2])
+    norms = moved.flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms[:2], torch.full((2,), math.sqrt(abar_next) * 0.05))
+    assert norms[2] == 0
+    with torch.no_grad():
+        x0_after = step.pred_x0 + moved / math.sqrt(abar_next)
+        after = model.encode(smooth(x0_after, 1))[torch.arange(3), prototypes]
+    assert (after[:2] > before[:2]).all()
+
+
+def test_only_late_steps_are_nudged_and_the_last_moves_the_image_itself(tiny_inversion):
+    model, inversion, _ = tiny_inversion
+    generator = torch.Generator().manual_seed(4)
+    guidance = PrototypeGuidance(step_size=0.1, smoothing=0, late_fraction=0.5)
+    prototypes, targets = torch.tensor([1, 1, 1]), torch.full((3,), 1e6)
+    hook = prototype_guidance_hook(model, guidance, 4, prototypes, targets)
+    _, early = _step(model, inversion, 4, 0, generator)  # t = T - 1 > 0.5 (T - 1)
+    assert hook(early) is early.sample
+    _, last = _step(model, inversion, 4, 3, generator)  # t = 0: abar_next = 1
+    norms = (hook(last) - last.sample).flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.full((3,), 0.1))
+
+
+def test_bad_input_is_refused(tiny_inversion):
+    model, inversion, _ = tiny_inversion
+    guidance = PrototypeGuidance(late_fraction=1.0)
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        prototype_guidance_hook(model, guidance, 4, torch.tensor([1, 2]), torch.zeros(3))
+    with pytest.raises(ValueError, match="finite"):
+        prototype_guidance_hook(model, guidance, 4, torch.tensor([1]), torch.tensor([math.nan]))
+    _, step = _step(model, inversion, 4, 1, torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match="not a level of a 5-step"):
+        prototype_guidance_hook(model, guidance, 5, torch.tensor([1, 1, 1]), torch.zeros(3))(step)
+    wrong_batch = replace(step, sample=step.sample[:2])
+    with pytest.raises(ValueError, match="2 samples, 3 targets"):
+        prototype_guidance_hook(model, guidance, 4, torch.tensor([1, 1, 1]), torch.zeros(3))(
+            wrong_batch
+        )
+
+
+@pytest.fixture(scope="module")
+def deaf():
+    """A tiny model whose denoiser predicts no noise at all (its head zeroed): DDIM then inverts
+    an image to sqrt(abar_T) x0 and decodes it back exactly whatever s is, so plain edits are
+    the reconstructions and anything an edit changes is the guidance's. (model, inversion,
+    reference activations (16, P))."""
+    from patronus import Patronus
+    from patronus.interpret import invert_images
+    from patronus.models.presets import get_preset
+
+    torch.manual_seed(0)
+    model = Patronus(get_preset("synthetic-tiny").model).eval()
+    for parameter in model.unet.head[-1].parameters():
+        torch.nn.init.zeros_(parameter)
+    images = torch.rand(3, *model.config.image_shape) * 1.6 - 0.8
+    with torch.no_grad():
+        reference = model.encode(torch.rand(16, *model.config.image_shape) * 2 - 1)
+    return model, invert_images(model, images, steps=4), reference
+
+
+def test_guided_edits_reach_further_and_say_so(deaf):
+    """A denoiser that ignores s edits nothing by itself; guided, every edit's s_J rises, and the
+    visualization and its fidelity record that the edits were guided."""
+    model, inversion, reference = deaf
+    bounds = reference.max(0).values + 1.0
+    guidance = PrototypeGuidance(step_size=0.2, smoothing=0, late_fraction=1.0)
+    plain = visualize_prototypes(model, inversion, bounds, prototypes=[0, 3, 6])
+    torch.testing.assert_close(plain.reconstructions, inversion.images, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        plain.edits, inversion.images.expand_as(plain.edits), rtol=0, atol=1e-5
+    )
+    guided = visualize_prototypes(
+        model, inversion, bounds, prototypes=[0, 3, 6], prototype_guidance=guidance
+    )
+    assert guided.prototype_guidance == guidance and plain.prototype_guidance is None
+    assert plain.achieved.abs().max() < 1e-3
+    assert (guided.achieved > 0.05).all()
+    torch.testing.assert_close(guided.reconstructions, plain.reconstructions, rtol=0, atol=0)
+    assert edit_fidelity(guided).summary()["prototype_guided"] is True
+    assert edit_fidelity(plain).summary()["prototype_guided"] is False
+
+
+def test_guided_edits_in_a_region_still_keep_the_outside(deaf):
+    """The nudge comes before the region's blend: outside the box every edit is the
+    reconstruction, inside the guidance changed it."""
+    model, inversion, reference = deaf
+    guidance = PrototypeGuidance(step_size=0.2, smoothing=0, late_fraction=1.0)
+    vis = visualize_prototypes(
+        model, inversion, reference.max(0).values, prototypes=[2], region=True,
+        prototype_guidance=guidance,
+    )  # fmt: skip
+    with torch.no_grad():
+        fired = model.patch_boxes(model.prototype_output(inversion.images).patch_index)
+    outside = (region_masks(fired[:, 2], model.config.image_size) == 0).expand_as(vis.edits[0])
+    assert outside.any()
+    assert torch.equal(vis.edits[0][outside], vis.reconstructions[outside])
+    unguided = visualize_prototypes(
+        model, inversion, reference.max(0).values, prototypes=[2], region=True
+    )
+    assert not torch.equal(vis.edits, unguided.edits)
+
+
+def test_each_edit_is_guided_towards_its_own_prototype_and_bound(tiny_inversion, monkeypatch):
+    """Chunks tile the edits prototype-major (as edited_activations does): row j * n + i edits
+    prototype chunk[j] into image i, so its target is that prototype's bound."""
+    import patronus.interpret.what as what
+
+    model, inversion, reference = tiny_inversion
+    bounds = reference.max(0).values
+    seen = []
+
+    def recording_hook(model, guidance, steps, prototypes, targets):
+        seen.append((steps, prototypes.clone(), targets.clone()))
+        return prototype_guidance_hook(model, guidance, steps, prototypes, targets)
+
+    monkeypatch.setattr(what, "prototype_guidance_hook", recording_hook)
+    n = inversion.images.shape[0]
+    visualize_prototypes(
+        model, inversion, bounds, prototypes=[1, 4, 6], batch_size=2 * n,
+        prototype_guidance=PrototypeGuidance(late_fraction=1.0),
+    )  # fmt: skip
+    assert [len(p) for _, p, _ in seen] == [2 * n, n]  # chunks of two prototypes, then one
+    prototypes = torch.cat([p for _, p, _ in seen])
+    targets = torch.cat([t for _, _, t in seen])
+    assert prototypes.tolist() == [1] * n + [4] * n + [6] * n
+    assert torch.equal(targets, bounds[prototypes])
+    assert {steps for steps, _, _ in seen} == {inversion.steps}
