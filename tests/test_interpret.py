@@ -341,6 +341,7 @@ def test_report_with_prototype_guided_edits_says_so(trained, test_set, tmp_path)
     assert "Not judged here: the edits were guided by each prototype's own gradient" in page
     assert "yes: nudges of 0.5 (L2, predicted clean image) after every step at t &lt;= 0.5" in page
     assert "They show the pattern the prototype layer responds to" in page
+    assert "Only this gallery is guided" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -30,7 +30,7 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="late_fraction"):
         PrototypeGuidance(late_fraction=0.0)
     assert PrototypeGuidance().settings() == {
-        "step_size": 1.0, "smoothing": 1, "late_fraction": 0.5,
+        "step_size": 0.5, "smoothing": 1, "late_fraction": 0.5,
     }  # fmt: skip
 
 

@@ -40,7 +40,7 @@ _BINOMIAL = torch.tensor([1.0, 2.0, 1.0]) / 4.0
 class PrototypeGuidance:
     """How edits are nudged towards their prototype's target activation (see the module)."""
 
-    step_size: float = 1.0  # L2 norm of each nudge of the predicted clean image ([-1, 1] pixels)
+    step_size: float = 0.5  # L2 norm of each nudge of the predicted clean image ([-1, 1] pixels)
     smoothing: int = 1  # 3x3 binomial blurs of the predicted clean image before the prototypes
     late_fraction: float = 0.5  # nudge only at timesteps t <= late_fraction * (T - 1)
 

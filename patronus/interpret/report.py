@@ -538,7 +538,9 @@ def _page(png, results, prototypes, evaluations) -> str:
         " The edits were guided by the prototype's own gradient: during the late decoding steps "
         "each predicted clean image was nudged towards a higher s_J until it reached the value "
         "asked for. They show the pattern the prototype layer responds to as the denoiser draws "
-        "it, not what the denoiser alone draws for a higher s_J."
+        "it, not what the denoiser alone draws for a higher s_J. Only this gallery is guided: "
+        "emergence, extrapolation and consistency below decode with the model's conditioning "
+        "alone."
         if opts["prototype_guidance"]
         else ""
     )
