@@ -342,6 +342,7 @@ def test_report_with_prototype_guided_edits_says_so(trained, test_set, tmp_path)
     assert "yes: nudges of 0.5 (L2, predicted clean image) after every step at t &lt;= 0.5" in page
     assert "They show the pattern the prototype layer responds to" in page
     assert "Only this gallery is guided" in page
+    assert "<th>these guided edits</th>" in page and "<th>this model</th>" not in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

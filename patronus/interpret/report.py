@@ -492,10 +492,11 @@ def _fidelity_box(summary: dict) -> str:
             "This model follows its prototypes only weakly: the edits below change the image "
             "less than they ask, or not where the prototype is. Read them with care."
         )
+    measured = "these guided edits" if guided else "this model"
     return (
         f'<div style="background:{colour};padding:.5em 1em;border-radius:6px">'
         f"<p><b>Can these explanations be trusted?</b> {verdict}</p>"
-        f"{_table(['edit fidelity', 'this model', 'trusted when'], rows)}</div>"
+        f"{_table(['edit fidelity', measured, 'trusted when'], rows)}</div>"
     )
 
 
