@@ -253,10 +253,23 @@ def test_invert_and_reconstruct(tiny_run, tmp_path, command, capsys):
         == 0
     )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["images"] == 3 and report["reconstruction_mse"] >= 0
+    assert report["images"] == 3
+    assert json.loads((out / "reconstruction.json").read_text()) == report
     latents = load_file(out / "latents.safetensors")
     assert latents["x_T"].shape == (3, 3, 24, 24)
     assert (out / "reconstructions.png").is_file()
+    # each image's MSE is its saved latents' DDIM decode against the dataset's image
+    from patronus import load_model
+    from patronus.data.registry import build_dataset
+
+    model = load_model(tiny_run)
+    dataset = build_dataset("synthetic", None, "test", 24, 3, seed=0)
+    images = torch.stack([dataset[i][0] for i in range(3)])
+    with torch.no_grad():
+        decoded = model.sample(latents["activations"], 4, x_T=latents["x_T"], sampler="ddim")
+    expected = (decoded - images).square().flatten(1).mean(1)
+    assert report["per_image_mse"] == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-6)
+    assert report["reconstruction_mse"] == pytest.approx(expected.mean().item(), rel=1e-4)
 
 
 def test_user_errors_exit_2_with_a_message(tiny_run, tmp_path, capsys):

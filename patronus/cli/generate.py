@@ -143,6 +143,7 @@ def sample(args: argparse.Namespace) -> int:
 
 def invert(args: argparse.Namespace) -> int:
     from patronus.checkpoint import save_tensors
+    from patronus.interpret.what import per_image_mse
     from patronus.utils.images import save_grid
 
     started = now()
@@ -166,8 +167,13 @@ def invert(args: argparse.Namespace) -> int:
     check_finite(reconstructions, "reconstructions")
     save_tensors({"x_T": x_T, "activations": s}, out / "latents.safetensors")
     save_grid(torch.cat([images, reconstructions]), out / "reconstructions.png", images.shape[0])
-    mse = (reconstructions - images).square().mean().item()
-    report = {"images": images.shape[0], "steps": args.steps, "reconstruction_mse": mse}
+    per_image = per_image_mse(reconstructions, images)
+    report = {
+        "images": images.shape[0],
+        "steps": args.steps,
+        "reconstruction_mse": per_image.mean().item(),
+        "per_image_mse": per_image.tolist(),
+    }
     (out / "reconstruction.json").write_text(json.dumps(report, indent=2) + "\n")
     report_written(out, started)
     print(json.dumps(report))
