@@ -105,6 +105,8 @@ def prototype_guidance_hook(
             return step.sample
         if step.sample.shape[0] != len(prototypes):
             raise ValueError(f"{step.sample.shape[0]} samples, {len(prototypes)} targets")
+        if step.t not in next_level:
+            raise ValueError(f"timestep {step.t} is not a level of a {steps}-step DDIM decode")
         with torch.enable_grad():
             x0 = step.pred_x0.detach().clamp(-1, 1).requires_grad_(True)
             activations = model.encode(smooth(x0, guidance.smoothing))
@@ -113,8 +115,6 @@ def prototype_guidance_hook(
             (gradient,) = torch.autograd.grad(shortfall.sum(), x0)
         norm = gradient.flatten(1).norm(dim=1).clamp_min(torch.finfo(gradient.dtype).tiny)
         direction = gradient / norm.view(-1, 1, 1, 1)
-        if step.t not in next_level:
-            raise ValueError(f"timestep {step.t} is not a level of a {steps}-step DDIM decode")
         abar_next = schedule.abar(next_level[step.t])
         return step.sample - math.sqrt(abar_next) * guidance.step_size * direction.to(step.sample)
 
