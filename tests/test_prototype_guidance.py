@@ -10,12 +10,9 @@ import torch
 from patronus.diffusion.samplers import SamplerStep
 from patronus.diffusion.timesteps import respaced_timesteps
 from patronus.interpret import edit_fidelity, visualize_prototypes
-from patronus.interpret.prototype_guidance import (
-    PrototypeGuidance,
-    prototype_guidance_hook,
-    smooth,
-)
+from patronus.interpret.prototype_guidance import PrototypeGuidance, prototype_guidance_hook
 from patronus.interpret.region import region_masks
+from patronus.utils.images import smooth
 
 
 def test_settings_are_checked():

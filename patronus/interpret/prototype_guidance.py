@@ -27,13 +27,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from patronus.diffusion.samplers import AfterStep, SamplerStep
 from patronus.diffusion.timesteps import respaced_timesteps
 from patronus.models import Patronus
-
-_BINOMIAL = torch.tensor([1.0, 2.0, 1.0]) / 4.0
+from patronus.utils.images import smooth
 
 
 @dataclass(frozen=True)
@@ -61,16 +59,6 @@ class PrototypeGuidance:
             "smoothing": self.smoothing,
             "late_fraction": self.late_fraction,
         }
-
-
-def smooth(images: torch.Tensor, passes: int) -> torch.Tensor:
-    """``passes`` 3x3 binomial blurs of images (B, C, H, W), edges replicated; differentiable."""
-    channels = images.shape[1]
-    kernel = torch.outer(_BINOMIAL, _BINOMIAL).to(images)
-    kernel = kernel.expand(channels, 1, 3, 3)
-    for _ in range(passes):
-        images = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
-    return images
 
 
 def _next_levels(timesteps: int, steps: int) -> dict[int, int]:

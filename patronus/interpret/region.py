@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from patronus.diffusion.samplers import AfterStep, SamplerStep, run_sampler
 from patronus.models import Patronus
 from patronus.nn.proto_encoder import box_masks
+from patronus.utils.images import smooth
 
 if TYPE_CHECKING:
     from patronus.interpret.what import Inversion
@@ -40,10 +40,7 @@ def region_masks(boxes: torch.Tensor, size: int, margin: int = REGION_MARGIN) ->
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     widened = boxes + torch.tensor([-margin, -margin, margin, margin], device=boxes.device)
-    hard = box_masks(widened, size, size).float()[:, None]
-    kernel = torch.tensor([1.0, 2.0, 1.0], device=boxes.device)
-    kernel = (kernel[:, None] * kernel[None, :] / 16.0)[None, None]
-    return F.conv2d(F.pad(hard, (1, 1, 1, 1), mode="replicate"), kernel)
+    return smooth(box_masks(widened, size, size).float()[:, None], 1)
 
 
 @torch.no_grad()
