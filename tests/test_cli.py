@@ -370,9 +370,14 @@ def test_visualize_with_edits_in_region(tiny_run, tmp_path):
     assert numbers["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-7)
     assert plain["edit_fidelity"]["prototype_guided"] is False
     guided = tmp_path / "guided"
-    assert main([*command, "--prototype-guidance", "0.5", "--out", str(guided)]) == 0
+    assert main([*command, "--prototype-guidance", "3", "--out", str(guided)]) == 0
     numbers = json.loads((guided / "visualize.json").read_text())
     assert numbers["edit_fidelity"]["prototype_guided"] is True
+    assert numbers["prototype_guidance"] == {"strength": 3.0, "smoothing": 1, "late_fraction": 0.5}
+    assert plain["prototype_guidance"] is None
+    assert main([*command, "--prototype-guidance", "--out", str(tmp_path / "default")]) == 0
+    numbers = json.loads((tmp_path / "default" / "visualize.json").read_text())
+    assert numbers["prototype_guidance"]["strength"] == 12.5
     assert numbers["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-7)
     with pytest.raises(SystemExit):
         main([*command, "--prototype-guidance", "0", "--out", str(tmp_path / "bad")])

@@ -330,7 +330,7 @@ def test_report_with_prototype_guided_edits_says_so(trained, test_set, tmp_path)
 
     _, images, _ = test_set
     inputs = ReportInputs(images[:4], images[100:228], images[228:300], {"model": "test"})
-    guidance = PrototypeGuidance(step_size=0.5)
+    guidance = PrototypeGuidance(strength=12.5)
     options = ReportOptions(
         num_images=4, steps=8, prototypes=(0, 1), nearest_k=3, prototype_guidance=guidance
     )
@@ -339,7 +339,7 @@ def test_report_with_prototype_guided_edits_says_so(trained, test_set, tmp_path)
     assert results["edit_fidelity"]["prototype_guided"] is True
     assert results["options"]["prototype_guidance"] == guidance.settings()
     assert "Not judged here: the edits were guided by each prototype's own gradient" in page
-    assert "yes: nudges of 0.5 (L2, predicted clean image) after every step at t &lt;= 0.5" in page
+    assert "yes: nudges of the predicted clean image totalling 12.5 (L2) over t &lt;= 0.5 T" in page
     assert "They show the pattern the prototype layer responds to" in page
     assert "Only this gallery is guided" in page
     assert "<th>these guided edits</th>" in page and "<th>this model</th>" not in page

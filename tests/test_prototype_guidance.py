@@ -16,10 +16,10 @@ from patronus.utils.images import smooth
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="step_size"):
-        PrototypeGuidance(step_size=0.0)
-    with pytest.raises(ValueError, match="step_size"):
-        PrototypeGuidance(step_size=math.inf)
+    with pytest.raises(ValueError, match="strength"):
+        PrototypeGuidance(strength=0.0)
+    with pytest.raises(ValueError, match="strength"):
+        PrototypeGuidance(strength=math.inf)
     with pytest.raises(ValueError, match="smoothing"):
         PrototypeGuidance(smoothing=-1)
     with pytest.raises(TypeError, match="smoothing"):
@@ -27,8 +27,10 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="late_fraction"):
         PrototypeGuidance(late_fraction=0.0)
     assert PrototypeGuidance().settings() == {
-        "step_size": 0.5, "smoothing": 1, "late_fraction": 0.5,
+        "strength": 12.5, "smoothing": 1, "late_fraction": 0.5,
     }  # fmt: skip
+    assert PrototypeGuidance().guided_span(1000) == 500  # t = 499 .. 0, then the clean data
+    assert PrototypeGuidance(late_fraction=1.0).guided_span(1000) == 1000
 
 
 def test_smoothing_known_answer():
@@ -48,29 +50,34 @@ def test_smoothing_known_answer():
 
 
 def _step(model, inversion, steps: int, level_index: int, generator: torch.Generator):
-    levels = respaced_timesteps(model.schedule.timesteps, steps)[::-1]
+    """A random step of a ``steps``-step DDIM decode: (the level of its sample, the step)."""
+    levels = [*respaced_timesteps(model.schedule.timesteps, steps)[::-1], -1]
     shape = (inversion.images.shape[0], *model.config.image_shape)
     pred_x0 = torch.rand(shape, generator=generator) * 2 - 1
     sample = torch.randn(shape, generator=generator)
-    return levels, SamplerStep(level_index, levels[level_index], sample, pred_x0, sample)
+    t, sample_t = levels[level_index], levels[level_index + 1]
+    return sample_t, SamplerStep(level_index, t, sample, pred_x0, sample, sample_t)
 
 
 def test_a_nudge_moves_the_clean_component_along_the_activation_gradient(tiny_inversion):
-    """Each image's sample moves by sqrt(abar_next) * step_size along a unit direction that raises
-    s_J of the (smoothed) predicted clean image; an image already at its target does not move."""
+    """Each image's sample moves by sqrt(abar_next) times its share of the strength, the step's
+    timesteps over the guided span, along a unit direction that raises s_J of the (smoothed)
+    predicted clean image; an image already at its target does not move."""
     model, inversion, _ = tiny_inversion
     generator = torch.Generator().manual_seed(3)
-    guidance = PrototypeGuidance(step_size=0.05, smoothing=1, late_fraction=1.0)
-    levels, step = _step(model, inversion, 4, 1, generator)
+    guidance = PrototypeGuidance(strength=0.2, smoothing=1, late_fraction=1.0)
+    t_next, step = _step(model, inversion, 4, 1, generator)  # T = 1000: t = 666 -> 333
+    assert (step.t, t_next) == (666, 333)
     prototypes = torch.tensor([2, 5, 0])
     with torch.no_grad():
         before = model.encode(smooth(step.pred_x0, 1))[torch.arange(3), prototypes]
     targets = before + torch.tensor([5.0, 5.0, -1.0])  # the third is above its target already
-    nudged = prototype_guidance_hook(model, guidance, 4, prototypes, targets)(step)
+    nudged = prototype_guidance_hook(model, guidance, prototypes, targets)(step)
     moved = nudged - step.sample
-    abar_next = model.schedule.abar(levels[2])
+    abar_next = model.schedule.abar(t_next)
     norms = moved.flatten(1).norm(dim=1)
-    torch.testing.assert_close(norms[:2], torch.full((2,), math.sqrt(abar_next) * 0.05))
+    expected = math.sqrt(abar_next) * 0.2 * (666 - 333) / 1000
+    torch.testing.assert_close(norms[:2], torch.full((2,), expected))
     assert norms[2] == 0
     with torch.no_grad():
         x0_after = step.pred_x0 + moved / math.sqrt(abar_next)
@@ -81,29 +88,70 @@ def test_a_nudge_moves_the_clean_component_along_the_activation_gradient(tiny_in
 def test_only_late_steps_are_nudged_and_the_last_moves_the_image_itself(tiny_inversion):
     model, inversion, _ = tiny_inversion
     generator = torch.Generator().manual_seed(4)
-    guidance = PrototypeGuidance(step_size=0.1, smoothing=0, late_fraction=0.5)
+    guidance = PrototypeGuidance(strength=10.0, smoothing=0, late_fraction=0.5)
     prototypes, targets = torch.tensor([1, 1, 1]), torch.full((3,), 1e6)
-    hook = prototype_guidance_hook(model, guidance, 4, prototypes, targets)
-    _, early = _step(model, inversion, 4, 0, generator)  # t = T - 1 > 0.5 (T - 1)
+    hook = prototype_guidance_hook(model, guidance, prototypes, targets)
+    _, early = _step(model, inversion, 4, 0, generator)  # t = 999 -> 666 > 0.5 (T - 1)
     assert hook(early) is early.sample
-    _, last = _step(model, inversion, 4, 3, generator)  # t = 0: abar_next = 1
+    _, crossing = _step(model, inversion, 4, 1, generator)  # t = 666 -> 333: 499 - 333 guided
+    norms = (hook(crossing) - crossing.sample).flatten(1).norm(dim=1)
+    expected = math.sqrt(model.schedule.abar(333)) * 10.0 * (499 - 333) / 500
+    torch.testing.assert_close(norms, torch.full((3,), expected))
+    _, last = _step(model, inversion, 2, 1, generator)  # t = 0 -> the clean data: abar_next = 1
+    assert (last.t, last.sample_t) == (0, -1)
     norms = (hook(last) - last.sample).flatten(1).norm(dim=1)
-    torch.testing.assert_close(norms, torch.full((3,), 0.1))
+    torch.testing.assert_close(norms, torch.full((3,), 10.0 / 500))
+
+
+def test_the_strength_is_shared_over_the_guided_timesteps_whatever_the_step_count(deaf):
+    """With a target never reached, the nudges of a decode add up to the strength, for 5, 9 and 20
+    steps alike (the step that crosses late_fraction (T - 1) nudged for its guided part)."""
+    model, inversion, _ = deaf
+    guidance = PrototypeGuidance(strength=3.0, smoothing=0, late_fraction=0.5)
+    span = guidance.guided_span(model.schedule.timesteps)
+    n = inversion.images.shape[0]
+    for steps in (5, 9, 20):
+        hook = prototype_guidance_hook(model, guidance, torch.zeros(n, dtype=torch.long),
+                                       torch.full((n,), 1e6))  # fmt: skip
+        lengths = []
+
+        def measure(step, hook=hook, lengths=lengths):
+            nudged = hook(step)
+            moved = (nudged - step.sample) / math.sqrt(model.schedule.abar(step.sample_t))
+            lengths.append(moved.flatten(1).norm(dim=1))
+            return nudged
+
+        x_T = model.invert(inversion.images, inversion.activations, steps)
+        with torch.no_grad():
+            list(model.sample_steps(inversion.activations, steps, x_T=x_T, sampler="ddim",
+                                    after_step=measure))  # fmt: skip
+        nudged = sum(bool(length.gt(0).all()) for length in lengths)
+        levels = respaced_timesteps(model.schedule.timesteps, steps)
+        assert nudged == sum(t < span for t in levels) + 1  # + the step crossing into the span
+        torch.testing.assert_close(torch.stack(lengths).sum(0), torch.full((n,), 3.0))
+
+
+def test_a_step_that_does_not_decode_is_refused(tiny_inversion):
+    model, inversion, _ = tiny_inversion
+    _, step = _step(model, inversion, 4, 2, torch.Generator().manual_seed(6))
+    hook = prototype_guidance_hook(
+        model, PrototypeGuidance(late_fraction=1.0), torch.tensor([1, 1, 1]), torch.zeros(3)
+    )
+    with pytest.raises(ValueError, match="nudges decoding steps"):
+        hook(replace(step, sample_t=step.t))
 
 
 def test_bad_input_is_refused(tiny_inversion):
     model, inversion, _ = tiny_inversion
     guidance = PrototypeGuidance(late_fraction=1.0)
     with pytest.raises(ValueError, match=r"\(B,\)"):
-        prototype_guidance_hook(model, guidance, 4, torch.tensor([1, 2]), torch.zeros(3))
+        prototype_guidance_hook(model, guidance, torch.tensor([1, 2]), torch.zeros(3))
     with pytest.raises(ValueError, match="finite"):
-        prototype_guidance_hook(model, guidance, 4, torch.tensor([1]), torch.tensor([math.nan]))
+        prototype_guidance_hook(model, guidance, torch.tensor([1]), torch.tensor([math.nan]))
     _, step = _step(model, inversion, 4, 1, torch.Generator().manual_seed(5))
-    with pytest.raises(ValueError, match="not a level of a 5-step"):
-        prototype_guidance_hook(model, guidance, 5, torch.tensor([1, 1, 1]), torch.zeros(3))(step)
     wrong_batch = replace(step, sample=step.sample[:2])
     with pytest.raises(ValueError, match="2 samples, 3 targets"):
-        prototype_guidance_hook(model, guidance, 4, torch.tensor([1, 1, 1]), torch.zeros(3))(
+        prototype_guidance_hook(model, guidance, torch.tensor([1, 1, 1]), torch.zeros(3))(
             wrong_batch
         )
 
@@ -133,7 +181,7 @@ def test_guided_edits_reach_further_and_say_so(deaf):
     visualization and its fidelity record that the edits were guided."""
     model, inversion, reference = deaf
     bounds = reference.max(0).values + 1.0
-    guidance = PrototypeGuidance(step_size=0.2, smoothing=0, late_fraction=1.0)
+    guidance = PrototypeGuidance(strength=0.8, smoothing=0, late_fraction=1.0)
     plain = visualize_prototypes(model, inversion, bounds, prototypes=[0, 3, 6])
     torch.testing.assert_close(plain.reconstructions, inversion.images, rtol=0, atol=1e-5)
     torch.testing.assert_close(
@@ -154,7 +202,7 @@ def test_guided_edits_in_a_region_still_keep_the_outside(deaf):
     """The nudge comes before the region's blend: outside the box every edit is the
     reconstruction, inside the guidance changed it."""
     model, inversion, reference = deaf
-    guidance = PrototypeGuidance(step_size=0.2, smoothing=0, late_fraction=1.0)
+    guidance = PrototypeGuidance(strength=0.8, smoothing=0, late_fraction=1.0)
     vis = visualize_prototypes(
         model, inversion, reference.max(0).values, prototypes=[2], region=True,
         prototype_guidance=guidance,
@@ -179,9 +227,9 @@ def test_each_edit_is_guided_towards_its_own_prototype_and_bound(tiny_inversion,
     bounds = reference.max(0).values
     seen = []
 
-    def recording_hook(model, guidance, steps, prototypes, targets):
-        seen.append((steps, prototypes.clone(), targets.clone()))
-        return prototype_guidance_hook(model, guidance, steps, prototypes, targets)
+    def recording_hook(model, guidance, prototypes, targets):
+        seen.append((prototypes.clone(), targets.clone()))
+        return prototype_guidance_hook(model, guidance, prototypes, targets)
 
     monkeypatch.setattr(what, "prototype_guidance_hook", recording_hook)
     n = inversion.images.shape[0]
@@ -189,9 +237,8 @@ def test_each_edit_is_guided_towards_its_own_prototype_and_bound(tiny_inversion,
         model, inversion, bounds, prototypes=[1, 4, 6], batch_size=2 * n,
         prototype_guidance=PrototypeGuidance(late_fraction=1.0),
     )  # fmt: skip
-    assert [len(p) for _, p, _ in seen] == [2 * n, n]  # chunks of two prototypes, then one
-    prototypes = torch.cat([p for _, p, _ in seen])
-    targets = torch.cat([t for _, _, t in seen])
+    assert [len(p) for p, _ in seen] == [2 * n, n]  # chunks of two prototypes, then one
+    prototypes = torch.cat([p for p, _ in seen])
+    targets = torch.cat([t for _, t in seen])
     assert prototypes.tolist() == [1] * n + [4] * n + [6] * n
     assert torch.equal(targets, bounds[prototypes])
-    assert {steps for steps, _, _ in seen} == {inversion.steps}

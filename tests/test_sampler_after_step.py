@@ -108,3 +108,63 @@ def test_the_models_sample_passes_after_step_on():
         got = model.sample(s, 3, x_T=x_T, sampler=sampler, after_step=halve)
         assert torch.equal(got, steps[-1].sample)
         assert not torch.allclose(got, model.sample(s, 3, x_T=x_T, sampler=sampler))
+
+
+def _constant_noise_trajectory(schedule, steps_of):
+    """A denoiser that always predicts the same noise e, and x_T on the line through x0 and e:
+    every deterministic sampler's samples then stay on that line, at the level they are at,
+    sqrt(abar) x0 + sqrt(1 - abar) e, which checks ``sample_t`` from outside."""
+    generator = torch.Generator().manual_seed(2)
+    x0 = torch.rand(2, 1, 4, 4, generator=generator, dtype=torch.float64) * 1.6 - 0.8
+    noise = torch.randn(2, 1, 4, 4, generator=generator, dtype=torch.float64)
+
+    def at_level(t):
+        abar = schedule.abar(t)
+        return abar**0.5 * x0 + (1 - abar) ** 0.5 * noise
+
+    steps = list(steps_of(lambda x, t: noise.expand_as(x), at_level))
+    return steps, at_level
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp-2m", "dpmpp-3m"])
+def test_sample_t_is_the_level_of_each_decoding_sample(name):
+    options = SamplerOptions(name, steps=6)
+    steps, at_level = _constant_noise_trajectory(
+        SCHEDULE,
+        lambda eps, at_level: sample(eps, at_level(SCHEDULE.timesteps - 1), SCHEDULE, options),
+    )
+    assert [step.sample_t for step in steps] == [step.t for step in steps[1:]] + [-1]
+    for step in steps:
+        torch.testing.assert_close(step.sample, at_level(step.sample_t), rtol=0, atol=1e-10)
+
+
+def test_sample_t_of_the_inversion_is_the_level_it_reached():
+    from patronus.diffusion.samplers import ddim_inversion
+
+    steps, at_level = _constant_noise_trajectory(
+        SCHEDULE, lambda eps, at_level: ddim_inversion(eps, at_level(-1), SCHEDULE, 5)
+    )
+    assert [step.sample_t for step in steps] == [step.t for step in steps]
+    assert steps[-1].sample_t == SCHEDULE.timesteps - 1
+    for step in steps:
+        torch.testing.assert_close(step.sample, at_level(step.sample_t), rtol=0, atol=1e-10)
+
+
+def test_ddpm_sample_t_walks_every_level_down_to_the_clean_data():
+    steps = _run(SHORT, SamplerOptions("ddpm"))
+    assert [step.sample_t for step in steps] == list(range(SHORT.timesteps - 2, -2, -1))
+
+
+def test_sample_t_of_a_diffusers_scheduler_loop():
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02
+    )
+    scheduler.set_timesteps(6)
+    first = int(scheduler.timesteps[0])  # "leading" spacing: 830, not 999
+    steps, at_level = _constant_noise_trajectory(
+        SCHEDULE, lambda eps, at_level: scheduler_sampling(eps, at_level(first), scheduler, 6)
+    )
+    assert [step.sample_t for step in steps] == [step.t for step in steps[1:]] + [-1]
+    for step in steps:
+        torch.testing.assert_close(step.sample, at_level(step.sample_t), rtol=0, atol=1e-5)

@@ -12,6 +12,7 @@ from patronus.cli import arguments as a
 from patronus.cli.loading import dataset_builder, load_checkpoint
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
+from patronus.interpret.prototype_guidance import PrototypeGuidance
 
 COMMANDS = {
     "visualize": "what + where: prototype visualisations and nearest patches (PNG, JSON, NPZ)",
@@ -89,13 +90,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--prototype-guidance",
                 type=a.positive_float,
-                metavar="STEP",
+                nargs="?",
+                const=PrototypeGuidance.strength,
+                metavar="STRENGTH",
                 help="guide the gallery's edits by each prototype's own gradient: nudge the "
-                "predicted clean image by STEP (L2) towards the bound after every late step "
-                "(t <= T/2, one blur before the prototype layer); the edits then show the "
-                "prototype layer's pattern as the denoiser draws it, and their fidelity is not "
-                "judged (default: off, the model's conditioning alone; measured best: 0.5 at 50 "
-                "steps, 1 at 25)",
+                "predicted clean image towards the bound after every late step (t <= T/2, one "
+                "blur before the prototype layer), STRENGTH (L2) in all, shared over the steps; "
+                "the edits then show the prototype layer's pattern as the denoiser draws it, and "
+                "their fidelity is not judged (default: off, the model's conditioning alone; "
+                f"given without a value: {PrototypeGuidance.strength}, the measured best)",
             )
         a.add_seed(parser)
         a.add_device(parser)
@@ -136,10 +139,8 @@ def _inputs(args: argparse.Namespace, model):
     )
 
 
-def _prototype_guidance(step_size: float | None):
-    from patronus.interpret.prototype_guidance import PrototypeGuidance
-
-    return None if step_size is None else PrototypeGuidance(step_size=step_size)
+def _prototype_guidance(strength: float | None) -> PrototypeGuidance | None:
+    return None if strength is None else PrototypeGuidance(strength=strength)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -66,6 +66,9 @@ class SamplerStep:
     x_t: torch.Tensor  # the input sample of this step (B, C, H, W)
     pred_x0: torch.Tensor  # the predicted clean sample, after any clipping (B, C, H, W)
     sample: torch.Tensor  # the step's output: the next (less noisy, or for inversion noisier) x
+    # the noise level of ``sample``: the timestep the next step starts from (-1: the clean data;
+    # for the inversion, t itself)
+    sample_t: int
 
 
 def _check_step_settings(dynamic_threshold: float | None, guidance_scale: float | None) -> None:
@@ -272,7 +275,8 @@ def ddim_sampling(
     targets = _levels(x_T, [*descending[1:], -1])
     states = _random_states(len(descending), generator, x_T.device) if eta > 0 else None
     step = _runner(eps_fn, table, options, x_T, cuda_graph, states is not None, eta=eta)
-    return _walk(step, x_T, descending, current, current, targets, states, after_step)
+    levels = _Levels(descending, current, current, targets, [*descending[1:], -1])
+    return _walk(step, x_T, levels, states, after_step)
 
 
 def solver_orders(steps: int, order: int) -> list[int]:
@@ -331,7 +335,8 @@ def _multistep_walk(
             mode="dpmsolver++", previous_x0=previous,
             previous_timestep=[levels[index - 1 - i] for i in range(len(previous))],
         )  # fmt: skip
-        step = handed_on(SamplerStep(index, t, x, x0, x_next), after_step)
+        sample_t = descending[index + 1] if index + 1 < len(descending) else -1
+        step = handed_on(SamplerStep(index, t, x, x0, x_next, sample_t), after_step)
         yield step
         history = [x0, *history[:1]]
         x = step.sample
@@ -359,7 +364,8 @@ def ddpm_sampling(
     targets = _levels(x_T, [t - 1 for t in descending])
     states = _random_states(len(descending), generator, x_T.device)
     step = _runner(eps_fn, table, options, x_T, cuda_graph, True, mode="ddpm", variance=variance)
-    return _walk(step, x_T, descending, current, current, targets, states, after_step)
+    levels = _Levels(descending, current, current, targets, [t - 1 for t in descending])
+    return _walk(step, x_T, levels, states, after_step)
 
 
 def ddim_inversion(
@@ -379,25 +385,36 @@ def ddim_inversion(
     options = StepOptions(guidance_scale=guidance_scale)
     step = _runner(eps_fn, table, options, x0, cuda_graph, False)
     # the network sees the target level: the inversion predicts the noise it is moving towards
-    return _walk(step, x0, timesteps, targets, current, targets, None, None)
+    return _walk(step, x0, _Levels(timesteps, targets, current, targets, timesteps), None, None)
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """The levels of a walk's steps: step i evaluates the network at ``network[i]`` (reported as
+    ``shown[i]``) and moves the sample from ``current[i]`` to ``targets[i]`` (device tensors),
+    the level reported as its ``sample_t[i]``."""
+
+    shown: list[int]
+    network: list[torch.Tensor]
+    current: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    sample_t: list[int]
 
 
 def _walk(
     step: Callable,
     x: torch.Tensor,
-    shown: list[int],
-    network: list[torch.Tensor],
-    current: list[torch.Tensor],
-    targets: list[torch.Tensor],
+    levels: _Levels,
     states: torch.Tensor | None,
     after_step: AfterStep | None,
 ) -> Iterator[SamplerStep]:
-    """Run ``step`` from level ``current[i]`` to ``targets[i]``, the network evaluated at
-    ``network[i]`` (reported as ``shown[i]``), with the random state ``states[i]`` if any."""
-    for index, t in enumerate(shown):
+    """Run ``step`` through ``levels``, with the random state ``states[i]`` if any."""
+    for index, t in enumerate(levels.shown):
         rng = None if states is None else states[index]
-        x_next, x0 = step(x, network[index], current[index], targets[index], rng)
-        taken = handed_on(SamplerStep(index, t, x, x0, x_next), after_step)
+        x_next, x0 = step(
+            x, levels.network[index], levels.current[index], levels.targets[index], rng
+        )
+        taken = handed_on(SamplerStep(index, t, x, x0, x_next, levels.sample_t[index]), after_step)
         yield taken
         x = taken.sample
 

@@ -50,7 +50,8 @@ def scheduler_sampling(
     """The trajectory of ``scheduler``'s loop from x_T (B, C, H, W) over ``steps`` inference steps.
 
     ``pred_x0`` of each step is the scheduler's ``pred_original_sample`` where it reports one, else
-    the x0 its output predicts at t (``config.prediction_type``). ``after_step``: see
+    the x0 its output predicts at t (``config.prediction_type``); ``sample_t`` the scheduler's next
+    timestep (-1 after the last). ``after_step``: see
     :data:`patronus.diffusion.samplers.AfterStep`."""
     scheduler.set_timesteps(steps, device=x_T.device)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
@@ -68,6 +69,9 @@ def scheduler_sampling(
         if x0 is None:
             abar = scheduler.alphas_cumprod[int(t)].to(x.device, x.dtype)
             x0 = predicted_x0(x, output, abar, prediction)
-        step = handed_on(SamplerStep(index, int(t), x, x0, result.prev_sample), after_step)
+        following = scheduler.timesteps[index + 1] if index + 1 < len(scheduler.timesteps) else -1
+        step = handed_on(
+            SamplerStep(index, int(t), x, x0, result.prev_sample, int(following)), after_step
+        )
         yield step
         x = step.sample

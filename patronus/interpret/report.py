@@ -179,11 +179,13 @@ def write_visualization(
         nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
     )
     fidelity = edit_fidelity(vis)
+    guidance = options.prototype_guidance
     numbers = {
         "prototypes": prototypes,
         **_kept_edit_numbers(vis),
         **_fidelity_numbers(fidelity),
         "reconstruction_mse": vis.reconstruction_mse().tolist(),
+        "prototype_guidance": guidance and guidance.settings(),
     }
     arrays = {**_edit_arrays(vis), **_nearest_arrays(nearest), **_fidelity_arrays(fidelity)}
     _write_results(out_dir, "visualize", numbers, arrays)
@@ -460,7 +462,7 @@ def _guidance_setting(settings: dict | None) -> str:
     if settings is None:
         return "no"
     return (
-        f"yes: nudges of {settings['step_size']} (L2, predicted clean image) after every step at "
+        f"yes: nudges of the predicted clean image totalling {settings['strength']} (L2) over "
         f"t <= {settings['late_fraction']} T, smoothing {settings['smoothing']}"
     )
 

@@ -263,9 +263,7 @@ def visualize_prototypes(
         nudge = None
         if prototype_guidance is not None:
             targets = values.reshape(-1, 1).expand(-1, n).reshape(-1)
-            nudge = prototype_guidance_hook(
-                model, prototype_guidance, inversion.steps, columns, targets
-            )
+            nudge = prototype_guidance_hook(model, prototype_guidance, columns, targets)
         if region:
             chunk_boxes = own_boxes[:, chunk].transpose(0, 1).reshape(-1, 4)
             masks = region_masks(chunk_boxes, inversion.images.shape[-1])
