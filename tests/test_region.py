@@ -8,7 +8,7 @@ from patronus import Patronus
 from patronus.diffusion.timesteps import respaced_timesteps
 from patronus.interpret import edited_activations, invert_images, visualize_prototypes
 from patronus.interpret.region import decode_in_region, region_masks
-from patronus.interpret.report import fidelity_headline, trusted
+from patronus.interpret.trust import fidelity_headline, trusted
 
 
 def test_region_masks_known_answer():
