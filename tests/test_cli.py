@@ -377,7 +377,7 @@ def test_visualize_with_edits_in_region(tiny_run, tmp_path):
     assert plain["prototype_guidance"] is None
     assert main([*command, "--prototype-guidance", "--out", str(tmp_path / "default")]) == 0
     numbers = json.loads((tmp_path / "default" / "visualize.json").read_text())
-    assert numbers["prototype_guidance"]["strength"] == 12.5
+    assert numbers["prototype_guidance"]["strength"] == 15.0
     assert numbers["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-7)
     with pytest.raises(SystemExit):
         main([*command, "--prototype-guidance", "0", "--out", str(tmp_path / "bad")])

@@ -27,7 +27,7 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="late_fraction"):
         PrototypeGuidance(late_fraction=0.0)
     assert PrototypeGuidance().settings() == {
-        "strength": 12.5, "smoothing": 1, "late_fraction": 0.5,
+        "strength": 15.0, "smoothing": 1, "late_fraction": 0.5,
     }  # fmt: skip
     assert PrototypeGuidance().guided_span(1000) == 500  # t = 499 .. 0, then the clean data
     assert PrototypeGuidance(late_fraction=1.0).guided_span(1000) == 1000
