@@ -20,9 +20,9 @@ where x0 is the step's predicted clean image, x the sample it hands on, t_next t
 guided timesteps (L - 1 down to the clean data, -1) and overlap = min(t, L - 1) - t_next the guided
 timesteps the step covers (no nudge where it covers none). The overlaps of a decode add up to L, so
 its nudges move the predicted clean image by ``strength`` in all (less once s_J reaches v) whatever
-its number of steps, and any sampler can be guided. ``smoothing`` passes of a
-3x3 binomial blur before the prototype layer keep the gradient from raising s_J with pixel-level
-texture that a slightly blurred copy of the image would no longer show.
+its number of steps, and any sampler can be guided. ``smoothing`` passes of a 3x3 binomial blur
+before the prototype layer keep the gradient from raising s_J with pixel-level texture that a
+slightly blurred copy of the image would no longer show.
 """
 
 from __future__ import annotations
