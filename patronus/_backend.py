@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 
@@ -104,19 +104,10 @@ class OpBackends:
 
     op: str
     probes: Mapping[str, Probe]
-    # (requested backend, device) -> the choice: what the probes look at (the extension, Triton)
-    # is loaded once per process, so a choice stands until PATRONUS_BACKEND changes
-    _chosen: dict[tuple[str, torch.device], BackendChoice] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     def select(self, device: torch.device) -> BackendChoice:
         """The backend serving ``op`` on ``device`` now, with the reason."""
-        key = (requested_backend(), device)
-        choice = self._chosen.get(key)
-        if choice is None:
-            choice = self._chosen[key] = select(self.op, device, self.probes)
-        return choice
+        return select(self.op, device, self.probes)
 
 
 def torch_probe(device: torch.device) -> str | None:
