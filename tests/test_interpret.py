@@ -305,6 +305,17 @@ def test_report_is_self_contained_and_every_figure_decodes(
     assert summary["share_reaching_half"] == pytest.approx(float((shares >= 0.5).mean()))
     assert "Can these explanations be trusted?" in page
     assert f"{summary['median_fidelity']:.2f}" in page
+    # the prototypes the page says never emerge: in no image does the decoded edit's final gap
+    # exceed 10% of the requested change (recomputed from the saved curves)
+    final_gap = arrays["emergence_edit"][-1] - arrays["emergence_reference"][-1]
+    request = np.asarray(results["bounds"])[:, None] - arrays["emergence_reference"][-1]
+    emerged = final_gap > 0.1 * request
+    never = [p for p, row in zip(results["prototypes"], emerged, strict=True) if not row.any()]
+    if never:
+        listed = re.search(r"never emerge</b> \(prototypes ([\d, ]+)\)", page)
+        assert listed and [int(p) for p in listed.group(1).split(", ")] == never
+    else:
+        assert "Every prototype emerges in at least one image." in page
     # the reconstructions shown are the gallery's unedited decodes: the same as decoding anew
     _, mse = reconstruction(trained, invert_images(trained, images[:4], 8))
     assert results["reconstruction_mse"] == pytest.approx(mse.tolist(), abs=1e-7)

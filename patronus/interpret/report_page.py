@@ -118,6 +118,20 @@ def report_page(
         else "<p>Every prototype's kept edit reached the value s_J was set to.</p>"
     )
     opts = results["options"]
+    never = [
+        p
+        for p, share in zip(prototypes, results["emergence_fraction_of_images"], strict=True)
+        if share == 0
+    ]
+    emergence_note = (
+        f"<p><b>{len(never)} of {len(prototypes)} prototypes never emerge</b> (prototypes "
+        f"{', '.join(map(str, never))}): in none of the {opts['num_images']} images does the "
+        "decoded edit raise s_J by 10% of the requested change, so there is no step at which J "
+        "appears. That says the model does not follow these prototypes' edits, not that they "
+        "emerge late.</p>"
+        if never
+        else "<p>Every prototype emerges in at least one image.</p>"
+    )
     confinement = (
         " The edits were decoded confined to the box where J fires in the image (widened by "
         f"{REGION_MARGIN} pixels, soft edge): outside it every edit is the unedited decode. They "
@@ -214,6 +228,7 @@ predicted clean image of every step is encoded. Curves show s_J(edit) - s_J(refe
 timestep, from t = 999 (pure noise, left) to 0 (the image, right). A prototype emerges at the
 first step from which this gap stays above {opts["emergence_fraction"]:.0%} of its final value (red
 lines); it does not emerge where the final gap is below 10% of the requested change.</p>
+{emergence_note}
 {_img(png["when"], "emergence curves")}
 <h2>Reconstruction</h2>
 <p class="note">DDIM inversion then decoding; mean MSE
