@@ -118,6 +118,23 @@ def test_unedited_decodes_have_flat_emergence_curves(trained, test_set):
     assert emergence.timesteps.tolist() == sorted(emergence.timesteps.tolist(), reverse=True)
 
 
+def test_emergence_share_of_the_requested_change():
+    """Known answer: gaps over 3 steps for one prototype in 3 images that asked for +2, +4 and
+    (already above the value) -1: shares gap / 2, gap / 4, and NaN where nothing was asked."""
+    from patronus.interpret.when import Emergence
+
+    gap = torch.tensor([[[4.0, -2.0, 0.5]], [[1.0, 1.0, 0.5]], [[2.0, 3.0, 0.5]]])  # (S, J, n)
+    emergence = Emergence(
+        [7], torch.tensor([999, 500, 0]), gap + 10, torch.full_like(gap, 10.0),
+        torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long),
+        torch.tensor([[2.0, 4.0, -1.0]]), 0.1,
+    )  # fmt: skip
+    share = emergence.share
+    torch.testing.assert_close(share[:, 0, 0], torch.tensor([2.0, 0.5, 1.0]))
+    torch.testing.assert_close(share[:, 0, 1], torch.tensor([-0.5, 0.25, 0.75]))
+    assert share[:, 0, 2].isnan().all()
+
+
 def test_emergence_step_definition():
     gap = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.6, 0.01], [0.4, 0.0], [0.9, 0.02], [1.0, 0.02]])
     steps = emergence_steps(gap, fraction=0.5, min_gain=0.05)
@@ -173,6 +190,7 @@ def test_every_unedited_decode_is_the_reconstruction(trained, test_set):
     with torch.no_grad():
         final = trained.encode(reconstructed)[:, [0, 4]].t()
     same(traced.reference[-1], final)
+    same(traced.requested, own[:, [0, 4]].t() - final)
 
 
 def test_variations_are_sampled_like_samples(trained, test_set):
@@ -309,6 +327,7 @@ def test_report_is_self_contained_and_every_figure_decodes(
     # exceed 10% of the requested change (recomputed from the saved curves)
     final_gap = arrays["emergence_edit"][-1] - arrays["emergence_reference"][-1]
     request = np.asarray(results["bounds"])[:, None] - arrays["emergence_reference"][-1]
+    np.testing.assert_allclose(arrays["emergence_requested"], request, rtol=0, atol=1e-5)
     emerged = final_gap > 0.1 * request
     never = [p for p, row in zip(results["prototypes"], emerged, strict=True) if not row.any()]
     if never:

@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from patronus.interpret.what import NearestPatches, PrototypeVisualization
 from patronus.interpret.when import Emergence
 from patronus.utils.images import to_uint8
 from patronus.utils.plotting import pyplot, save_figure
+
+# the emergence curves' axis: a share of the requested change (1: all of it)
+SHARE_LIMITS = (-0.5, 1.5)
 
 
 def _show(axis, image: torch.Tensor, box=None, title: str | None = None) -> None:
@@ -83,18 +87,23 @@ def gallery_figure(
 
 
 def emergence_figure(emergence: Emergence, path: Path | None = None, columns: int = 5) -> bytes:
-    """Per prototype: the gap between edit and reference activation over the timesteps (one thin
-    line per image, the mean thick), emergence steps marked."""
+    """Per prototype: the gap between edit and reference activation over the timesteps as a share
+    of the requested change (one thin line per image, the median thick; the axis cut at
+    ``SHARE_LIMITS``, which the blurry predictions of the first steps leave), the share an edit
+    must end at to emerge dashed, emergence steps marked."""
     plt = pyplot()
     count = len(emergence.prototypes)
     rows = (count + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.8 * rows), squeeze=False)
     t = emergence.timesteps.numpy()
-    gap = emergence.gap.numpy()
+    share = emergence.share.numpy()
     for index, prototype in enumerate(emergence.prototypes):
         axis = axes[index // columns, index % columns]
-        axis.plot(t, gap[:, index, :], color="tab:blue", alpha=0.25, linewidth=0.8)
-        axis.plot(t, gap[:, index, :].mean(1), color="tab:blue", linewidth=2)
+        axis.plot(t, share[:, index, :], color="tab:blue", alpha=0.25, linewidth=0.8)
+        if not np.isnan(share[:, index, :]).all():
+            axis.plot(t, np.nanmedian(share[:, index, :], 1), color="tab:blue", linewidth=2)
+        axis.axhline(emergence.min_share, color="grey", linestyle="--", linewidth=0.8)
+        axis.set_ylim(*SHARE_LIMITS)
         emerged = emergence.emergence_t[index]
         for value in emerged[emerged >= 0].tolist():
             axis.axvline(value, color="tab:red", alpha=0.3, linewidth=0.8)
@@ -106,7 +115,7 @@ def emergence_figure(emergence: Emergence, path: Path | None = None, columns: in
     for index in range(count, rows * columns):
         axes[index // columns, index % columns].axis("off")
     figure.supxlabel("timestep t (denoising runs left to right, from noise to image)", fontsize=8)
-    figure.supylabel("s_J(edit) - s_J(reference)", fontsize=8)
+    figure.supylabel("s_J(edit) - s_J(reference), share of the requested change", fontsize=8)
     figure.tight_layout()
     return save_figure(figure, path)
 

@@ -206,6 +206,7 @@ def _emergence_arrays(emergence, prefix: str = "") -> dict[str, torch.Tensor]:
         "timesteps": emergence.timesteps,
         f"{prefix}edit": emergence.edit,
         f"{prefix}reference": emergence.reference,
+        f"{prefix}requested": emergence.requested,
         "emergence_t": emergence.emergence_t,
     }
 

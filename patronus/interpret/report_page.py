@@ -8,6 +8,7 @@ import html
 
 import numpy as np
 
+from patronus.interpret.figures import SHARE_LIMITS
 from patronus.interpret.region import REGION_MARGIN
 from patronus.interpret.trust import GUIDED, TRUSTED, trusted
 
@@ -224,10 +225,13 @@ little), and J's similarity over the edit.{confinement}</p>
 {_img(png["nearest"], "nearest patches")}
 <h2>When: emergence during denoising</h2>
 <p class="note">While decoding each edit and the unedited reference from the same x_T, the
-predicted clean image of every step is encoded. Curves show s_J(edit) - s_J(reference) against the
-timestep, from t = 999 (pure noise, left) to 0 (the image, right). A prototype emerges at the
-first step from which this gap stays above {opts["emergence_fraction"]:.0%} of its final value (red
-lines); it does not emerge where the final gap is below 10% of the requested change.</p>
+predicted clean image of every step is encoded. Curves show s_J(edit) - s_J(reference) as a share
+of the requested change (1: all of it; one thin line per image, the median thick) against the
+timestep, from t = 999 (pure noise, left) to 0 (the image, right); the axis stops at
+{SHARE_LIMITS[0]} and {SHARE_LIMITS[1]}, which the blurry predictions of the first steps often
+leave. A prototype emerges at the first step from which this gap stays above
+{opts["emergence_fraction"]:.0%} of its final value (red lines); it does not emerge where the final
+gap is below 10% of the requested change (dashed).</p>
 {emergence_note}
 {_img(png["when"], "emergence curves")}
 <h2>Reconstruction</h2>

@@ -31,10 +31,19 @@ class Emergence:
     reference: torch.Tensor  # (S, J, n) s_J of the unedited decode's x0_hat
     emergence_step: torch.Tensor  # (J, n) int64 index into timesteps, -1: did not emerge
     emergence_t: torch.Tensor  # (J, n) int64 timestep, -1: did not emerge
+    requested: torch.Tensor  # (J, n) the edit's value minus the reference's final s_J
+    min_share: float  # J emerges only where its final gap reaches this share of ``requested``
 
     @property
     def gap(self) -> torch.Tensor:
         return self.edit - self.reference
+
+    @property
+    def share(self) -> torch.Tensor:
+        """(S, J, n) the gap as a share of the requested change (NaN where none was requested:
+        the image's s_J was at or above the value already)."""
+        requested = torch.where(self.requested > 0, self.requested, torch.nan)
+        return self.gap / requested
 
 
 def emergence_steps(
@@ -87,5 +96,6 @@ def trace_emergence(
     timestep_table = torch.tensor(timesteps)
     emergence_t = torch.where(steps >= 0, timestep_table[steps.clamp_min(0).cpu()], -1)
     return Emergence(
-        prototypes, timestep_table, edit.cpu(), reference.cpu(), steps.cpu(), emergence_t.cpu()
-    )
+        prototypes, timestep_table, edit.cpu(), reference.cpu(), steps.cpu(), emergence_t.cpu(),
+        requested.cpu(), min_share,
+    )  # fmt: skip
