@@ -381,3 +381,30 @@ def test_visualize_with_edits_in_region(tiny_run, tmp_path):
     assert numbers["reconstruction_mse"] == pytest.approx(plain["reconstruction_mse"], abs=1e-7)
     with pytest.raises(SystemExit):
         main([*command, "--prototype-guidance", "0", "--out", str(tmp_path / "bad")])
+
+
+def test_trace_writes_the_emergence_curves_and_names_what_never_emerges(tiny_run, tmp_path, capsys):
+    """`patronus trace`: the figure, the numbers (JSON) and the curves (NPZ) agree with each other,
+    and the last line says how many prototypes emerge and which never do."""
+    out = tmp_path / "when"
+    command = ["trace", str(tiny_run), "--num-images", "3", "--steps", "4", "--prototypes", "0",
+               "2", "5", "--reference-size", "16", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(command) == 0
+    numbers = json.loads((out / "emergence.json").read_text())
+    arrays = np.load(out / "emergence.npz")
+    assert numbers["prototypes"] == [0, 2, 5]
+    emerged_t = np.asarray(numbers["emergence_t"])
+    assert emerged_t.shape == (3, 3)
+    np.testing.assert_array_equal(emerged_t, arrays["emergence_t"])
+    never = [p for p, row in zip([0, 2, 5], emerged_t, strict=True) if (row < 0).all()]
+    assert numbers["never_emerging"] == never
+    # an emergence step is a traced timestep, only where the final gap reaches 10% of the request
+    final_gap = arrays["edit"][-1] - arrays["reference"][-1]
+    reached = final_gap > 0.1 * arrays["requested"]
+    assert ((emerged_t >= 0) <= reached).all()
+    assert set(emerged_t[emerged_t >= 0].tolist()) <= set(arrays["timesteps"].tolist())
+    assert (out / "when.png").stat().st_size > 1000
+    said = capsys.readouterr().err
+    assert f"emergence: {3 - len(never)} of 3 prototypes emerge in at least one of 3 images" in said
+    if never:
+        assert f"never: {', '.join(map(str, never))}" in said

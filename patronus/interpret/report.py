@@ -27,7 +27,7 @@ from patronus.interpret.what import (
     nearest_patches,
     visualize_prototypes,
 )
-from patronus.interpret.when import trace_emergence
+from patronus.interpret.when import Emergence, trace_emergence
 from patronus.interpret.where import localize
 from patronus.models import Patronus
 
@@ -256,9 +256,28 @@ def write_emergence(
         "timesteps": emergence.timesteps.tolist(),
         "emergence_t": emergence.emergence_t.tolist(),
         "mean_gap": emergence.gap.mean(2).t().tolist(),
+        "never_emerging": emergence.never_emerging(),
     }
     _write_results(out_dir, "emergence", numbers, _emergence_arrays(emergence))
+    if log is not None:
+        log(emergence_summary(emergence))
     return path
+
+
+def emergence_summary(emergence: Emergence) -> str:
+    """One sentence: how many prototypes emerge, and which never do."""
+    count, images = emergence.emergence_t.shape
+    never = emergence.never_emerging()
+    named = (
+        f"; never: {', '.join(map(str, never))} (in no image does the edit raise s_J by "
+        f"{emergence.min_share:.0%} of the requested change)"
+        if never
+        else ""
+    )
+    return (
+        f"emergence: {count - len(never)} of {count} prototypes emerge in at least one of "
+        f"{images} images{named}"
+    )
 
 
 @torch.no_grad()
@@ -366,6 +385,7 @@ def build_report(
         **_fidelity_numbers(fidelity),
         "emergence_median_t": median_t,
         "emergence_fraction_of_images": (emerged >= 0).float().mean(1).tolist(),
+        "never_emerging": emergence.never_emerging(),
         "reconstruction_mse": mse.tolist(),
         "strongest_prototype": strongest,
         "extrapolation_values": values.tolist(),

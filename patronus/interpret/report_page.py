@@ -119,11 +119,7 @@ def report_page(
         else "<p>Every prototype's kept edit reached the value s_J was set to.</p>"
     )
     opts = results["options"]
-    never = [
-        p
-        for p, share in zip(prototypes, results["emergence_fraction_of_images"], strict=True)
-        if share == 0
-    ]
+    never = results["never_emerging"]
     emergence_note = (
         f"<p><b>{len(never)} of {len(prototypes)} prototypes never emerge</b> (prototypes "
         f"{', '.join(map(str, never))}): in none of the {opts['num_images']} images does the "

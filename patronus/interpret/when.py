@@ -38,6 +38,11 @@ class Emergence:
     def gap(self) -> torch.Tensor:
         return self.edit - self.reference
 
+    def never_emerging(self) -> list[int]:
+        """The prototypes that emerge in none of the images."""
+        never = (self.emergence_t < 0).all(1).tolist()
+        return [p for p, flag in zip(self.prototypes, never, strict=True) if flag]
+
     @property
     def share(self) -> torch.Tensor:
         """(S, J, n) the gap as a share of the requested change (NaN where none was requested:
