@@ -408,3 +408,25 @@ def test_trace_writes_the_emergence_curves_and_names_what_never_emerges(tiny_run
     assert f"emergence: {3 - len(never)} of 3 prototypes emerge in at least one of 3 images" in said
     if never:
         assert f"never: {', '.join(map(str, never))}" in said
+
+
+def test_report_command_writes_the_page_and_says_the_verdicts(tiny_run, tmp_path, capsys):
+    """`patronus report`: the options given reach results.json, the page is written, and the
+    command ends with the emergence sentence and the fidelity headline, then where to open it."""
+    out = tmp_path / "report"
+    command = ["report", str(tiny_run), "--num-images", "2", "--steps", "3", "--prototypes", "1",
+               "3", "--reference-size", "16", "--pool-size", "8", "--quantile", "0.9",
+               "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(command) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["prototypes"] == [1, 3]
+    options = results["options"]
+    assert (options["num_images"], options["steps"], options["quantile"]) == (2, 3, 0.9)
+    assert options["prototype_guidance"] is None and options["edit_region"] is False
+    page = (out / "report.html").read_text()
+    assert "Can these explanations be trusted?" in page
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines[-2].startswith("emergence: ") and " of 2 prototypes emerge" in lines[-2]
+    assert lines[-1].startswith("edit fidelity: median ")
+    assert captured.out.strip().splitlines()[-1] == f"open {out / 'report.html'}"

@@ -403,5 +403,6 @@ def build_report(
     path = out_dir / "report.html"
     path.write_text(page)
     if log is not None:
+        log(emergence_summary(emergence))
         log(fidelity_headline(results["edit_fidelity"]))
     return path
