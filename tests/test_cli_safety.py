@@ -79,6 +79,7 @@ def test_out_naming_a_file_is_refused_before_any_work(tiny_run, tmp_path, capsys
         ["evaluate", "probes", "RUN", "--folds", "1"],
         ["trace", "RUN", "--pool-size", "10"],  # trace searches no pool
         ["trace", "RUN", "--edit-region"],  # trace decodes unconfined edits
+        ["visualize", "RUN", "--prototype-guidance", "0"],
     ],
 )
 def test_invalid_flags_are_refused_by_the_parser(args, tiny_run, tmp_path, capsys):
@@ -89,6 +90,13 @@ def test_invalid_flags_are_refused_by_the_parser(args, tiny_run, tmp_path, capsy
     assert not (tmp_path / "x").exists()
     err = capsys.readouterr().err
     assert "expected" in err or "unrecognized" in err
+
+
+def test_an_optional_value_before_the_checkpoint_is_explained(tiny_run, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--prototype-guidance", str(tiny_run), "--out", str(tmp_path / "x")])
+    assert "the flag's value is optional: write it after the checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(

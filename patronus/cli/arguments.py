@@ -36,6 +36,11 @@ positive_float = _number(float, 0, None, (False, True), "a number > 0")
 nonnegative_float = _number(float, 0, None, (True, True), "a number >= 0")
 quantile = _number(float, 0, 1, (False, True), "a number in (0, 1]")
 decay = _number(float, 0, 1, (False, False), "a number in (0, 1)")
+# an optional value: written just before the checkpoint, the flag would take the checkpoint
+guidance_strength = _number(
+    float, 0, None, (False, True),
+    "a strength > 0 (the flag's value is optional: write it after the checkpoint)",
+)  # fmt: skip
 
 
 def device(text: str) -> str:

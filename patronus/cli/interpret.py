@@ -89,7 +89,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             )
             parser.add_argument(
                 "--prototype-guidance",
-                type=a.positive_float,
+                type=a.guidance_strength,
                 nargs="?",
                 const=PrototypeGuidance.strength,
                 metavar="STRENGTH",
