@@ -57,6 +57,8 @@ def scheduler_sampling(
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     prediction = scheduler.config.prediction_type
     x = x_T * scheduler.init_noise_sigma
+    # the levels as Python ints, read from the device once (each step reports its own and the next)
+    levels = [int(t) for t in scheduler.timesteps.tolist()]
     for index, t in enumerate(scheduler.timesteps):
         level = t.to(device=x.device, dtype=torch.long).repeat(x.shape[0])
         output = eps_fn(scheduler.scale_model_input(x, t), level)
@@ -67,11 +69,11 @@ def scheduler_sampling(
         result = scheduler.step(output, t, x, **extra)
         x0 = getattr(result, "pred_original_sample", None)
         if x0 is None:
-            abar = scheduler.alphas_cumprod[int(t)].to(x.device, x.dtype)
+            abar = scheduler.alphas_cumprod[levels[index]].to(x.device, x.dtype)
             x0 = predicted_x0(x, output, abar, prediction)
-        following = scheduler.timesteps[index + 1] if index + 1 < len(scheduler.timesteps) else -1
+        following = levels[index + 1] if index + 1 < len(levels) else -1
         step = handed_on(
-            SamplerStep(index, int(t), x, x0, result.prev_sample, int(following)), after_step
+            SamplerStep(index, levels[index], x, x0, result.prev_sample, following), after_step
         )
         yield step
         x = step.sample
