@@ -335,6 +335,8 @@ def test_report_is_self_contained_and_every_figure_decodes(
         assert listed and [int(p) for p in listed.group(1).split(", ")] == never
     else:
         assert "Every prototype emerges in at least one image." in page
+    assert results["emergence_min_share"] == 0.1  # the report traces with the default threshold
+    assert "final\ngap is below 10% of the requested change (dashed)" in page
     # the reconstructions shown are the gallery's unedited decodes: the same as decoding anew
     _, mse = reconstruction(trained, invert_images(trained, images[:4], 8))
     assert results["reconstruction_mse"] == pytest.approx(mse.tolist(), abs=1e-7)

@@ -386,6 +386,7 @@ def build_report(
         "emergence_median_t": median_t,
         "emergence_fraction_of_images": (emerged >= 0).float().mean(1).tolist(),
         "never_emerging": emergence.never_emerging(),
+        "emergence_min_share": emergence.min_share,
         "reconstruction_mse": mse.tolist(),
         "strongest_prototype": strongest,
         "extrapolation_values": values.tolist(),

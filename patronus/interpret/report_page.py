@@ -120,12 +120,13 @@ def report_page(
     )
     opts = results["options"]
     never = results["never_emerging"]
+    min_share = results["emergence_min_share"]
     emergence_note = (
         f"<p><b>{len(never)} of {len(prototypes)} prototypes never emerge</b> (prototypes "
         f"{', '.join(map(str, never))}): in none of the {opts['num_images']} images does the "
-        "decoded edit raise s_J by 10% of the requested change, so there is no step at which J "
-        "appears. That says the model does not follow these prototypes' edits, not that they "
-        "emerge late.</p>"
+        f"decoded edit raise s_J by {min_share:.0%} of the requested change, so there is no step "
+        "at which J appears. That says the model does not follow these prototypes' edits, not "
+        "that they emerge late.</p>"
         if never
         else "<p>Every prototype emerges in at least one image.</p>"
     )
@@ -227,7 +228,7 @@ timestep, from t = 999 (pure noise, left) to 0 (the image, right); the axis stop
 {SHARE_LIMITS[0]} and {SHARE_LIMITS[1]}, which the blurry predictions of the first steps often
 leave. A prototype emerges at the first step from which this gap stays above
 {opts["emergence_fraction"]:.0%} of its final value (red lines); it does not emerge where the final
-gap is below 10% of the requested change (dashed).</p>
+gap is below {min_share:.0%} of the requested change (dashed).</p>
 {emergence_note}
 {_img(png["when"], "emergence curves")}
 <h2>Reconstruction</h2>
