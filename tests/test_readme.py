@@ -76,3 +76,49 @@ def test_every_flag_the_readme_shows_exists(line):
     known = _options(build_parser(), words)
     flags = [w.split("=")[0] for w in words if w.startswith("--")]
     assert flags == [f for f in flags if f in known], f"{line}: unknown {set(flags) - known}"
+
+
+MARKDOWN = sorted(README.parent.glob("*.md")) + sorted(
+    README.parent.glob("benchmarks/results/*.md")
+)
+
+
+def _cells(row: str) -> int:
+    """The number of cells of a Markdown table row (pipes inside `code` or escaped do not count)."""
+    unquoted = re.sub(r"`[^`]*`", "", row.replace("\\|", ""))
+    return unquoted.strip().strip("|").count("|") + 1
+
+
+def _table_errors(text: str) -> list[str]:
+    """Rows that would not render as part of a table: a block of `|` lines must open with a header
+    and a |---| separator, and every row must have the header's number of cells."""
+    errors, block = [], []
+    for number, line in enumerate([*text.splitlines(), ""], start=1):
+        if line.startswith("|"):
+            block.append((number, line))
+            continue
+        if block:
+            (first, header), *rows = block
+            if not rows or not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", rows[0][1].strip()):
+                errors.append(f"line {first}: table rows without a header and |---| line")
+            errors += [
+                f"line {n}: {_cells(row)} cells, the header has {_cells(header)}"
+                for n, row in rows
+                if _cells(row) != _cells(header)
+            ]
+        block = []
+    return errors
+
+
+def test_table_check_finds_a_row_cut_off_from_its_table():
+    table = "| a | b |\n|---|---|\n| 1 | `x|y` |\n"
+    assert _table_errors(table) == []
+    assert _table_errors(table + "\nA paragraph.\n| 2 | 3 |\n") == [
+        "line 6: table rows without a header and |---| line"
+    ]
+    assert _table_errors(table + "| 1 | 2 | 3 |\n") == ["line 4: 3 cells, the header has 2"]
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(README.parent)))
+def test_markdown_tables_render_whole(path):
+    assert _table_errors(path.read_text()) == []
