@@ -84,19 +84,37 @@ def test_training_loss_is_a_differentiable_scalar(model, images):
     assert model.encoder.features[0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(
-    ("bad", "error", "match"),
-    [
-        (torch.rand(2, 1, 24, 24), ValueError, r"must be \(B, 3, 24, 24\)"),
-        (torch.rand(2, 3, 32, 32), ValueError, r"must be \(B, 3, 24, 24\)"),
-        (torch.rand(3, 24, 24), ValueError, r"must be \(B, 3, 24, 24\)"),
-        (torch.zeros(2, 3, 24, 24, dtype=torch.uint8), TypeError, "floating point"),
-        (torch.full((2, 3, 24, 24), float("nan")), ValueError, "NaN"),
-    ],
-)
-def test_bad_images_raise_clear_errors(model, bad, error, match):
+BAD_SHAPES = [
+    (torch.rand(2, 1, 24, 24), ValueError, r"must be \(B, 3, 24, 24\)"),
+    (torch.rand(2, 3, 32, 32), ValueError, r"must be \(B, 3, 24, 24\)"),
+    (torch.rand(3, 24, 24), ValueError, r"must be \(B, 3, 24, 24\)"),
+    (torch.zeros(2, 3, 24, 24, dtype=torch.uint8), TypeError, "floating point"),
+]
+ENTRY_POINTS = {
+    "invert": lambda model, x: model.invert(x, steps=2),
+    "reconstruct": lambda model, x: model.reconstruct(x, steps=2),
+    "edit": lambda model, x: model.edit(x, lambda s: s + 1, steps=2),
+    "encode": lambda model, x: model.encode(x),
+    "prototype_output": lambda model, x: model.prototype_output(x).activations,
+}
+ENCODING = ("encode", "prototype_output")
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(("bad", "error", "match"), BAD_SHAPES)
+def test_bad_images_raise_clear_errors(model, entry, bad, error, match):
     with pytest.raises(error, match=match):
-        model.invert(bad, steps=2)
+        ENTRY_POINTS[entry](model, bad)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_nan_images_are_refused_before_decoding(model, entry):
+    nan = torch.full((2, 3, 24, 24), float("nan"))
+    if entry in ENCODING:  # encoding does not read values (no host synchronisation): NaN -> NaN
+        assert ENTRY_POINTS[entry](model, nan).isnan().all()
+    else:
+        with pytest.raises(ValueError, match="NaN"):
+            ENTRY_POINTS[entry](model, nan)
 
 
 def test_bad_activations_raise_clear_errors(model):

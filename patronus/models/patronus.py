@@ -95,8 +95,9 @@ class Patronus(nn.Module):
         return self.prototype_layer.prototypes.device
 
     # ----------------------------------------------------------------------------------- checks
-    def check_images(self, images: torch.Tensor, name: str = "images") -> None:
-        """Raise a clear error unless images are finite float (B, C, H, W) of this model's shape."""
+    def check_images(self, images: torch.Tensor, name: str = "images", values: bool = True) -> None:
+        """Raise a clear error unless images are float (B, C, H, W) of this model's shape and,
+        with ``values``, finite (reading the values: a host synchronisation on a GPU)."""
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
         if not images.is_floating_point():
@@ -107,7 +108,7 @@ class Patronus(nn.Module):
                 f"{name} must be (B, {expected[0]}, {expected[1]}, {expected[2]}), "
                 f"got {tuple(images.shape)}"
             )
-        if not torch.isfinite(images).all():
+        if values and not torch.isfinite(images).all():
             raise ValueError(f"{name} contain NaN or Inf")
 
     def check_activations(self, s: torch.Tensor) -> None:
@@ -122,7 +123,9 @@ class Patronus(nn.Module):
 
     # ------------------------------------------------------------------------------ the model
     def prototype_output(self, x0: torch.Tensor) -> PrototypeOutput:
-        """Clean images (B, C, H, W) -> activations, min distances and winning patches (B, P)."""
+        """Clean images (B, C, H, W) -> activations, min distances and winning patches (B, P).
+        The images' shape and dtype are checked, not their values (NaN gives NaN activations)."""
+        self.check_images(x0, "x0", values=False)
         return self.prototype_layer(self.encoder(x0))
 
     def encode(self, x0: torch.Tensor) -> torch.Tensor:
