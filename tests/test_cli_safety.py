@@ -51,6 +51,22 @@ def test_the_default_output_is_a_new_folder_under_runs(tiny_run, tmp_path, monke
     assert "wrote runs/sample-2/samples.png" in capsys.readouterr().out
 
 
+def test_a_refused_command_leaves_no_folder_behind(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    missing = ["--activations", str(tmp_path / "missing.npy")]
+    nested = tmp_path / "new" / "deeper" / "s"
+    assert _sample(tiny_run, nested, *missing) == 2
+    assert "no activation file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    assert main(["sample", str(tiny_run), "--no-progress", *missing]) == 2
+    assert not (tmp_path / "runs").exists()  # so the next default folder is runs/sample again
+    (tmp_path / "mine").mkdir()  # an empty folder the user made is theirs: kept
+    assert _sample(tiny_run, tmp_path / "mine", *missing) == 2
+    assert (tmp_path / "mine").is_dir()
+    assert _sample(tiny_run, tmp_path / "kept") == 0  # a command that succeeds keeps its folder
+    assert (tmp_path / "kept" / "samples.png").is_file()
+
+
 def test_out_naming_a_file_is_refused_before_any_work(tiny_run, tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("keep me")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from patronus.cli import diffusers_export, evaluate, generate, interpret, train
+from patronus.cli.outputs import removing_empty_outputs_on_failure
 from patronus.errors import PatronusError
 
 
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with removing_empty_outputs_on_failure():
+            return args.handler(args)
     except PatronusError as error:  # the project's own: one line; anything else is a bug
         print(f"patronus {args.command}: error: {error}", file=sys.stderr)
         return 2

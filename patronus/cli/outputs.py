@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from patronus.errors import PatronusError
 
 RUNS = Path("runs")
 _LISTED_PER_FOLDER = 20
+_created: list[Path] = []  # folders output_folder created for the running command, deepest first
 
 
 class CommandError(PatronusError):
@@ -39,8 +42,26 @@ def output_folder(out: Path | None, default_name: str, overwrite: bool) -> Path:
         raise CommandError(
             f"{out} already holds files: pass --overwrite to write into it, or choose another --out"
         )
+    _created.extend(folder for folder in (out, *out.parents) if not folder.exists())
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextmanager
+def removing_empty_outputs_on_failure() -> Iterator[None]:
+    """``with`` this around a command: when it fails (an error, Ctrl-C), the folders
+    :func:`output_folder` created for it that are still empty are removed again, so that a
+    refused command leaves nothing behind (and the next default ``runs/<name>`` is not ``-2``)."""
+    _created.clear()
+    try:
+        yield
+    except BaseException:
+        for folder in _created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    finally:
+        _created.clear()
 
 
 def report_written(folder: Path, since: float) -> None:
