@@ -59,6 +59,23 @@ def test_kid_is_unbiased_for_one_distribution():
     assert shifted > 10 * abs(mean) and shifted > 0.01
 
 
+def test_features_of_two_extractors_or_non_finite_are_refused():
+    a, b = torch.randn(20, 4), torch.randn(20, 3)
+    with pytest.raises(ValueError, match="features2 have 3 features per sample, the other set 4"):
+        kernel_distance(a, b, subsets=2, subset_size=10)
+    with pytest.raises(ValueError, match=r"mu2 must be \(4,\) like mu1"):
+        frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    bad = a.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"features contain NaN or Inf \(1 of 80"):
+        feature_statistics(bad)
+    mu, sigma = feature_statistics(a)
+    with pytest.raises(ValueError, match="sigma2 contain NaN"):
+        frechet_distance(mu, sigma, mu, sigma.clone().fill_(float("inf")))
+    with pytest.raises(ValueError, match="features1 contain NaN"):
+        kernel_distance(a.clone().fill_(float("nan")), a, subsets=2, subset_size=10)
+
+
 def test_kid_returns_float64_values():
     """Documented as float64: the mean over subsets is not rounded through float32."""
     a = torch.randn(50, 4, dtype=torch.float64)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from patronus.eval.probes import (
+    auroc_matrix,
     entropy_reduction,
     fold_indices,
     linear_probes,
@@ -36,6 +37,48 @@ def test_roc_auc_known_values():
     scores = torch.tensor([[0.0, 3.0], [1.0, 2.0], [2.0, 1.0]])
     assert factor_auroc(scores, torch.tensor([0, 0, 1])).tolist() == [1.0, 1.0]
     assert math.isnan(float(roc_auc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]))))
+
+
+SCORES, LABELS = torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "match"),
+    [
+        (SCORES, LABELS[:3], r"labels must be \(4,\), one per score, got \(3,\)"),
+        (SCORES, torch.tensor([0, 1, 2, 1]), "binary .* got values 0, 1, 2; for a class k"),
+        (LABELS.float(), SCORES, "binary"),  # the arguments swapped
+        (torch.tensor([0.1, float("nan"), 0.3, 0.8]), LABELS, r"NaN or Inf \(1 of 4"),
+        (torch.tensor(0.5), LABELS, "got a scalar"),
+    ],
+)
+def test_roc_auc_refuses_what_it_would_misread(scores, labels, match):
+    # before these checks: NaN scores ranked as numbers, label 2 counted as positive, swapped
+    # arguments gave NaN, a short label vector an IndexError
+    with pytest.raises(ValueError, match=match):
+        roc_auc(scores, labels)
+
+
+def test_roc_auc_takes_binary_labels_of_any_dtype():
+    for labels in (LABELS, LABELS.bool(), LABELS.float(), LABELS.double()):
+        assert float(roc_auc(SCORES, labels)) == 0.75
+
+
+@pytest.mark.parametrize("function", ["auroc_matrix", "tad", "linear_probes"])
+def test_probe_inputs_are_checked(function):
+    activations, a, b = constructed(50)
+    labels = torch.stack([a, b], dim=1)
+    call = {
+        "auroc_matrix": lambda x, y: auroc_matrix(x, y),
+        "tad": lambda x, y: tad(x, y, ["a", "b"]),
+        "linear_probes": lambda x, y: linear_probes(x, y, ["a", "b"]),
+    }[function]
+    with pytest.raises(ValueError, match=r"labels must be \(N, A\) = \(50, A\)"):
+        call(activations, labels[:40])
+    with pytest.raises(ValueError, match="activations contain NaN"):
+        call(activations.index_fill(0, torch.tensor([3]), float("nan")), labels)
+    with pytest.raises(ValueError, match=r"activations must be \(N, F\)"):
+        call(activations[:, 0], labels)
 
 
 def test_tad_on_constructed_activations():

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from patronus.eval._inputs import check_features, check_finite
+
 
 def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """features (N, F) -> mean (F,) and unbiased covariance (F, F), float64 (as pytorch-fid)."""
-    if features.dim() != 2 or features.shape[0] < 2:
+    check_features("features", features)
+    if features.shape[0] < 2:
         raise ValueError(f"need (N, F) features with N >= 2, got {tuple(features.shape)}")
     x = features.double()
     mu = x.mean(0)
@@ -28,6 +31,17 @@ def frechet_distance(
     tr((sigma1 sigma2)^(1/2)) is computed as the sum of square roots of the eigenvalues of the
     symmetric sigma1^(1/2) sigma2 sigma1^(1/2), which has the same spectrum: no complex parts.
     """
+    dim = mu1.shape[-1]
+    for name, value, shape in [
+        ("mu1", mu1, (dim,)), ("sigma1", sigma1, (dim, dim)),
+        ("mu2", mu2, (dim,)), ("sigma2", sigma2, (dim, dim)),
+    ]:  # fmt: skip
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"{name} must be {shape} like mu1 (both sets' statistics from the same "
+                f"features), got {tuple(value.shape)}"
+            )
+        check_finite(name, value)
     mu1, mu2, sigma1, sigma2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
     root = _psd_sqrt(sigma1)
     middle = root @ sigma2 @ root
@@ -47,6 +61,8 @@ def kernel_distance(
 
     Returns (mean, standard deviation over subsets).
     """
+    check_features("features1", features1)
+    check_features("features2", features2, features1.shape[1])
     x, y = features1.double(), features2.double()
     size = min(subset_size, x.shape[0], y.shape[0])
     if size < 2:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from patronus.eval._inputs import check_features
 from patronus.eval.roc import factor_auroc, roc_auc
 
 
@@ -36,6 +37,15 @@ def _split(count: int, held_out: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().flatten()
 
 
+def _check_probe_inputs(activations: torch.Tensor, labels: torch.Tensor) -> None:
+    check_features("activations", activations)
+    if labels.dim() != 2 or labels.shape[0] != activations.shape[0]:
+        raise ValueError(
+            f"labels must be (N, A) = ({activations.shape[0]}, A), one row per activation row, "
+            f"got {tuple(labels.shape)}"
+        )
+
+
 def linear_probes(
     activations: torch.Tensor,
     labels: torch.Tensor,
@@ -50,6 +60,7 @@ def linear_probes(
         from sklearn.preprocessing import StandardScaler
     except ImportError as error:
         raise ImportError("linear probes need scikit-learn: pip install scikit-learn") from error
+    _check_probe_inputs(activations, labels)
     x = activations.double().numpy()
     results = {}
     parts = fold_indices(len(x), folds, seed)
@@ -117,6 +128,7 @@ def entropy_reduction(labels: torch.Tensor, groups: Sequence[str] | None = None)
 
 def auroc_matrix(activations: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(N, P) activations, (N, A) binary labels -> (A, P) max(AUC(y, s), AUC(y, -s))."""
+    _check_probe_inputs(activations, labels)
     return torch.stack([factor_auroc(activations, labels[:, i]) for i in range(labels.shape[1])])
 
 
@@ -132,6 +144,7 @@ def tad(
 ) -> dict:
     """TAD, the captured attributes and the per-attribute gaps, on held-out folds (``groups``:
     see :func:`entropy_reduction`)."""
+    _check_probe_inputs(activations, labels)
     if activations.shape[1] < 2:
         raise ValueError(f"TAD needs at least 2 prototypes, got {activations.shape[1]}")
     labels = labels.long()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from patronus.eval._inputs import check_binary_labels, check_finite
+
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Area under the ROC curve of ``scores`` (N, ...) for binary ``labels`` (N,), per column.
 
     The Mann-Whitney statistic with average ranks for ties; NaN where a class is empty.
+    Scores must be finite, labels 0 / 1 (any dtype), one per score.
     """
-    labels = labels.bool()
+    if scores.dim() == 0:
+        raise ValueError("scores must be (N, ...), one row per label, got a scalar")
+    labels = check_binary_labels(labels, scores.shape[0])
+    check_finite("scores", scores)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     flat = scores.reshape(scores.shape[0], -1).double()
     if positives == 0 or negatives == 0:
