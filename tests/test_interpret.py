@@ -19,6 +19,7 @@ from patronus.data import FACTOR_NAMES, FACTORS, SyntheticShapes
 from patronus.eval import factor_auroc
 from patronus.interpret import (
     activation_bounds,
+    analyses,
     box_iou,
     edited_activations,
     emergence_steps,
@@ -226,6 +227,38 @@ def test_bounds():
     assert activation_bounds(activations, global_max=True).tolist() == [7.0, 7.0]
     with pytest.raises(ValueError, match="quantile"):
         activation_bounds(activations, 0.0)
+    with pytest.raises(ValueError, match="NaN"):  # it returned NaN bounds
+        activation_bounds(activations.index_fill(0, torch.tensor([1]), float("nan")))
+
+
+def test_prototype_and_image_indices_are_checked(trained, test_set):
+    """Out-of-range indices raised bare IndexErrors, -1 silently edited the last prototype, and
+    bounds or values of the wrong length were silently cut to what the call used."""
+    _, images, _ = test_set
+    inversion = invert_images(trained, images[:2], 2)
+    count = trained.num_prototypes
+    bounds = activation_bounds(inversion.activations)
+    calls = [
+        lambda j: visualize_prototypes(trained, inversion, bounds, [j]),
+        lambda j: trace_emergence(trained, inversion, [j], bounds[[0]]),
+        lambda j: analyses.extrapolation(trained, inversion, j, bounds[:2]),
+        lambda j: analyses.consistency(trained, inversion, j, 1.0),
+    ]
+    for call in calls:
+        with pytest.raises(
+            ValueError, match=re.escape(f"must be in 0 .. {count - 1}, got [{count}]")
+        ):
+            call(count)
+        with pytest.raises(ValueError, match=re.escape("got [-1]")):
+            call(-1)
+    with pytest.raises(ValueError, match=re.escape(f"bounds must be ({count},)")):
+        visualize_prototypes(trained, inversion, bounds[:3], [0])
+    with pytest.raises(ValueError, match=re.escape("values must be finite and (2,) or (2, 2)")):
+        trace_emergence(trained, inversion, [0, 1], bounds[[0]])
+    with pytest.raises(ValueError, match=re.escape("image indices must be in 0 .. 1, got [2]")):
+        analyses.interpolation(trained, inversion, 0, 2)
+    with pytest.raises(ValueError, match="values must be finite"):
+        analyses.extrapolation(trained, inversion, 0, torch.tensor([0.0, float("inf")]))
 
 
 def test_upsampling_puts_cell_values_at_receptive_field_centres():

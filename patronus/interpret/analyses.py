@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
-from patronus.interpret.what import Inversion, edited_activations, per_image_mse
+from patronus.interpret.what import Inversion, checked_indices, edited_activations, per_image_mse
 from patronus.models import Patronus
 
 
@@ -62,6 +62,7 @@ def interpolation(
     model: Patronus, inversion: Inversion, first: int = 0, second: int = 1, count: int = 8
 ) -> torch.Tensor:
     """From image ``first`` to image ``second``: s linear, x_T spherical -> (count, C, H, W)."""
+    first, second = checked_indices("image indices", [first, second], inversion.x_T.shape[0])
     weight = torch.linspace(0, 1, count, device=inversion.x_T.device)
     s_a, s_b = inversion.activations[first], inversion.activations[second]
     s = s_a[None] + weight[:, None] * (s_b - s_a)[None]
@@ -82,6 +83,9 @@ def extrapolation(
     included), from its own x_T, with ``edit_guidance`` as in :meth:`Inversion.decode`
     -> (len(values), C, H, W)."""
     one = inversion.select([image])
+    (prototype,) = checked_indices("prototype", [prototype], one.activations.shape[1])
+    if values.dim() != 1 or not torch.isfinite(values).all():
+        raise ValueError(f"values must be finite and (K,), got {tuple(values.shape)}")
     s = one.activations.repeat(len(values), 1)
     s[:, prototype] = values.to(s)
     x_T = one.x_T.repeat(len(values), 1, 1, 1)

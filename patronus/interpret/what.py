@@ -36,9 +36,21 @@ def activation_bounds(
         )
     if not 0.0 < quantile <= 1.0:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    if not torch.isfinite(activations).all():
+        raise ValueError("reference activations contain NaN or Inf")
     if global_max:
         return activations.max().expand(activations.shape[1]).clone()
     return torch.quantile(activations.float(), quantile, dim=0)
+
+
+def checked_indices(what: str, indices: Sequence[int], count: int) -> list[int]:
+    """``indices`` as a list of ints in [0, count), or a ValueError naming ``what`` (negative
+    indices are refused: they would silently mean counting from the end)."""
+    listed = [int(i) for i in indices]
+    wrong = [i for i in listed if not 0 <= i < count]
+    if wrong:
+        raise ValueError(f"{what} must be in 0 .. {count - 1}, got {wrong}")
+    return listed
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,8 @@ class Inversion:
 
     def select(self, indices: Sequence[int]) -> Inversion:
         """The inversion of the images at ``indices`` only."""
-        index = torch.tensor(list(indices), dtype=torch.long, device=self.x_T.device)
+        listed = checked_indices("image indices", indices, self.x_T.shape[0])
+        index = torch.tensor(listed, dtype=torch.long, device=self.x_T.device)
         return replace(
             self,
             images=self.images[index.to(self.images.device)],
@@ -139,7 +152,13 @@ def edited_activations(
     ``directions`` (P, P), e.g. :func:`patronus.interpret.comoving_directions`: the other
     activations move too, by (value - s_J) * directions[J]; s_J is still set to the value exactly.
     None: they stay (the plain edit)."""
+    prototypes = checked_indices("prototypes", prototypes, activations.shape[1])
     count, n = len(prototypes), activations.shape[0]
+    if values.shape not in ((count,), (count, n)) or not torch.isfinite(values).all():
+        raise ValueError(
+            f"values must be finite and ({count},) or ({count}, {n}) for {count} prototypes in "
+            f"{n} images, got {tuple(values.shape)}"
+        )
     values = values.reshape(count, -1).expand(count, n).to(activations).reshape(-1)
     edits = activations.repeat(count, 1)
     rows = torch.arange(count * n, device=activations.device)
@@ -246,7 +265,12 @@ def visualize_prototypes(
     the edits then show the prototype layer's pattern as the denoiser renders it); None (the
     default): the model's conditioning alone.
     """
-    prototypes = list(range(model.num_prototypes)) if prototypes is None else list(prototypes)
+    count = model.num_prototypes
+    prototypes = checked_indices(
+        "prototypes", range(count) if prototypes is None else prototypes, count
+    )
+    if bounds.shape != (count,):
+        raise ValueError(f"bounds must be ({count},), one per prototype, got {tuple(bounds.shape)}")
     n = inversion.images.shape[0]
     per_chunk = max(1, batch_size // n)
     if region:  # the unedited decode's steps (blended in), where each prototype fires (n, P, 4)
