@@ -12,6 +12,7 @@ from patronus import Patronus, load_model
 from patronus.data import SyntheticShapes
 from patronus.models.presets import get_preset
 from patronus.train import TrainConfig, Trainer
+from patronus.train.divergence import TrainingDiverged
 
 PRESET = get_preset("synthetic-tiny")
 
@@ -40,16 +41,8 @@ def test_a_few_hundred_steps_lower_the_loss_clearly(tmp_path):
 
 
 def test_resume_after_interruption_is_bit_exact(tmp_path):
-    straight = (
-        make_trainer(tmp_path / "a", max_steps=8, ema_decay=0.9, dropout_check=None)
-        if False
-        else None
-    )
     straight = make_trainer(tmp_path / "a", max_steps=8, ema_decay=0.9)
     straight.fit()
-
-    class Stop(Exception):
-        pass
 
     def interrupt(step, row):
         if step == 4:
@@ -71,6 +64,25 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     rows_a = [(r["step"], r["loss"]) for r in straight.metrics.rows()]
     rows_b = [(r["step"], r["loss"]) for r in resumed.metrics.rows()]
     assert rows_a == rows_b
+
+
+def test_a_diverging_training_stops_and_keeps_its_last_good_checkpoint(tmp_path):
+    make_trainer(tmp_path, max_steps=4, checkpoint_every=4, ema_decay=0.9).fit()
+    checkpoints = tmp_path / "checkpoints"
+    diverging = make_trainer(
+        tmp_path, max_steps=16, checkpoint_every=4, ema_decay=0.9, learning_rate=1e30, grad_clip=0
+    )
+    assert diverging.resume() == 4
+    with pytest.raises(TrainingDiverged, match=r"by step \d+, \d+ weight tensors hold NaN") as info:
+        diverging.fit()
+    assert f"the last checkpoint, {checkpoints / 'step_0000004'}, is kept" in str(info.value)
+    assert "--lr, now 1e+30" in str(info.value)
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_0000004"]
+    assert (checkpoints / "latest").read_text() == "step_0000004"
+    assert not (tmp_path / "samples" / "step_0000016.png").exists()
+    for ema in (True, False):
+        model = load_model(tmp_path, ema=ema)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_dropout_and_distinct_loss_paths_train(tmp_path):

@@ -45,6 +45,7 @@ from patronus.nn.prototype_layer import prototype_distinct_loss
 from patronus.train.activation_decorrelation import activation_decorrelation_loss
 from patronus.train.config import TrainConfig
 from patronus.train.distributed import setup_distributed
+from patronus.train.divergence import check_weights, non_finite_parameters
 from patronus.train.edit_consistency import edit_consistency_loss
 from patronus.train.ema import EMA
 from patronus.train.metrics import MetricsLog, plot_loss_curve
@@ -342,7 +343,14 @@ class Trainer:
                     for key, value in values.items():
                         sums[key] = sums.get(key, 0) + value.float()
                     bar.update(1)
-                    if self.step % config.log_every == 0 or self.step == config.max_steps:
+                    logs = self.step % config.log_every == 0 or self.step == config.max_steps
+                    saves = self.step % config.checkpoint_every == 0
+                    samples = bool(config.sample_every) and self.step % config.sample_every == 0
+                    if logs or saves or samples or self.step == config.max_steps:
+                        check_weights(
+                            self.model, self.step, self._latest_checkpoint(), config.learning_rate
+                        )
+                    if logs:
                         now = time.perf_counter()
                         steps = self.step % config.log_every or config.log_every
                         row = {"step": self.step, "epoch": self.step / sampler.steps_per_epoch}
@@ -356,13 +364,14 @@ class Trainer:
                         bar.set_postfix(loss=f"{row['loss']:.4f}")
                         if on_step is not None:
                             on_step(self.step, row)
-                    if self.step % config.checkpoint_every == 0:
+                    if saves:
                         self.save_checkpoint()
                         saved_step = self.step
-                    if config.sample_every and self.step % config.sample_every == 0:
+                    if samples:
                         self.write_samples()
         except KeyboardInterrupt as interrupt:
-            if self.dist.is_main and self.step > 0 and saved_step != self.step:
+            diverged = bool(non_finite_parameters(self.model))  # nothing of it is saved
+            if self.dist.is_main and self.step > 0 and saved_step != self.step and not diverged:
                 path = self.save_checkpoint()
                 print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}")
             if isinstance(interrupt, TrainingInterrupted):
@@ -411,6 +420,11 @@ class Trainer:
             plot_loss_curve(self.metrics.rows(), self.run_dir / LOSS_CURVE_FILE)
         self.dist.barrier()
         return folder if self.dist.is_main else None
+
+    def _latest_checkpoint(self) -> Path | None:
+        """The checkpoint ``latest`` names, if any (a resumed run's included)."""
+        latest = self.checkpoints_dir / LATEST_FILE
+        return self.checkpoints_dir / latest.read_text().strip() if latest.is_file() else None
 
     def _prune_checkpoints(self) -> None:
         """Keep the newest ``keep_checkpoints`` by step number (the one just written among them)."""
