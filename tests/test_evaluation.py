@@ -16,6 +16,7 @@ from patronus.eval.classifier import (
     train_classifier,
 )
 from patronus.models.prior import ActivationPrior, PriorConfig, sample_prior
+from patronus.train.prior import train_prior
 
 
 def test_biased_celeba_subset(tmp_path):
@@ -50,6 +51,23 @@ def test_biased_celeba_subset(tmp_path):
 
 def toy_eps(x, t):
     return torch.tanh(x * 0.5) * torch.cos(t.double() / 30).reshape(-1, 1, 1).to(x.dtype)
+
+
+def test_prior_training_refuses_what_it_cannot_fit():
+    prior = ActivationPrior(PriorConfig(num_prototypes=6))
+    good = torch.randn(32, 6)
+    bad_rows = good.clone()
+    bad_rows[3, 2] = float("nan")  # trained on, it would make every weight NaN
+    for activations, match in [
+        (good[:, :5], r"must be \(N, 6\)"),
+        (bad_rows, "must be finite"),
+        (good[:1], "at least 2 rows"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            train_prior(prior, activations, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        train_prior(prior, good, epochs=1, batch_size=0, progress=False)
+    assert len(train_prior(prior, good, epochs=2, batch_size=16, progress=False)) == 2
 
 
 def test_prior_ddim_matches_float64_equations():

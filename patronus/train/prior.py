@@ -22,6 +22,13 @@ def train_prior(
     if activations.dim() != 2 or activations.shape[1] != prior.config.num_prototypes:
         expected = prior.config.num_prototypes
         raise ValueError(f"activations must be (N, {expected}), got {tuple(activations.shape)}")
+    if len(activations) < 2 or not torch.isfinite(activations).all():
+        raise ValueError("activations must be finite, at least 2 rows (the normalisation's std)")
+    if epochs < 1 or batch_size < 1 or not learning_rate > 0:
+        raise ValueError(
+            f"need epochs >= 1, batch_size >= 1 and learning_rate > 0, got {epochs}, "
+            f"{batch_size}, {learning_rate}"
+        )
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     prior.fit_normalisation(activations)
