@@ -89,6 +89,7 @@ BAD_SHAPES = [
     (torch.rand(2, 3, 32, 32), ValueError, r"must be \(B, 3, 24, 24\)"),
     (torch.rand(3, 24, 24), ValueError, r"must be \(B, 3, 24, 24\)"),
     (torch.zeros(2, 3, 24, 24, dtype=torch.uint8), TypeError, "floating point"),
+    (torch.rand(2, 3, 24, 24, dtype=torch.float64), TypeError, "weights are torch.float32"),
 ]
 ENTRY_POINTS = {
     "invert": lambda model, x: model.invert(x, steps=2),
@@ -124,6 +125,10 @@ def test_bad_activations_raise_clear_errors(model):
         model.sample(torch.full((2, 8), float("nan")), steps=2)
     with pytest.raises(ValueError, match="sampler must be"):
         model.sample(torch.rand(2, 8), sampler="euler")
+    with pytest.raises(TypeError, match=r"x_T are torch.float64 .* \.to\(torch.float32\)"):
+        model.sample(torch.rand(2, 8), steps=2, x_T=torch.randn(2, 3, 24, 24).double())
+    with pytest.raises(TypeError, match="s_edit must be a \\(B, P\\) tensor or return one"):
+        model.edit(torch.rand(2, 3, 24, 24), lambda s: s.tolist(), steps=2)
     with pytest.raises(ValueError, match="x_T has 1 samples"):
         model.sample(torch.rand(2, 8), steps=2, x_T=torch.randn(1, 3, 24, 24))
 

@@ -102,6 +102,12 @@ class Patronus(nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
         if not images.is_floating_point():
             raise TypeError(f"{name} must be floating point in [-1, 1], got {images.dtype}")
+        weights = self.prototype_layer.prototypes.dtype
+        if images.dtype != weights and not torch.is_autocast_enabled(images.device.type):
+            raise TypeError(
+                f"{name} are {images.dtype} but the model's weights are {weights}: convert them "
+                f"with .to({weights})"
+            )
         expected = self.config.image_shape
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(
@@ -401,6 +407,10 @@ class Patronus(nn.Module):
             if x_T is None:
                 x_T = self.invert(x0, s, steps, progress=progress, guidance_scale=guidance_scale)
             new_s = s_edit(s.clone()) if callable(s_edit) else s_edit
+            if not isinstance(new_s, torch.Tensor):
+                raise TypeError(
+                    f"s_edit must be a (B, P) tensor or return one, got {type(new_s).__name__}"
+                )
             if new_s.shape != s.shape:
                 raise ValueError(
                     f"edited activations must be {tuple(s.shape)}, got {tuple(new_s.shape)}"
