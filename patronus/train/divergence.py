@@ -6,6 +6,7 @@ steps, so that a DDP run stops everywhere), not after every step: it reads every
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,16 +25,20 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
 
 
 def check_weights(
-    model: nn.Module, step: int, last_checkpoint: Path | None, learning_rate: float
+    model: nn.Module,
+    step: int,
+    last_checkpoint: Callable[[], Path | None],
+    learning_rate: float,
 ) -> None:
     """Raise :class:`TrainingDiverged` naming the first broken weights, the checkpoint that is
-    kept (``last_checkpoint``, None: none yet) and what to change."""
+    kept (``last_checkpoint()``, asked only then; None: none yet) and what to change."""
     broken = non_finite_parameters(model)
     if not broken:
         return
+    kept_folder = last_checkpoint()
     kept = (
-        f"the last checkpoint, {last_checkpoint}, is kept (resume it with --resume)"
-        if last_checkpoint is not None
+        f"the last checkpoint, {kept_folder}, is kept (resume it with --resume)"
+        if kept_folder is not None
         else "no checkpoint was saved yet"
     )
     raise TrainingDiverged(

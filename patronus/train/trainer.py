@@ -346,9 +346,9 @@ class Trainer:
                     logs = self.step % config.log_every == 0 or self.step == config.max_steps
                     saves = self.step % config.checkpoint_every == 0
                     samples = bool(config.sample_every) and self.step % config.sample_every == 0
-                    if logs or saves or samples or self.step == config.max_steps:
+                    if logs or saves or samples:
                         check_weights(
-                            self.model, self.step, self._latest_checkpoint(), config.learning_rate
+                            self.model, self.step, self._latest_checkpoint, config.learning_rate
                         )
                     if logs:
                         now = time.perf_counter()
