@@ -406,7 +406,8 @@ def test_report_with_prototype_guided_edits_says_so(trained, test_set, tmp_path)
     assert "Not judged here: the edits were guided by each prototype's own gradient" in page
     assert "yes: nudges of the predicted clean image totalling 12.5 (L2) over t &lt;= 0.5 T" in page
     assert "They show the pattern the prototype layer responds to" in page
-    assert "Only this gallery is guided" in page
+    assert "Extrapolation and consistency below are guided the same way" in page
+    assert page.count("Guided by the prototype's gradient towards each value") == 2
     assert "<th>these guided edits</th>" in page and "<th>this model</th>" not in page
 
 

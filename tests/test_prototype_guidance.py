@@ -9,7 +9,7 @@ import torch
 
 from patronus.diffusion.samplers import SamplerStep
 from patronus.diffusion.timesteps import respaced_timesteps
-from patronus.interpret import edit_fidelity, visualize_prototypes
+from patronus.interpret import analyses, edit_fidelity, visualize_prototypes
 from patronus.interpret.prototype_guidance import PrototypeGuidance, prototype_guidance_hook
 from patronus.interpret.region import region_masks
 from patronus.utils.images import smooth
@@ -196,6 +196,27 @@ def test_guided_edits_reach_further_and_say_so(deaf):
     torch.testing.assert_close(guided.reconstructions, plain.reconstructions, rtol=0, atol=0)
     assert edit_fidelity(guided).summary()["prototype_guided"] is True
     assert edit_fidelity(plain).summary()["prototype_guided"] is False
+
+
+def test_extrapolation_and_consistency_take_the_guidance(deaf):
+    """The deaf denoiser decodes every extrapolation and consistency edit as the reconstruction;
+    guided, each decode's s_J rises towards its own value (a near one is stopped at, a far one
+    is not reached)."""
+    model, inversion, reference = deaf
+    guidance = PrototypeGuidance(strength=0.8, smoothing=0, late_fraction=1.0)
+    top = float(reference[:, 4].max())
+    own = float(inversion.activations[0, 4])
+    values = torch.tensor([own + 0.3, top + 3.0])
+    plain = analyses.extrapolation(model, inversion, 4, values)
+    torch.testing.assert_close(plain, inversion.images[:1].expand_as(plain), rtol=0, atol=1e-5)
+    guided = analyses.extrapolation(model, inversion, 4, values, prototype_guidance=guidance)
+    with torch.no_grad():
+        reached = model.encode(guided)[:, 4]
+    assert (reached > own + 0.05).all() and reached[1] > reached[0]
+    unguided = analyses.consistency(model, inversion, 4, top + 1.0)
+    assert (unguided.activation - inversion.activations[:, 4]).abs().max() < 1e-3
+    consistent = analyses.consistency(model, inversion, 4, top + 1.0, prototype_guidance=guidance)
+    assert (consistent.activation > inversion.activations[:, 4] + 0.05).all()
 
 
 def test_guided_edits_in_a_region_still_keep_the_outside(deaf):

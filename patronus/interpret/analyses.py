@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from patronus.diffusion.samplers import DEFAULT_SAMPLER
+from patronus.diffusion.samplers import DEFAULT_SAMPLER, AfterStep
+from patronus.interpret.prototype_guidance import PrototypeGuidance, prototype_guidance_hook
 from patronus.interpret.what import Inversion, checked_indices, edited_activations, per_image_mse
 from patronus.models import Patronus
 
@@ -78,10 +79,12 @@ def extrapolation(
     values: torch.Tensor,
     image: int = 0,
     edit_guidance: float = 1.0,
+    prototype_guidance: PrototypeGuidance | None = None,
 ) -> torch.Tensor:
-    """Image ``image`` decoded with s_J set to each of ``values`` (beyond the observed range
-    included), from its own x_T, with ``edit_guidance`` as in :meth:`Inversion.decode`
-    -> (len(values), C, H, W)."""
+    """Image ``image`` decoded with s_J set to each of ``values`` (K,) (beyond the observed range
+    included), from its own x_T, with ``edit_guidance`` as in :meth:`Inversion.decode` and,
+    with ``prototype_guidance``, each decode nudged towards its value (as
+    :func:`~patronus.interpret.what.visualize_prototypes` guides) -> (K, C, H, W)."""
     one = inversion.select([image])
     (prototype,) = checked_indices("prototype", [prototype], one.activations.shape[1])
     if values.dim() != 1 or not torch.isfinite(values).all():
@@ -89,7 +92,18 @@ def extrapolation(
     s = one.activations.repeat(len(values), 1)
     s[:, prototype] = values.to(s)
     x_T = one.x_T.repeat(len(values), 1, 1, 1)
-    return one.decode(model, s, x_T, edit_guidance)
+    nudge = _guided(model, prototype_guidance, prototype, values)
+    return one.decode(model, s, x_T, edit_guidance, nudge)
+
+
+def _guided(
+    model: Patronus, guidance: PrototypeGuidance | None, prototype: int, targets: torch.Tensor
+) -> AfterStep | None:
+    """The nudge guiding every decode of prototype J towards its target (B,), or None."""
+    if guidance is None:
+        return None
+    prototypes = torch.full(targets.shape, prototype, dtype=torch.long)
+    return prototype_guidance_hook(model, guidance, prototypes, targets)
 
 
 @dataclass(frozen=True)
@@ -109,9 +123,14 @@ def consistency(
     prototype: int,
     value: float,
     edit_guidance: float = 1.0,
+    prototype_guidance: PrototypeGuidance | None = None,
 ) -> Consistency:
+    """Prototype J set to ``value`` in every image, decoded (``edit_guidance`` and
+    ``prototype_guidance`` as in :func:`extrapolation`) and re-encoded."""
     s = edited_activations(inversion.activations, [prototype], torch.tensor([value]))
-    edits = inversion.decode(model, s, edit_guidance=edit_guidance)
+    targets = torch.full((s.shape[0],), float(value))
+    nudge = _guided(model, prototype_guidance, prototype, targets)
+    edits = inversion.decode(model, s, edit_guidance=edit_guidance, after_step=nudge)
     output = model.prototype_output(edits)
     boxes = model.patch_boxes(output.patch_index[:, prototype].cpu())
     return Consistency(prototype, edits, boxes, output.activations[:, prototype])

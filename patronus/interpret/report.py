@@ -318,11 +318,13 @@ def build_report(
         low, high = float(reference[:, strongest].min()), float(bounds[strongest])
         values = torch.linspace(low, high + 0.5 * (high - low), 8)
         progress.stage(f"analyses: extrapolation and consistency of prototype {strongest}")
-        extrapolated = analyses.extrapolation(
-            model, inversion, strongest, values, edit_guidance=options.edit_guidance
-        )
+        guided = {
+            "edit_guidance": options.edit_guidance,
+            "prototype_guidance": options.prototype_guidance,
+        }
+        extrapolated = analyses.extrapolation(model, inversion, strongest, values, **guided)
         consistent = analyses.consistency(
-            model, inversion, strongest, float(bounds[strongest]), options.edit_guidance
+            model, inversion, strongest, float(bounds[strongest]), **guided
         )
     finally:
         progress.close()

@@ -141,9 +141,9 @@ def report_page(
         " The edits were guided by the prototype's own gradient: during the late decoding steps "
         "each predicted clean image was nudged towards a higher s_J until it reached the value "
         "asked for. They show the pattern the prototype layer responds to as the denoiser draws "
-        "it, not what the denoiser alone draws for a higher s_J. Only this gallery is guided: "
-        "emergence, extrapolation and consistency below decode with the model's conditioning "
-        "alone."
+        "it, not what the denoiser alone draws for a higher s_J. Extrapolation and consistency "
+        "below are guided the same way; emergence is traced with the model's conditioning alone "
+        "(guided, it would show when the guidance starts, not when the denoiser draws J)."
         if opts["prototype_guidance"]
         else ""
     )
@@ -181,6 +181,11 @@ def report_page(
         ],
     )
     values = results["extrapolation_values"]
+    guided_note = (
+        " Guided by the prototype's gradient towards each value, as the gallery's edits are."
+        if opts["prototype_guidance"]
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Patronus report</title>
 <style>{STYLE}</style></head><body>
 <h1>Patronus interpretability report</h1>
@@ -245,11 +250,11 @@ gap is below {min_share:.0%} of the requested change (dashed).</p>
 <p class="note">Test image 0 decoded from its own x_T with s_{results["strongest_prototype"]} set
 to each value above the frame: from its lowest value over the reference set
 ({values[0]:.2f}) to half the observed range beyond its edit bound ({values[-1]:.2f}), values
-no real image has; the other activations stay.</p>
+no real image has; the other activations stay.{guided_note}</p>
 {_img(png["extrapolation"], "extrapolation")}
 <h2>Consistency: prototype {results["strongest_prototype"]} edited into every image</h2>
 <p class="note">The box is the prototype's winning patch in each edit, the title its re-encoded
-activation.</p>
+activation.{guided_note}</p>
 {_img(png["consistency"], "consistency")}
 </body></html>
 """
