@@ -371,8 +371,31 @@ def test_report_is_self_contained_and_every_figure_decodes(
     assert results["emergence_min_share"] == 0.1  # the report traces with the default threshold
     assert "final\ngap is below 10% of the requested change (dashed)" in page
     # the reconstructions shown are the gallery's unedited decodes: the same as decoding anew
-    _, mse = reconstruction(trained, invert_images(trained, images[:4], 8))
+    inversion = invert_images(trained, images[:4], 8)
+    _, mse = reconstruction(trained, inversion)
     assert results["reconstruction_mse"] == pytest.approx(mse.tolist(), abs=1e-7)
+    # the extrapolation's "is" values: s_J re-encoded from decoding the same requests anew
+    strongest, values = results["strongest_prototype"], results["extrapolation_values"]
+    again = analyses.extrapolation(trained, inversion, strongest, torch.tensor(values))
+    with torch.no_grad():
+        reached = trained.encode(again)[:, strongest]
+    np.testing.assert_allclose(results["extrapolation_reached"], reached, rtol=0, atol=1e-4)
+    tolerance = 0.1 * (max(values) - min(values))
+    followed = sum(abs(float(r) - v) <= tolerance for v, r in zip(values, reached, strict=True))
+    assert f"the decoded images follow {followed} of {len(values)} values" in page
+
+
+def test_extrapolation_sentence_names_the_values_not_followed():
+    from patronus.interpret.report_page import _extrapolation_reach
+
+    assert _extrapolation_reach([0.0, 5.0, 10.0], [0.5, 5.0, 9.5]) == (
+        "the decoded images follow 3 of 3 values to within a tenth of the range."
+    )
+    assert _extrapolation_reach([0.0, 5.0, 10.0], [0.5, 3.9, 4.0]) == (
+        "the decoded images follow 1 of 3 values to within a tenth of the range; the others "
+        "(asked 5.00, 10.00) come out at 3.90, 4.00, so those frames do not show s_J at the value "
+        "above them."
+    )
 
 
 def test_report_with_edits_in_region_says_so(trained, test_set, tmp_path):
@@ -407,7 +430,7 @@ def test_report_with_prototype_guided_edits_says_so(trained, test_set, tmp_path)
     assert "yes: nudges of the predicted clean image totalling 12.5 (L2) over t &lt;= 0.5 T" in page
     assert "They show the pattern the prototype layer responds to" in page
     assert "Extrapolation and consistency below are guided the same way" in page
-    assert page.count("Guided by the prototype's gradient towards each value") == 2
+    assert page.count("Guided by the prototype's gradient towards the value s_J was set to") == 2
     assert "<th>these guided edits</th>" in page and "<th>this model</th>" not in page
 
 

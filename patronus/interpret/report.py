@@ -323,6 +323,7 @@ def build_report(
             "prototype_guidance": options.prototype_guidance,
         }
         extrapolated = analyses.extrapolation(model, inversion, strongest, values, **guided)
+        extrapolation_reached = model.encode(extrapolated)[:, strongest].cpu()
         consistent = analyses.consistency(
             model, inversion, strongest, float(bounds[strongest]), **guided
         )
@@ -352,7 +353,12 @@ def build_report(
             [extrapolated],
             [f"image 0, s_{strongest} set to"],
             out_dir / "extrapolation.png",
-            titles=[[f"{float(v):.2f}" for v in values]],
+            titles=[
+                [
+                    f"{float(v):.2f}\nis {float(r):.2f}"
+                    for v, r in zip(values, extrapolation_reached, strict=True)
+                ]
+            ],
         ),
         "consistency": figures.grid_figure(
             [images, consistent.edits],
@@ -392,6 +398,8 @@ def build_report(
         "reconstruction_mse": mse.tolist(),
         "strongest_prototype": strongest,
         "extrapolation_values": values.tolist(),
+        "extrapolation_reached": extrapolation_reached.tolist(),
+        "consistency_reached": consistent.activation.cpu().tolist(),
         "network_evaluations": evaluations,
         "wall_s": wall,
     }

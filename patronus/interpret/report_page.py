@@ -44,6 +44,21 @@ ACTIVATION_NOTES = {
 }
 
 
+def _extrapolation_reach(values: list[float], reached: list[float]) -> str:
+    """One sentence: which values the decoded images follow (to a tenth of the range)."""
+    tolerance = 0.1 * (max(values) - min(values))
+    missed = [(v, r) for v, r in zip(values, reached, strict=True) if abs(r - v) > tolerance]
+    followed = f"the decoded images follow {len(values) - len(missed)} of {len(values)} values"
+    if not missed:
+        return f"{followed} to within a tenth of the range."
+    asked = ", ".join(f"{v:.2f}" for v, _ in missed)
+    came = ", ".join(f"{r:.2f}" for _, r in missed)
+    return (
+        f"{followed} to within a tenth of the range; the others (asked {asked}) come out at "
+        f"{came}, so those frames do not show s_J at the value above them."
+    )
+
+
 def _guidance_setting(settings: dict | None) -> str:
     if settings is None:
         return "no"
@@ -182,7 +197,8 @@ def report_page(
     )
     values = results["extrapolation_values"]
     guided_note = (
-        " Guided by the prototype's gradient towards each value, as the gallery's edits are."
+        " Guided by the prototype's gradient towards the value s_J was set to, as the gallery's "
+        "edits are."
         if opts["prototype_guidance"]
         else ""
     )
@@ -250,7 +266,9 @@ gap is below {min_share:.0%} of the requested change (dashed).</p>
 <p class="note">Test image 0 decoded from its own x_T with s_{results["strongest_prototype"]} set
 to each value above the frame: from its lowest value over the reference set
 ({values[0]:.2f}) to half the observed range beyond its edit bound ({values[-1]:.2f}), values
-no real image has; the other activations stay.{guided_note}</p>
+no real image has; the other activations stay. Under each value, "is" gives s_J re-encoded from
+the decoded image: {_extrapolation_reach(values, results["extrapolation_reached"])}
+{guided_note}</p>
 {_img(png["extrapolation"], "extrapolation")}
 <h2>Consistency: prototype {results["strongest_prototype"]} edited into every image</h2>
 <p class="note">The box is the prototype's winning patch in each edit, the title its re-encoded
