@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
 
@@ -27,6 +27,7 @@ from patronus.errors import PatronusError
 
 BACKENDS = ("triton", "cpp", "torch")
 ENV_VAR = "PATRONUS_BACKEND"
+INTERPRET_VAR = "TRITON_INTERPRET"  # Triton's interpreter (read by the Triton probes)
 
 # A probe returns None when the backend can serve the device, otherwise the reason it cannot.
 Probe = Callable[[torch.device], "str | None"]
@@ -100,14 +101,24 @@ def select(op: str, device: torch.device, probes: Mapping[str, Probe]) -> Backen
 @dataclass(frozen=True)
 class OpBackends:
     """One op's backends, in order of preference, each with its availability probe; ``torch``
-    must be among them (always available)."""
+    must be among them (always available).
+
+    Choices are remembered per (device, ``PATRONUS_BACKEND``, ``TRITON_INTERPRET``): the op asks
+    on every call (a few microseconds of host time each, next to kernels of a few microseconds on a
+    GPU), so a probe may read only the device, those two variables and what stays fixed in a
+    process (whether Triton is installed, the extension loaded)."""
 
     op: str
     probes: Mapping[str, Probe]
+    _chosen: dict[tuple, BackendChoice] = field(default_factory=dict, compare=False, repr=False)
 
     def select(self, device: torch.device) -> BackendChoice:
         """The backend serving ``op`` on ``device`` now, with the reason."""
-        return select(self.op, device, self.probes)
+        key = (device.type, device.index, os.environ.get(ENV_VAR), os.environ.get(INTERPRET_VAR))
+        choice = self._chosen.get(key)
+        if choice is None:
+            choice = self._chosen[key] = select(self.op, device, self.probes)
+        return choice
 
 
 def torch_probe(device: torch.device) -> str | None:
