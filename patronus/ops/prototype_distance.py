@@ -182,7 +182,7 @@ def _triton_probe(device: torch.device) -> str | None:
         return missing
     if device.type == "cuda":
         return None
-    if os.environ.get("TRITON_INTERPRET") == "1" and _backend.requested_backend() == "triton":
+    if os.environ.get(_backend.INTERPRET_VAR) == "1" and _backend.requested_backend() == "triton":
         return None  # the interpreter, forced: a test tool, never chosen automatically
     return "Triton kernels need CUDA tensors (on CPU only forced, under TRITON_INTERPRET=1)"
 
