@@ -383,6 +383,9 @@ def test_report_is_self_contained_and_every_figure_decodes(
     tolerance = 0.1 * (max(values) - min(values))
     followed = sum(abs(float(r) - v) <= tolerance for v, r in zip(values, reached, strict=True))
     assert f"the decoded images follow {followed} of {len(values)} values" in page
+    bound = results["bounds"][results["prototypes"].index(strongest)]
+    consistent = analyses.consistency(trained, inversion, strongest, bound)
+    np.testing.assert_allclose(results["consistency_reached"], consistent.activation, atol=1e-4)
 
 
 def test_extrapolation_sentence_names_the_values_not_followed():
