@@ -36,11 +36,12 @@ def _extension_threads() -> str:
 
 def info() -> str:
     """A report of versions, devices, the extension and Triton, and the backend of each op."""
+    from patronus import __version__
     from patronus.ops import backend_choices
 
     _, extension = _backend.load_extension()
     lines = [
-        f"patronus {_version('patronus')}",
+        f"patronus {__version__}",
         f"python {platform.python_version()} on {platform.platform()}",
         f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
         f"numpy {_version('numpy')}, safetensors {_version('safetensors')}",

@@ -19,6 +19,20 @@ def test_info(capsys):
         assert op in out
 
 
+def test_version_is_the_installed_distributions(capsys):
+    """`patronus --version`, `patronus info` and the installed package metadata (built from
+    pyproject.toml, whose version is read from patronus.__version__) name one version."""
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    installed = importlib.metadata.version("patronus")
+    assert capsys.readouterr().out.strip() == f"patronus {installed}"
+    assert main(["info"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"patronus {installed}"
+
+
 def test_train_then_resume(tmp_path, capsys):
     flags = "--preset synthetic-tiny --dataset synthetic --limit 48 --batch-size 16 --no-progress"
     flags += " --amp off"

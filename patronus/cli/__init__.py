@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from patronus import __version__
 from patronus.cli import diffusers_export, evaluate, generate, interpret, train
 from patronus.cli.outputs import removing_empty_outputs_on_failure
 from patronus.errors import PatronusError
@@ -28,6 +29,7 @@ def _info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     first_paragraph = __doc__.split("\n\n")[1].replace("``", "")
     parser = argparse.ArgumentParser(prog="patronus", description=first_paragraph)
+    parser.add_argument("--version", action="version", version=f"patronus {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
         "info",
