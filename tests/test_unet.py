@@ -26,6 +26,19 @@ def test_paper_model_has_about_25_1_million_parameters():
     assert sum(p.numel() for p in unet.parameters()) == pytest.approx(25.1e6, rel=0.005)
 
 
+def test_mid_model_weights_ship_under_25_mb(tmp_path):
+    """fmnist-mid is meant as a shipped model: its weight file, as save_model writes it, must
+    fit the 25 MB the shipped files may take, and it must be larger than fmnist-cpu."""
+    from patronus import save_model
+
+    model = Patronus(PRESETS["fmnist-mid"].model)
+    save_model(model, tmp_path / "mid")
+    files = list((tmp_path / "mid").glob("*.safetensors"))
+    assert files and all(f.stat().st_size < 25e6 for f in files)
+    small = sum(p.numel() for p in Patronus(PRESETS["fmnist-cpu"].model).parameters())
+    assert sum(p.numel() for p in model.parameters()) > 4 * small
+
+
 @pytest.mark.parametrize("conditioning", ["bias", "scale_shift", "cross_attention"])
 def test_conditioning_on_time_and_prototypes_changes_the_output(conditioning):
     torch.manual_seed(0)
