@@ -21,7 +21,8 @@
 # at batch 128 with bf16 autocast, plus one change: none, timestep bias 1, condition dropout 0.2,
 # edit consistency 0.1; or (not in the default set) editc-frozen, the shipped model fine-tuned
 # with edit consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps, and mid, the
-# larger preset fmnist-mid (5.4 M parameters, the most whose weights ship under 25 MB). Training runs
+# larger preset fmnist-mid (5.4 M parameters, about the most whose EMA weights ship under
+# 25 MB). Training runs
 # from a copy of the package without the compiled extension (the build replaces it meanwhile); a
 # run that fails within its first minute is retried once on the pure-PyTorch backend, and the
 # retry is logged.
