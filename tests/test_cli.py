@@ -419,6 +419,10 @@ def test_trace_writes_the_emergence_curves_and_names_what_never_emerges(tiny_run
     assert set(emerged_t[emerged_t >= 0].tolist()) <= set(arrays["timesteps"].tolist())
     assert (out / "when.png").stat().st_size > 1000
     said = capsys.readouterr().err
+    twice = [*command[:7], "2", "0", "2", *command[10:-1], str(tmp_path / "twice")]
+    assert main(twice) == 2  # the figure showed prototype 2 twice
+    assert "--prototypes lists 2 more than once" in capsys.readouterr().err
+    assert not (tmp_path / "twice").exists()
     assert f"emergence: {3 - len(never)} of 3 prototypes emerge in at least one of 3 images" in said
     if never:
         assert f"never: {', '.join(map(str, never))}" in said

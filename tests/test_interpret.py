@@ -232,8 +232,9 @@ def test_bounds():
 
 
 def test_prototype_and_image_indices_are_checked(trained, test_set):
-    """Out-of-range indices raised bare IndexErrors, -1 silently edited the last prototype, and
-    bounds or values of the wrong length were silently cut to what the call used."""
+    """Out-of-range indices raised bare IndexErrors, -1 silently edited the last prototype, a
+    prototype listed twice was shown twice, and bounds or values of the wrong length were
+    silently cut to what the call used."""
     _, images, _ = test_set
     inversion = invert_images(trained, images[:2], 2)
     count = trained.num_prototypes
@@ -251,6 +252,11 @@ def test_prototype_and_image_indices_are_checked(trained, test_set):
             call(count)
         with pytest.raises(ValueError, match=re.escape("got [-1]")):
             call(-1)
+    repeated = "prototypes must be distinct, got [1] more than once"
+    with pytest.raises(ValueError, match=re.escape(repeated)):  # the gallery showed p1 twice
+        visualize_prototypes(trained, inversion, bounds, [1, 0, 1])
+    with pytest.raises(ValueError, match=re.escape(repeated)):  # and so did the curves
+        trace_emergence(trained, inversion, [1, 0, 1], bounds[[1, 0, 1]])
     with pytest.raises(ValueError, match=re.escape(f"bounds must be ({count},)")):
         visualize_prototypes(trained, inversion, bounds[:3], [0])
     with pytest.raises(ValueError, match=re.escape("values must be finite and (2,) or (2, 2)")):

@@ -151,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_checkpoint(args)
     if args.prototypes and max(args.prototypes) >= model.num_prototypes:
         raise CommandError(f"the model has prototypes 0 .. {model.num_prototypes - 1}")
+    repeated = sorted({p for p in args.prototypes or () if args.prototypes.count(p) > 1})
+    if repeated:
+        raise CommandError(f"--prototypes lists {', '.join(map(str, repeated))} more than once")
     inputs = _inputs(args, model)
     options = reporting.ReportOptions(
         num_images=args.num_images,

@@ -43,13 +43,19 @@ def activation_bounds(
     return torch.quantile(activations.float(), quantile, dim=0)
 
 
-def checked_indices(what: str, indices: Sequence[int], count: int) -> list[int]:
+def checked_indices(
+    what: str, indices: Sequence[int], count: int, distinct: bool = False
+) -> list[int]:
     """``indices`` as a list of ints in [0, count), or a ValueError naming ``what`` (negative
-    indices are refused: they would silently mean counting from the end)."""
+    indices are refused: they would silently mean counting from the end); with ``distinct``, an
+    index listed twice is refused too (results keyed by prototype would show it twice)."""
     listed = [int(i) for i in indices]
     wrong = [i for i in listed if not 0 <= i < count]
     if wrong:
         raise ValueError(f"{what} must be in 0 .. {count - 1}, got {wrong}")
+    repeated = sorted({i for i in listed if listed.count(i) > 1})
+    if distinct and repeated:
+        raise ValueError(f"{what} must be distinct, got {repeated} more than once")
     return listed
 
 
@@ -267,7 +273,7 @@ def visualize_prototypes(
     """
     count = model.num_prototypes
     prototypes = checked_indices(
-        "prototypes", range(count) if prototypes is None else prototypes, count
+        "prototypes", range(count) if prototypes is None else prototypes, count, distinct=True
     )
     if bounds.shape != (count,):
         raise ValueError(f"bounds must be ({count},), one per prototype, got {tuple(bounds.shape)}")

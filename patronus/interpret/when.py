@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from patronus.interpret.what import Inversion, edited_activations
+from patronus.interpret.what import Inversion, checked_indices, edited_activations
 from patronus.models import Patronus
 
 
@@ -77,7 +77,7 @@ def trace_emergence(
     """Decode each prototype's edit (s_J := values, (J,) or (J, n)) and the reference together,
     tracing every prototype's activation of x0_hat at every step (``edit_guidance``: see
     :meth:`Inversion.decode`)."""
-    prototypes = list(prototypes)
+    prototypes = checked_indices("prototypes", prototypes, model.num_prototypes, distinct=True)
     n = inversion.images.shape[0]
     edits = edited_activations(inversion.activations, prototypes, values)
     s = torch.cat([inversion.activations, edits])
