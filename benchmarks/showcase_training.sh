@@ -2,7 +2,8 @@
 # Trains the candidates for the shipped Fashion-MNIST model on a GPU machine, side by side on its
 # one GPU, for a fixed wall time (a short loan cannot wait for step counts), measures each on the
 # GPU as the README measures the shipped model, and packs each run's latest checkpoint (weights,
-# configuration, metrics; no optimizer state) with its measurements as $OUT/run-NAME.tgz.
+# configuration, metrics; EMA weights only where the run has them; no optimizer state) with its
+# measurements as $OUT/run-NAME.tgz (in 15 MiB parts, run-NAME-partNN.tgz, when larger).
 # `make gpu-check` starts it in the background with SHOWCASE_SECONDS > 0, while the tests run.
 #
 #   showcase_training.sh SECONDS DATA_DIR OUT
@@ -13,36 +14,39 @@
 # `patronus evaluate fid` (2000 samples, DDIM 50 steps, the shipped model's feature classifier);
 # $OUT/showcase-NAME.json sums them up.
 #
-#   SHOWCASE_CANDIDATES="base tbias"  train only these (default: all four; fewer share the GPU
-#                                    with fewer and get further in the same time)
+#   SHOWCASE_CANDIDATES="base tbias"  train only these (default: "mid editc-frozen", the two not
+#                                    measured on a GPU yet; fewer share the GPU with fewer and get
+#                                    further in the same time)
 #   SHOWCASE_DEVICE=cpu               a dry run here (default cuda)
 #
 # Each candidate is the shipped recipe (preset fmnist-cpu, AdamW 1e-3, EMA 0.999, gradient clip 1)
-# at batch 128 with bf16 autocast, plus one change: none, timestep bias 1, condition dropout 0.2,
-# edit consistency 0.1; or (not in the default set) editc-frozen, the shipped model fine-tuned
-# with edit consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps, and mid, the
-# larger preset fmnist-mid (5.4 M parameters, about the most whose EMA weights ship under
-# 25 MB). Training runs
-# from a copy of the package without the compiled extension (the build replaces it meanwhile); a
-# run that fails within its first minute is retried once on the pure-PyTorch backend, and the
-# retry is logged.
+# at batch 128 with bf16 autocast, plus one change: base (none), tbias (timestep bias 1), cdrop
+# (condition dropout 0.2), editc (edit consistency 0.1), all four measured on an H200 (README, "On
+# a GPU, a little longer"); mid (the larger preset fmnist-mid, 5.4 M parameters, about the most
+# whose EMA weights ship under 25 MB); or editc-frozen (the shipped model fine-tuned with edit
+# consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps). Training runs from a
+# copy of the package without the compiled extension (the build replaces it meanwhile); a run that
+# fails within its first minute is retried once on the pure-PyTorch backend, and the retry is
+# logged.
 set -uo pipefail
 SECONDS_LIMIT=$1
-DATA=$2
-OUT=$3
-PY=${PYTHON:-python3}
 DEVICE=${SHOWCASE_DEVICE:-cuda}
+PY=${PYTHON:-python3}
+[[ $PY == */* ]] && PY=$(realpath -s "$PY")  # absolute, symlinks kept (a venv's python is one)
 cd "$(dirname "$0")/.."
+REPO=$(pwd)
+DATA=$(realpath -m "$2")
+OUT=$(realpath -m "$3")
 declare -A CHANGE=(
     [base]=""
     [tbias]="--timestep-bias 1"
     [cdrop]="--condition-dropout 0.2"
     [editc]="--edit-consistency 0.1"
-    [editc-frozen]="--init-from assets/fmnist-patronus --freeze-prototypes --edit-consistency 0.1
+    [editc-frozen]="--init-from $REPO/assets/fmnist-patronus --freeze-prototypes --edit-consistency 0.1
         --lr 5e-4 --warmup 50"
     [mid]="--preset fmnist-mid"
 )
-CANDIDATES=${SHOWCASE_CANDIDATES:-base tbias cdrop editc}
+CANDIDATES=${SHOWCASE_CANDIDATES:-mid editc-frozen}
 for name in $CANDIDATES; do
     [ -n "${CHANGE[$name]+set}" ] || { echo "unknown candidate $name (${!CHANGE[*]})" >&2; exit 2; }
 done
@@ -54,11 +58,16 @@ mkdir -p "$OUT"
 
 EVAL_SECONDS=${SHOWCASE_EVAL_SECONDS:-120}
 
+from_copy() {  # from_copy COMMAND...: COMMAND importing patronus from the copy: `python -m`
+    # puts its working directory first on sys.path, ahead of PYTHONPATH, so it runs in the copy
+    (cd "$SRC" && PYTHONPATH="$SRC" "$@")
+}
+
 within() {  # within END COMMAND...: COMMAND with the seconds left until END (skipped if none)
     local left=$(($1 - $(date +%s)))
     shift
     ((left > 0)) || { echo "no time left for: $*"; return 124; }
-    PYTHONPATH="$SRC" timeout --signal=INT --kill-after=15 "$left" "$@"
+    from_copy timeout --signal=INT --kill-after=15 "$left" "$@"
 }
 
 measure_one() {  # measure_one NAME: edit fidelity and FID of a trained run, summed up in $OUT
@@ -68,7 +77,7 @@ measure_one() {  # measure_one NAME: edit fidelity and FID of a trained run, sum
     within "$ends" "$PY" -m patronus visualize "$run" --steps 25 --num-images 8 --pool-size 256 \
         "${common[@]}" --out "$into/visualize"
     within "$ends" "$PY" -m patronus evaluate fid "$run" --num 2000 --steps 50 --sampler ddim \
-        --classifier assets/fmnist-patronus/classifier "${common[@]}" --out "$into/fid"
+        --classifier "$REPO/assets/fmnist-patronus/classifier" "${common[@]}" --out "$into/fid"
     "$PY" benchmarks/showcase_summary.py "$name" "$run" "$into" >"$OUT/showcase-$name.json"
 }
 
@@ -79,12 +88,12 @@ train_one() {  # train_one NAME: trains until the wall time is spent, then packs
         --log-every 100 --checkpoint-every 2000 --no-progress --seed 0 --device "$DEVICE" --amp bf16)
     # shellcheck disable=SC2206
     command+=(${CHANGE[$name]})
-    PYTHONPATH="$SRC" OMP_NUM_THREADS=2 timeout --signal=INT --kill-after=60 "$SECONDS_LIMIT" \
+    OMP_NUM_THREADS=2 from_copy timeout --signal=INT --kill-after=60 "$SECONDS_LIMIT" \
         "${command[@]}" >"$log" 2>&1 || rc=$?
     if ((rc != 0 && rc != 124 && rc != 130 && $(date +%s) - began < 60)); then
         echo "== failed (rc=$rc) within a minute: retrying on PATRONUS_BACKEND=torch" >>"$log"
         rm -rf "${RUNS:?}/$name"
-        PATRONUS_BACKEND=torch PYTHONPATH="$SRC" OMP_NUM_THREADS=2 timeout --signal=INT \
+        PATRONUS_BACKEND=torch OMP_NUM_THREADS=2 from_copy timeout --signal=INT \
             --kill-after=60 $((SECONDS_LIMIT - ($(date +%s) - began))) \
             "${command[@]}" >>"$log" 2>&1 || rc=$?
     fi
@@ -99,10 +108,19 @@ train_one() {  # train_one NAME: trains until the wall time is spent, then packs
         cp "$RUNS/$name/checkpoints/$latest"/*.json "$RUNS/$name/checkpoints/$latest"/*.safetensors \
             "$RUNS/pack-$name"/
         rm -f "$RUNS/pack-$name"/train_state.*
+        # the EMA weights are what is measured and would ship: the raw ones stay behind
+        [ -f "$RUNS/pack-$name/ema.safetensors" ] && rm -f "$RUNS/pack-$name/model.safetensors"
         cp "$RUNS/$name"/metrics.csv "$RUNS/$name"/loss_curve.png "$RUNS/pack-$name"/ 2>/dev/null
         files+=("pack-$name")
     fi
     tar -czf "$OUT/run-$name.tgz" -C "$RUNS" "${files[@]}"
+    # the device tool brings back files of at most 16 MiB: larger archives come in parts,
+    # run-NAME-partNN.tgz, joined by `cat run-NAME-part*.tgz | tar -xz`
+    if (($(stat -c %s "$OUT/run-$name.tgz") > 15 * 1024 * 1024)); then
+        split -b 15M -d "$OUT/run-$name.tgz" "$OUT/run-$name-part" &&
+            for part in "$OUT/run-$name-part"[0-9][0-9]; do mv "$part" "$part.tgz"; done &&
+            rm "$OUT/run-$name.tgz"
+    fi
 }
 
 for name in $CANDIDATES; do
