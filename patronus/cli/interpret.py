@@ -4,6 +4,7 @@ own dataset (test images edited, a seeded sample of training images for the boun
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_checkpoint(args)
     if args.prototypes and max(args.prototypes) >= model.num_prototypes:
         raise CommandError(f"the model has prototypes 0 .. {model.num_prototypes - 1}")
-    repeated = sorted({p for p in args.prototypes or () if args.prototypes.count(p) > 1})
+    repeated = sorted(p for p, times in Counter(args.prototypes or ()).items() if times > 1)
     if repeated:
         raise CommandError(f"--prototypes lists {', '.join(map(str, repeated))} more than once")
     inputs = _inputs(args, model)

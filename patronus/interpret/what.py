@@ -13,6 +13,7 @@ every difference an edit shows comes from the edit, not from the decoder.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -53,8 +54,8 @@ def checked_indices(
     wrong = [i for i in listed if not 0 <= i < count]
     if wrong:
         raise ValueError(f"{what} must be in 0 .. {count - 1}, got {wrong}")
-    repeated = sorted({i for i in listed if listed.count(i) > 1})
-    if distinct and repeated:
+    if distinct and len(set(listed)) < len(listed):
+        repeated = sorted(i for i, times in Counter(listed).items() if times > 1)
         raise ValueError(f"{what} must be distinct, got {repeated} more than once")
     return listed
 
