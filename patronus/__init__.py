@@ -6,9 +6,8 @@ Importing patronus never initialises CUDA and works without Triton or the compil
 from typing import Any
 
 from patronus._info import info
+from patronus._version import __version__
 from patronus.models import Patronus, PatronusConfig
-
-__version__ = "0.1.0"
 
 # checkpoint I/O needs safetensors: imported on first use, so the model and the ops need only torch
 _LAZY = {

@@ -8,6 +8,7 @@ import platform
 import torch
 
 from patronus import _backend
+from patronus._version import __version__
 
 
 def _version(package: str) -> str:
@@ -36,7 +37,6 @@ def _extension_threads() -> str:
 
 def info() -> str:
     """A report of versions, devices, the extension and Triton, and the backend of each op."""
-    from patronus import __version__
     from patronus.ops import backend_choices
 
     _, extension = _backend.load_extension()

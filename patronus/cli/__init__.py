@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from patronus import __version__
+from patronus._version import __version__
 from patronus.cli import diffusers_export, evaluate, generate, interpret, train
 from patronus.cli.outputs import removing_empty_outputs_on_failure
 from patronus.errors import PatronusError
