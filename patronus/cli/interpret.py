@@ -4,7 +4,6 @@ own dataset (test images edited, a seeded sample of training images for the boun
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from patronus.cli.loading import dataset_builder, load_checkpoint
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
 from patronus.interpret.prototype_guidance import PrototypeGuidance
+from patronus.interpret.what import repeated_indices
 
 COMMANDS = {
     "visualize": "what + where: prototype visualisations and nearest patches (PNG, JSON, NPZ)",
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_checkpoint(args)
     if args.prototypes and max(args.prototypes) >= model.num_prototypes:
         raise CommandError(f"the model has prototypes 0 .. {model.num_prototypes - 1}")
-    repeated = sorted(p for p, times in Counter(args.prototypes or ()).items() if times > 1)
+    repeated = repeated_indices(args.prototypes or ())
     if repeated:
         raise CommandError(f"--prototypes lists {', '.join(map(str, repeated))} more than once")
     inputs = _inputs(args, model)

@@ -55,9 +55,13 @@ def checked_indices(
     if wrong:
         raise ValueError(f"{what} must be in 0 .. {count - 1}, got {wrong}")
     if distinct and len(set(listed)) < len(listed):
-        repeated = sorted(i for i, times in Counter(listed).items() if times > 1)
-        raise ValueError(f"{what} must be distinct, got {repeated} more than once")
+        raise ValueError(f"{what} must be distinct, got {repeated_indices(listed)} more than once")
     return listed
+
+
+def repeated_indices(indices: Sequence[int]) -> list[int]:
+    """The indices listed more than once, sorted."""
+    return sorted(i for i, times in Counter(indices).items() if times > 1)
 
 
 @dataclass(frozen=True)
