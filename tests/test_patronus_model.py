@@ -123,6 +123,10 @@ def test_bad_activations_raise_clear_errors(model):
         model.sample(torch.rand(2, 5), steps=2)
     with pytest.raises(ValueError, match="NaN"):
         model.sample(torch.full((2, 8), float("nan")), steps=2)
+    with pytest.raises(TypeError, match=r"torch.Tensor \(B, 8\), got int \(encode\(x0\)"):
+        model.sample(2, steps=2)  # a count where the activations go
+    with pytest.raises(TypeError, match=r"floating point, got torch\.int64"):
+        model.sample(torch.ones(2, 8, dtype=torch.long), steps=2)
     with pytest.raises(ValueError, match="sampler must be"):
         model.sample(torch.rand(2, 8), sampler="euler")
     with pytest.raises(TypeError, match=r"x_T are torch.float64 .* \.to\(torch.float32\)"):

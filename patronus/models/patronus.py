@@ -118,8 +118,13 @@ class Patronus(nn.Module):
             raise ValueError(f"{name} contain NaN or Inf")
 
     def check_activations(self, s: torch.Tensor) -> None:
-        if not isinstance(s, torch.Tensor) or not s.is_floating_point():
-            raise TypeError("activations s must be a floating-point torch.Tensor")
+        if not isinstance(s, torch.Tensor):
+            raise TypeError(
+                f"activations s must be a floating-point torch.Tensor (B, {self.num_prototypes}), "
+                f"got {type(s).__name__} (encode(x0) gives an image's activations)"
+            )
+        if not s.is_floating_point():
+            raise TypeError(f"activations s must be floating point, got {s.dtype}")
         if s.dim() != 2 or s.shape[1] != self.num_prototypes:
             raise ValueError(
                 f"activations s must be (B, {self.num_prototypes}), got {tuple(s.shape)}"
