@@ -1,6 +1,7 @@
 """Importing the package, info(), and what it must not do at import time."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -73,3 +74,57 @@ def test_a_plain_checkout_imports_the_triton_kernels(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == tmp_path / "kernels" / "prototype_distance.py"
+
+
+IGNORED = shutil.ignore_patterns("*.so", "__pycache__")
+
+
+def source_modules(root) -> list[str]:
+    """Every importable module of the source tree, as installs name them (kernels/ is
+    patronus.kernels), ``__main__`` modules left out (importing one runs the command line)."""
+    names = []
+    for folder, package in (("patronus", "patronus"), ("kernels", "patronus.kernels")):
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = path.relative_to(root / folder).with_suffix("").parts
+            if (folder == "patronus" and parts[0] == "kernels") or parts[-1] == "__main__":
+                continue  # the checkout's shim for kernels/ (never installed); entry points
+            names.append(".".join((package, *parts)).removesuffix(".__init__"))
+    return names
+
+
+def test_a_wheel_holds_every_module(tmp_path):
+    """A plain (non-editable) install gets the whole package: ``pip wheel`` without the
+    extension, unpacked, and imported with no site hooks (the editable install's finder would
+    fill the gaps from the checkout), every module of the source tree."""
+    import site
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: setuptools' build/ folder would keep older files
+    for folder in ("patronus", "kernels"):
+        shutil.copytree(root / folder, source / folder, ignore=IGNORED)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(root / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "dist"), str(source)],
+        env={**os.environ, "PATRONUS_BUILD_EXT": "0"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("patronus-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    assert "__path__" not in (tmp_path / "site/patronus/kernels/__init__.py").read_text()
+    (entry_points,) = (tmp_path / "site").glob("patronus-*.dist-info/entry_points.txt")
+    assert "patronus = patronus.cli:main" in entry_points.read_text()
+    modules = source_modules(root)
+    code = f"import importlib\nfor name in {modules!r}:\n    importlib.import_module(name)\n"
+    code += "import patronus.cli\nprint(patronus.cli.__file__)"
+    path = os.pathsep.join([str(tmp_path / "site"), *site.getsitepackages()])
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": path},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(tmp_path / "site")
+    assert len(modules) > 90
