@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import patronus
 
@@ -79,6 +80,15 @@ def test_a_plain_checkout_imports_the_triton_kernels(tmp_path):
 IGNORED = shutil.ignore_patterns("*.so", "__pycache__")
 
 
+def copy_sources(root: Path, to: Path) -> Path:
+    """What a build reads, copied (setuptools' build/ folder in the checkout keeps older files)."""
+    for folder in ("patronus", "kernels", "csrc"):
+        shutil.copytree(root / folder, to / folder, ignore=IGNORED)
+    for name in ("pyproject.toml", "setup.py", "README.md", "MANIFEST.in"):
+        shutil.copy(root / name, to / name)
+    return to
+
+
 def source_modules(root) -> list[str]:
     """Every importable module of the source tree, as installs name them (kernels/ is
     patronus.kernels), ``__main__`` modules left out (importing one runs the command line)."""
@@ -98,14 +108,9 @@ def test_a_wheel_holds_every_module(tmp_path):
     fill the gaps from the checkout), every module of the source tree."""
     import site
     import zipfile
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    source = tmp_path / "source"  # a copy: setuptools' build/ folder would keep older files
-    for folder in ("patronus", "kernels"):
-        shutil.copytree(root / folder, source / folder, ignore=IGNORED)
-    for name in ("pyproject.toml", "setup.py", "README.md"):
-        shutil.copy(root / name, source / name)
+    source = copy_sources(root, tmp_path / "source")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
          "--wheel-dir", str(tmp_path / "dist"), str(source)],
@@ -128,3 +133,32 @@ def test_a_wheel_holds_every_module(tmp_path):
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(tmp_path / "site")
     assert len(modules) > 90
+
+
+def test_the_source_distribution_holds_what_the_extension_build_reads(tmp_path):
+    """Every C++/CUDA file of csrc/ (its tests aside) is in the sdist, and every file one of them
+    includes with quotes is there too: setuptools puts only the compiled sources in by itself."""
+    import re
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    source = copy_sources(root, tmp_path / "source")
+    built = subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path / "dist")],
+        cwd=source, env={**os.environ, "PATRONUS_BUILD_EXT": "0"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (archive,) = (tmp_path / "dist").glob("patronus-*.tar.gz")
+    with tarfile.open(archive) as sdist:
+        sdist.extractall(tmp_path / "unpacked", filter="data")
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    shipped = {p.relative_to(unpacked) for p in (unpacked / "csrc").rglob("*") if p.is_file()}
+    expected = {
+        p.relative_to(root)
+        for p in (root / "csrc").rglob("*")
+        if p.suffix in (".cpp", ".cu", ".cuh", ".h") and "tests" not in p.parts
+    }
+    assert shipped == expected
+    for path in shipped:
+        for name in re.findall(r'#include "([^"]+)"', (unpacked / path).read_text()):
+            assert (unpacked / path.parent / name).resolve().is_file(), (path, name)
