@@ -39,6 +39,8 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 LATEST_FILE = "latest"
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
 
 
 def _fsync(path: Path) -> None:
@@ -119,10 +121,6 @@ def checkpoint_step(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    return write_atomically(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-
-
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
 
@@ -149,6 +147,37 @@ def read_config(folder: Path) -> dict[str, Any]:
     return data
 
 
+CHECKPOINT_FILES = frozenset(
+    {CONFIG_FILE, MODEL_FILE, EMA_FILE, TRAIN_STATE_TENSORS, TRAIN_STATE_JSON}
+)
+
+
+def _check_replaceable(folder: Path, extra_names: set[str]) -> None:
+    """Raise unless ``folder`` is absent, empty, or a checkpoint folder and nothing more."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file, not a checkpoint folder: not replacing it")
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return
+    foreign = [
+        entry.name
+        for entry in entries
+        if not entry.is_file() or entry.name not in CHECKPOINT_FILES | extra_names
+    ]
+    if not (folder / CONFIG_FILE).is_file():
+        foreign.insert(0, f"no {CONFIG_FILE}")
+    if foreign:
+        listed = ", ".join(foreign[:4]) + (
+            f" and {len(foreign) - 4} more" if len(foreign) > 4 else ""
+        )
+        raise CheckpointError(
+            f"{folder} exists and is not only a checkpoint ({listed}); saving there would delete "
+            "it: save to a new folder, or remove it first"
+        )
+
+
 def save_model(
     model: Patronus,
     folder: str | Path,
@@ -156,7 +185,12 @@ def save_model(
     ema_state: dict[str, torch.Tensor] | None = None,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
-    """Write ``model`` (and optional EMA weights and extra files) as a checkpoint folder."""
+    """Write ``model`` (and optional EMA weights and extra files) as a checkpoint folder.
+
+    An existing ``folder`` is replaced whole, but only when it is empty or a checkpoint folder
+    holding nothing else (the files above, and those of ``extra_files``); any other folder or a
+    file there raises :class:`CheckpointError` and is left as it is."""
+    _check_replaceable(Path(folder), set(extra_files or ()))
     config = {"format": FORMAT, "model": model.config.to_dict(), **(metadata or {})}
 
     def write(temporary: Path) -> None:

@@ -26,6 +26,62 @@ def test_overwriting_replaces_the_folder_whole(tmp_path, tiny_config):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_a_trainer_checkpoint_is_replaced_with_its_training_state(tmp_path, tiny_config):
+    state = {"train_state.json": lambda path: path.write_text("{}")}
+    save_model(Patronus(tiny_config), tmp_path / "ckpt", extra_files=state)
+    save_model(Patronus(tiny_config), tmp_path / "ckpt", extra_files=state)
+    assert (tmp_path / "ckpt" / "train_state.json").is_file()
+    save_model(Patronus(tiny_config), tmp_path / "empty")
+    (tmp_path / "ckpt2").mkdir()  # empty, as the command line creates its --out
+    save_model(Patronus(tiny_config), tmp_path / "ckpt2")
+    assert (tmp_path / "ckpt2" / "config.json").is_file()
+
+
+def shipped_layout(folder, tiny_config):
+    """A checkpoint with what ships beside it (as in assets/fmnist-patronus)."""
+    save_model(Patronus(tiny_config), folder, ema_state={"x": torch.zeros(1)})
+    (folder / "TRAINING.md").write_text("how it was trained")
+    (folder / "evaluation").mkdir()
+    (folder / "evaluation" / "fid.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda folder, config: shipped_layout(folder, config), r"TRAINING\.md, evaluation\)"),
+        (lambda folder, config: folder.write_text("notes"), "is a file"),
+        (
+            lambda folder, config: [
+                folder.mkdir(),
+                *[(folder / f"photo{i}.png").write_bytes(b"x") for i in range(6)],
+            ],
+            r"\(no config\.json, photo0\.png, photo1\.png, photo2\.png and 3 more\)",
+        ),
+        (
+            lambda folder, config: [
+                folder.mkdir(),
+                (folder / "checkpoints").mkdir(),
+                (folder / "metrics.csv").write_text("step"),
+            ],
+            r"no config\.json, checkpoints, metrics\.csv",
+        ),  # a run folder
+    ],
+    ids=["checkpoint-with-more", "file", "other-files", "run-folder"],
+)
+def test_saving_over_anything_but_a_checkpoint_is_refused(tmp_path, tiny_config, make, match):
+    folder = tmp_path / "target"
+    make(folder, tiny_config)
+    before = sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else None)
+                    for p in [folder, *folder.rglob("*")])  # fmt: skip
+    with pytest.raises(CheckpointError, match=match):
+        save_model(Patronus(tiny_config), folder)
+    after = sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else None)
+                   for p in [folder, *folder.rglob("*")])  # fmt: skip
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
 def test_a_failed_write_leaves_the_old_checkpoint(tmp_path):
     target = tmp_path / "ckpt"
     target.mkdir()

@@ -29,6 +29,8 @@ from patronus.checkpoint import (
     EMA_FILE,
     LATEST_FILE,
     MODEL_FILE,
+    TRAIN_STATE_JSON,
+    TRAIN_STATE_TENSORS,
     CheckpointError,
     checkpoint_step,
     load_tensors,
@@ -54,8 +56,6 @@ from patronus.train.state import flatten_optimizer, unflatten_optimizer
 from patronus.utils.cpu_features import fast_cpu_bf16
 from patronus.utils.images import save_grid
 
-TRAIN_STATE_TENSORS = "train_state.safetensors"
-TRAIN_STATE_JSON = "train_state.json"
 LOSS_CURVE_FILE = "loss_curve.png"
 
 
