@@ -25,6 +25,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'patronus' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """Lists the lazily imported names too (tab completion, ``dir(patronus)``)."""
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
     "Patronus",
     "PatronusConfig",

@@ -162,3 +162,9 @@ def test_the_source_distribution_holds_what_the_extension_build_reads(tmp_path):
     for path in shipped:
         for name in re.findall(r'#include "([^"]+)"', (unpacked / path).read_text()):
             assert (unpacked / path.parent / name).resolve().is_file(), (path, name)
+
+
+def test_dir_lists_every_public_name():
+    assert set(patronus.__all__) <= set(dir(patronus))
+    for name in patronus.__all__:
+        assert getattr(patronus, name) is not None
