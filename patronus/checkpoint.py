@@ -234,7 +234,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_model(
     path: str | Path, ema: bool = True, map_location: str | torch.device = "cpu"
 ) -> Patronus:
-    """Load a Patronus from a checkpoint or run folder; EMA weights when present and ``ema``."""
+    """Load a Patronus from a checkpoint or run folder; EMA weights when present and ``ema``.
+
+    The model comes in eval mode, as diffusers' ``from_pretrained`` gives it (dropout off); call
+    ``.train()`` to train it (``Trainer.fit`` does)."""
     folder = resolve_checkpoint(path)
     data = read_config(folder)
     try:
@@ -251,7 +254,7 @@ def load_model(
         model.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(f"{weights} does not fit its config: {error}") from error
-    return model.to(map_location)
+    return model.to(map_location).eval()
 
 
 def _check_shapes(weights: Path, config: PatronusConfig) -> None:

@@ -274,3 +274,16 @@ def test_amp_auto_picks_bf16_where_the_hardware_has_it(monkeypatch):
         assert trainer._amp_dtype("auto", torch.device("cpu")) == expected
         assert trainer._amp_dtype("off", torch.device("cpu")) is None
     assert trainer._amp_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_a_loaded_model_comes_in_eval_mode_and_trains_in_train_mode(tmp_path):
+    from patronus import save_model
+
+    save_model(Patronus(PRESET.model), tmp_path / "ckpt")
+    model = load_model(tmp_path / "ckpt")
+    assert not model.training  # dropout off for sampling, as diffusers' from_pretrained
+    modes = []
+    model.unet.register_forward_hook(lambda module, inputs, output: modes.append(module.training))
+    config = TrainConfig(max_steps=2, batch_size=16, progress=False, log_every=1, amp="off")
+    Trainer(model, SyntheticShapes(32, 24, 3, seed=1), config, tmp_path / "run", "cpu").fit()
+    assert modes[:2] == [True, True]  # the two training steps (sampling afterwards is in eval)

@@ -306,6 +306,7 @@ class Trainer:
 
     def _fit(self, on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
         config = self.config
+        self.model.train()  # a loaded model comes in eval mode; dropout and condition dropout on
         sampler = _StepBatches(
             len(self.dataset),
             config.batch_size,
