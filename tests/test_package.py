@@ -120,6 +120,7 @@ def test_a_wheel_holds_every_module(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("patronus-*.whl")
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     assert "__path__" not in (tmp_path / "site/patronus/kernels/__init__.py").read_text()
+    assert (tmp_path / "site/patronus/py.typed").is_file()  # PEP 561 marker: typed package
     (entry_points,) = (tmp_path / "site").glob("patronus-*.dist-info/entry_points.txt")
     assert "patronus = patronus.cli:main" in entry_points.read_text()
     modules = source_modules(root)
