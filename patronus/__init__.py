@@ -3,11 +3,15 @@
 Importing patronus never initialises CUDA and works without Triton or the compiled extension.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patronus._info import info
 from patronus._version import __version__
 from patronus.models import Patronus, PatronusConfig
+
+if TYPE_CHECKING:  # type checkers see the lazily imported functions' signatures
+    from patronus.checkpoint import load_model, save_model
+    from patronus.reference_checkpoint import load_reference_checkpoint
 
 # checkpoint I/O needs safetensors: imported on first use, so the model and the ops need only torch
 _LAZY = {

@@ -169,3 +169,28 @@ def test_dir_lists_every_public_name():
     assert set(patronus.__all__) <= set(dir(patronus))
     for name in patronus.__all__:
         assert getattr(patronus, name) is not None
+
+
+def test_a_type_checker_sees_the_public_api(tmp_path):
+    """mypy, on a user's script: the lazily imported functions have their signatures (not Any)
+    and a wrong argument is caught."""
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "user.py"
+    script.write_text(
+        "import patronus\n"
+        "model = patronus.load_model('run')\n"
+        "reveal_type(model)\n"
+        "reveal_type(patronus.save_model)\n"
+        "reveal_type(patronus.load_reference_checkpoint('ckpt.tar'))\n"
+        "model.encode(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--cache-dir",
+         str(tmp_path / "cache"), str(script)],
+        cwd=tmp_path, env={**os.environ, "MYPYPATH": str(root)}, capture_output=True, text=True,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert 'user.py:3: note: Revealed type is "patronus.models.patronus.Patronus"' in lines
+    assert any(line.startswith('user.py:4: note: Revealed type is "def (model:') for line in lines)
+    assert 'user.py:5: note: Revealed type is "patronus.models.patronus.Patronus"' in lines
+    assert any('user.py:6: error: Argument 1 to "encode"' in line for line in lines), lines
