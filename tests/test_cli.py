@@ -448,3 +448,17 @@ def test_report_command_writes_the_page_and_says_the_verdicts(tiny_run, tmp_path
     assert lines[-2].startswith("emergence: ") and " of 2 prototypes emerge" in lines[-2]
     assert lines[-1].startswith("edit fidelity: median ")
     assert captured.out.strip().splitlines()[-1] == f"open {out / 'report.html'}"
+
+
+def test_report_needs_two_images_and_says_so(tiny_run, tmp_path, capsys):
+    """The report interpolates between two images: one is refused where it is parsed (it
+    crashed with a traceback after the edits), while visualize and trace take one."""
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tiny_run), "--num-images", "1", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--num-images: expected an integer >= 2, got 1" in capsys.readouterr().err
+    assert not out.exists()
+    command = ["visualize", str(tiny_run), "--num-images", "1", "--steps", "2", "--prototypes",
+               "0", "--reference-size", "8", "--pool-size", "4", "--no-progress"]  # fmt: skip
+    assert main([*command, "--out", str(tmp_path / "one")]) == 0

@@ -407,6 +407,14 @@ def test_extrapolation_sentence_names_the_values_not_followed():
     )
 
 
+def test_report_refuses_a_single_image_before_any_work(trained, test_set, tmp_path):
+    _, images, _ = test_set
+    inputs = ReportInputs(images[:1], images[100:164], images[164:200], {"model": "test"})
+    with pytest.raises(ValueError, match=r"needs 2 or more, got 1 \(num_images=8, 1 given\)"):
+        build_report(trained, inputs, tmp_path / "report", ReportOptions(steps=2))
+    assert not (tmp_path / "report").exists()
+
+
 def test_report_with_edits_in_region_says_so(trained, test_set, tmp_path):
     _, images, _ = test_set
     inputs = ReportInputs(images[:4], images[100:228], images[228:300], {"model": "test"})

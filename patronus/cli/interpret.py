@@ -28,7 +28,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         a.add_checkpoint(parser)
         parser.add_argument("--data-dir", type=Path, help="default: the checkpoint's dataset")
         a.number(
-            parser, "--num-images", a.positive_int, 8, "test images every prototype is edited into"
+            parser,
+            "--num-images",
+            a.at_least_two if name == "report" else a.positive_int,
+            8,
+            "test images every prototype is edited into"
+            + (" (the report interpolates between two)" if name == "report" else ""),
         )
         parser.add_argument(
             "--prototypes",
@@ -156,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
     if repeated:
         raise CommandError(f"--prototypes lists {', '.join(map(str, repeated))} more than once")
     inputs = _inputs(args, model)
+    if args.command == "report" and len(inputs.images) < 2:
+        raise CommandError(
+            f"the report interpolates between two test images; the dataset has {len(inputs.images)}"
+        )
     options = reporting.ReportOptions(
         num_images=args.num_images,
         steps=args.steps,

@@ -290,10 +290,15 @@ def build_report(
 ) -> Path:
     """Run every analysis and write ``out_dir/report.html`` (+ PNGs, results.json, results.npz).
     ``log`` receives stage messages; ``options.progress`` shows a bar over the network calls."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     count = len(options.prototypes or range(model.num_prototypes))
     images = min(options.num_images, len(inputs.images))
+    if images < 2:
+        raise ValueError(
+            f"the report interpolates between two images: it needs 2 or more, got {images} "
+            f"(num_images={options.num_images}, {len(inputs.images)} given)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     # + emergence, variations, interpolation, extrapolation, consistency (the reconstructions
     # are the visualisation's unedited decodes)
     total = _visualization_calls(options, count, images) + 5 * options.steps
