@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import Subset
 
 from patronus.cli import main
 from patronus.data import CelebA
@@ -262,6 +263,9 @@ def test_evaluation_errors(shortcut_run, tiny_run, capsys):
     assert "unknown binary attribute" in capsys.readouterr().err
     assert main(["evaluate", "fid", str(tiny_run), "--unconditional", "--num", "4"]) == 2
     assert "train-prior" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one image has no covariance (it crashed after sampling)
+        main(["evaluate", "fid", str(tiny_run), "--num", "1"])
+    assert "--num: expected an integer >= 2, got 1" in capsys.readouterr().err
     from patronus import load_model, save_model
 
     missing = shortcut_run.parent / "missing_data"
@@ -272,3 +276,21 @@ def test_evaluation_errors(shortcut_run, tiny_run, capsys):
     )
     assert main(["evaluate", "probes", str(missing), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("split", "message"), [("test", "compares with 2 or more test images"),
+                                               ("train", "2 or more training images")])  # fmt: skip
+def test_fid_refuses_a_dataset_split_of_one_image(tiny_run, tmp_path, capsys, monkeypatch, split,
+                                                  message):  # fmt: skip
+    import patronus.cli.evaluate as evaluate
+
+    real = evaluate.dataset_builder
+
+    def one_image_in_split(*args):
+        spec, build = real(*args)
+        return spec, lambda name: Subset(build(name), [0]) if name == split else build(name)
+
+    monkeypatch.setattr(evaluate, "dataset_builder", one_image_in_split)
+    command = ["evaluate", "fid", str(tiny_run), "--num", "4", "--steps", "2", "--no-progress"]
+    assert main([*command, "--out", str(tmp_path / "f")]) == 2
+    assert message in capsys.readouterr().err

@@ -51,7 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "them as PNG, and compare them with the test images: FID and KID.",
     )
     _common(fid, "fid")
-    a.number(fid, "--num", a.positive_int, 10000, "generated images")
+    a.number(fid, "--num", a.at_least_two, 10000, "generated images (FID needs covariances)")
     a.number(
         fid, "--steps", a.positive_int, DEFAULT_STEPS, "network calls per image (DDIM: respaced)"
     )
@@ -201,6 +201,9 @@ def run_fid(args: argparse.Namespace) -> int:
     from patronus.eval.generation import distances, generate, write_pngs
 
     started, out, model, _, build = _start(args, "fid")
+    test = build("test")
+    if len(test) < 2:
+        raise CommandError(f"FID compares with 2 or more test images; the dataset has {len(test)}")
     generator = torch.Generator(args.device).manual_seed(args.seed)
     if args.unconditional:
         from patronus.models.prior import load_prior, sample_prior
@@ -213,6 +216,10 @@ def run_fid(args: argparse.Namespace) -> int:
 
         say(f"encoding {args.num} training images to condition on")
         activations, _ = encode_dataset(model, build("train"), args.num)
+        if len(activations) < 2:
+            raise CommandError(
+                f"FID needs 2 or more training images to condition on, got {len(activations)}"
+            )
     say(f"generating {len(activations)} images ({args.steps} {args.sampler} network calls)")
     generated = generate(
         model, activations, args.steps, generator=generator, progress=not args.no_progress,
@@ -220,7 +227,6 @@ def run_fid(args: argparse.Namespace) -> int:
     )  # fmt: skip
     check_finite(generated, "generated images")
     write_pngs(generated, out / "samples")
-    test = build("test")
     reference = torch.stack([test[i][0] for i in range(min(len(test), args.num))])
     if args.inception_weights:
         from patronus.eval.inception import load_fid_inception
