@@ -294,3 +294,22 @@ def test_fid_refuses_a_dataset_split_of_one_image(tiny_run, tmp_path, capsys, mo
     command = ["evaluate", "fid", str(tiny_run), "--num", "4", "--steps", "2", "--no-progress"]
     assert main([*command, "--out", str(tmp_path / "f")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_small_or_broken_inputs_are_user_errors_not_tracebacks(tiny_run, tmp_path, capsys):
+    """Each of these crashed with a ValueError traceback from the library."""
+    from patronus import load_model, save_model
+
+    with pytest.raises(SystemExit):  # the prior normalises by a standard deviation
+        main(["train-prior", str(tiny_run), "--limit", "1", "--out", str(tmp_path / "p")])
+    assert "--limit: expected an integer >= 2, got 1" in capsys.readouterr().err
+    probes = ["evaluate", "probes", str(tiny_run), "--limit", "3", "--no-progress"]
+    assert main([*probes, "--out", str(tmp_path / "probes")]) == 2
+    assert "5-fold probes need 5 or more images, got 3" in capsys.readouterr().err
+    broken = load_model(tiny_run)
+    with torch.no_grad():
+        broken.prototype_layer.prototypes.fill_(float("nan"))
+    save_model(broken, tmp_path / "nan", metadata={"data": {"name": "synthetic", "seed": 0}})
+    prior = ["train-prior", str(tmp_path / "nan"), "--limit", "8", "--epochs", "1"]
+    assert main([*prior, "--no-progress", "--out", str(tmp_path / "prior")]) == 2
+    assert "activations of the training images hold NaN or Inf" in capsys.readouterr().err

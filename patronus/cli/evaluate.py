@@ -115,7 +115,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     _common(prior, "prior")
     a.number(prior, "--epochs", a.positive_int, 200, "training epochs")
-    prior.add_argument("--limit", type=a.positive_int, help="the first N training images")
+    prior.add_argument("--limit", type=a.at_least_two, help="the first N training images")
     prior.set_defaults(handler=run_train_prior)
 
 
@@ -145,6 +145,10 @@ def run_probes(args: argparse.Namespace) -> int:
     train = build("train")
     say(f"encoding up to {args.limit} {spec['name']} training images")
     activations, labels = encode_dataset(model, train, args.limit, progress=not args.no_progress)
+    if len(activations) < args.folds:
+        raise CommandError(
+            f"{args.folds}-fold probes need {args.folds} or more images, got {len(activations)}"
+        )
     table = attribute_table(spec["name"], labels, getattr(train, "attribute_names", None))
     say(f"{args.folds}-fold linear probes")
     result = {
@@ -257,6 +261,10 @@ def run_train_prior(args: argparse.Namespace) -> int:
     activations, _ = encode_dataset(
         model, build("train"), args.limit, progress=not args.no_progress
     )
+    if len(activations) < 2:
+        raise CommandError(f"the prior needs 2 or more training images, got {len(activations)}")
+    if not bool(torch.isfinite(activations).all()):
+        raise CommandError("the model's activations of the training images hold NaN or Inf")
     prior = ActivationPrior(PriorConfig(model.num_prototypes))
     say(f"training the prior for {args.epochs} epochs on {len(activations)} activation vectors")
     losses = train_prior(
