@@ -5,6 +5,8 @@ On CPU, ``triton`` runs the Triton kernels under the interpreter, ``cpp`` the ex
 ``torch`` the references; the distance map has no ``cpp`` backend.
 """
 
+import zlib
+
 import pytest
 import torch
 
@@ -30,6 +32,7 @@ SHAPES = [  # (B, D, H, W, P), deliberately odd
     (9, 5, 40, 30, 140),  # CPU: one element per GEMM, 2 prototype tiles of 70
 ]
 HALF = (torch.float16, torch.bfloat16)
+NEAR_TIE_RTOL = 1e-5  # float32 distances of O(100) from sums of O(100) terms: gaps below this tie
 
 
 def oracle(features, prototypes):
@@ -44,8 +47,12 @@ def assert_min_matches(min_dist, index, features, prototypes, exact_index):
     # the chosen patch is a minimiser (up to the rounding of half-precision products)
     chosen = distances.gather(2, index[..., None])[..., 0]
     torch.testing.assert_close(chosen, expected, **tolerance(torch.float32))
-    if exact_index:
-        assert torch.equal(index, expected_index)
+    if exact_index:  # the brute force's patch, except where another is within float32 rounding
+        # of it (kernels pick from float32 distances; exact ties: test_ties_take_the_smallest_index)
+        differs = index != expected_index
+        gap = (chosen - expected)[differs].abs()
+        assert bool((gap <= NEAR_TIE_RTOL * expected[differs].abs()).all()), gap.max()
+        assert differs.float().mean() < 0.01, f"{int(differs.sum())} of {differs.numel()} differ"
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -555,7 +562,8 @@ def test_every_autotune_configuration_matches_brute_force(backend, config):
     every dimension (N = 143 patches, D = 75, P = 133; none a multiple of a block)."""
     from patronus.kernels import prototype_distance as kernels
 
-    generator = torch.Generator(torch.get_default_device()).manual_seed(hash(str(config)) % 2**31)
+    seed = zlib.crc32(str(config).encode())  # hash() of a str changes with every process
+    generator = torch.Generator(torch.get_default_device()).manual_seed(seed)
     features = torch.randn(2, 75, 11, 13, generator=generator).requires_grad_()
     prototypes = torch.rand(133, 75, generator=generator).requires_grad_()
     weights = torch.randn(2, 133, generator=generator)
