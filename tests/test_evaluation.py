@@ -313,3 +313,18 @@ def test_small_or_broken_inputs_are_user_errors_not_tracebacks(tiny_run, tmp_pat
     prior = ["train-prior", str(tmp_path / "nan"), "--limit", "8", "--epochs", "1"]
     assert main([*prior, "--no-progress", "--out", str(tmp_path / "prior")]) == 2
     assert "activations of the training images hold NaN or Inf" in capsys.readouterr().err
+
+
+def test_a_diagnosis_of_too_few_images_is_standard_json(tiny_run, tmp_path):
+    """Three images leave every AUROC undefined: diagnosis.json says null, not NaN (which a
+    browser's JSON.parse refuses)."""
+    out = tmp_path / "diagnosis"
+    command = ["diagnose", str(tiny_run), "--target", "shape=circle", "--limit", "3"]
+    assert main([*command, "--no-progress", "--out", str(out)]) == 0
+
+    def refuse(token):
+        raise ValueError(f"not standard JSON: {token}")
+
+    result = json.loads((out / "diagnosis.json").read_text(), parse_constant=refuse)
+    assert result["suspects"] and all(not s["judged"] for s in result["suspects"])
+    assert all(s["target_auroc"] is None for s in result["suspects"])

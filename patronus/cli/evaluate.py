@@ -5,7 +5,6 @@ the checkpoint)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from patronus.cli import arguments as a
 from patronus.cli.loading import check_finite, dataset_builder, load_checkpoint, prior_folder
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
 from patronus.diffusion.samplers import DEFAULT_STEPS
+from patronus.utils.json_files import finite_json
 
 
 def _common(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -130,8 +130,9 @@ def _start(args: argparse.Namespace, name: str):
 
 
 def _finish(out: Path, name: str, data: dict, started: float) -> int:
-    (out / name).write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2))
+    text = finite_json(data)
+    (out / name).write_text(text + "\n")
+    print(text)
     report_written(out, started)
     return 0
 

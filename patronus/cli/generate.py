@@ -4,7 +4,6 @@ images, files or the prior), and images to their DDIM latents and back."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from patronus.cli.loading import (
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
 from patronus.diffusion import SamplerOptions
 from patronus.diffusion.samplers import DEFAULT_STEPS
+from patronus.utils.json_files import finite_json
 
 
 def _add_inputs(parser: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
@@ -174,7 +174,7 @@ def invert(args: argparse.Namespace) -> int:
         "reconstruction_mse": per_image.mean().item(),
         "per_image_mse": per_image.tolist(),
     }
-    (out / "reconstruction.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "reconstruction.json").write_text(finite_json(report) + "\n")
     report_written(out, started)
-    print(json.dumps(report))
+    print(finite_json(report, indent=None))
     return 0

@@ -32,7 +32,6 @@ encodes either one ranks high for both. Only images where the two *disagree* can
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -40,6 +39,7 @@ import torch
 
 from patronus.eval.probes import auroc_matrix
 from patronus.eval.roc import roc_auc
+from patronus.utils.json_files import finite_json
 
 CHANCE = 0.5
 MIN_Z = 2.0
@@ -172,7 +172,7 @@ class Diagnosis:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return finite_json(self.to_dict())
 
 
 def diagnose(

@@ -4,7 +4,6 @@ numbers (JSON and NPZ)."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from patronus.interpret.what import (
 from patronus.interpret.when import Emergence, trace_emergence
 from patronus.interpret.where import localize
 from patronus.models import Patronus
+from patronus.utils.json_files import finite_json
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def write_visualization(
 
 def _write_results(out_dir: Path, stem: str, numbers: dict, arrays: dict[str, torch.Tensor]):
     """``stem.json`` (the numbers) and ``stem.npz`` (the arrays, compressed)."""
-    (out_dir / f"{stem}.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    (out_dir / f"{stem}.json").write_text(finite_json(numbers) + "\n")
     np.savez_compressed(out_dir / f"{stem}.npz", **{k: v.cpu().numpy() for k, v in arrays.items()})
 
 
