@@ -159,3 +159,19 @@ def test_page_states_the_verdict(tmp_path):
         assert expected in page
         assert ("intervention not run" in page) is (encoded == 1)
         assert (tmp_path / str(encoded) / "diagnosis.json").is_file()
+
+
+def test_page_of_too_few_images_says_nothing_was_judged(tmp_path):
+    """Twelve images cannot fill ten per cell: the page must not read as a clean bill
+    ("No shortcut found ... among the 0 attributes judged" did), and without an intervention it
+    quotes no thresholds of one (it wrote "at least n/a")."""
+    generator = torch.Generator().manual_seed(2)
+    labels = correlated_labels(12, 0.95, generator)
+    s = activations_encoding(labels, 1, generator)
+    page = write_diagnosis(diagnose(s, labels, ["core", "marker"], "core"), tmp_path).read_text()
+    assert "Nothing could be judged: no attribute has 10 images in every cell with core" in page
+    assert "No shortcut found" not in page and "n/a" not in page and "<table" not in page
+    constant = labels.clone()
+    constant[:, 0] = 1  # core takes one value: its prototypes cannot be ranked
+    page = write_diagnosis(diagnose(s, constant, ["core", "marker"], "core"), tmp_path).read_text()
+    assert "prototypes of core on all images: undefined (core takes a single value" in page

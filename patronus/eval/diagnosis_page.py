@@ -54,6 +54,14 @@ def _row(suspect: Suspect) -> str:
     return f"<tr{style}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
+def _table(rows: str, target: str) -> str:
+    return f"""<table border="1" cellpadding="3" style="border-collapse:collapse;font-size:0.9em">
+<tr><th>attribute</th><th>phi</th><th>conflicting</th><th>decorrelated</th>
+<th>AUROC {target}</th><th>AUROC other</th><th>AUROC {target} on conflicting</th>
+<th>edits realised</th><th>effect</th><th>largest null effect</th><th>verdict</th></tr>
+{rows}</table>"""
+
+
 def write_diagnosis(diagnosis: Diagnosis, folder: Path) -> Path:
     """Write ``diagnosis.json``, ``auroc_matrix.png`` and ``diagnosis.html`` into ``folder``."""
     from patronus.utils.plotting import pyplot, save_figure
@@ -84,27 +92,43 @@ def write_diagnosis(diagnosis: Diagnosis, folder: Path) -> Path:
             if s.flagged
         )
         headline = f"The model's prototypes for {target} follow {evidence}."
+    elif not judged:
+        headline = (
+            f"Nothing could be judged: no attribute has {th['min_cell']} images in every cell "
+            f"with {target}, so this diagnosis says nothing about shortcuts. Encode more images."
+        )
     else:
         headline = f"No shortcut found for {target} among the {len(judged)} attributes judged."
+    target_row = matrix[diagnosis.attributes.index(diagnosis.target)]
+    if bool(target_row.isnan().all()):
+        top = f"undefined ({target} takes a single value among these images)"
+    else:
+        top = str(diagnosis.top_prototypes)
+    if "min_realised" in th:
+        intervention = (
+            f"only when its edits realise at least {th['min_realised']} of the requested change, "
+            f"move the classifier's probability of the other attribute by at least "
+            f"{th['min_effect']} and by more than editing random prototypes does."
+        )
+    else:
+        intervention = (
+            "(run for flagged attributes only) only when its edits realise enough of the requested "
+            "change and move the classifier's probability of the other attribute by more than "
+            "editing random prototypes does."
+        )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Shortcut diagnosis</title>
 </head><body style="font-family:sans-serif;max-width:1100px;margin:2em auto">
 <h1>Shortcut diagnosis: {target}</h1>
 <p style="font-size:1.2em"><b>{headline}</b></p>
-<p>The top-{th["top_k"]} prototypes of {target} on all images: {diagnosis.top_prototypes}.
+<p>The top-{th["top_k"]} prototypes of {target} on all images: {top}.
 Each attribute is judged on images where it and {target} are independent (the decorrelated
 sample: equally many images from each of the four cells) and on the conflicting examples (where
 the two disagree). AUROCs are oriented the way the model uses the prototypes for {target}
 (0.5 is chance). Flagged when the prototypes separate the other attribute better than
 {target} itself by more than {th["min_z"]} standard errors, side with it on the conflicting examples
 (AUROC for {target} below 0.5), and |phi| is at least {th["min_phi"]}. An intervention confirms
-only when its edits realise at least {th.get("min_realised", "n/a")} of the requested change,
-move the classifier's probability of the other attribute by at least
-{th.get("min_effect", "n/a")} and by more than editing random prototypes does.</p>
-<table border="1" cellpadding="3" style="border-collapse:collapse;font-size:0.9em">
-<tr><th>attribute</th><th>phi</th><th>conflicting</th><th>decorrelated</th>
-<th>AUROC {target}</th><th>AUROC other</th><th>AUROC {target} on conflicting</th>
-<th>edits realised</th><th>effect</th><th>largest null effect</th><th>verdict</th></tr>
-{rows}</table>
+{intervention}</p>
+{_table(rows, target) if rows else ""}
 <p>Not judged (fewer than {th["min_cell"]} images in a cell): {
         html.escape(", ".join(unjudged)) or "none"
     }.</p>
