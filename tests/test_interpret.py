@@ -257,6 +257,11 @@ def test_prototype_and_image_indices_are_checked(trained, test_set):
         visualize_prototypes(trained, inversion, bounds, [1, 0, 1])
     with pytest.raises(ValueError, match=re.escape(repeated)):  # and so did the curves
         trace_emergence(trained, inversion, [1, 0, 1], bounds[[1, 0, 1]])
+    empty = "prototypes must list at least one index, got none"  # was an error from torch.cat
+    with pytest.raises(ValueError, match=empty):
+        visualize_prototypes(trained, inversion, bounds, [])
+    with pytest.raises(ValueError, match=empty):  # was one from reshape
+        trace_emergence(trained, inversion, [], bounds[[]])
     with pytest.raises(ValueError, match=re.escape(f"bounds must be ({count},)")):
         visualize_prototypes(trained, inversion, bounds[:3], [0])
     with pytest.raises(ValueError, match=re.escape("values must be finite and (2,) or (2, 2)")):

@@ -47,10 +47,13 @@ def activation_bounds(
 def checked_indices(
     what: str, indices: Sequence[int], count: int, distinct: bool = False
 ) -> list[int]:
-    """``indices`` as a list of ints in [0, count), or a ValueError naming ``what`` (negative
-    indices are refused: they would silently mean counting from the end); with ``distinct``, an
-    index listed twice is refused too (results keyed by prototype would show it twice)."""
+    """``indices`` as a non-empty list of ints in [0, count), or a ValueError naming ``what``
+    (negative indices are refused: they would silently mean counting from the end); with
+    ``distinct``, an index listed twice is refused too (results keyed by prototype would show it
+    twice)."""
     listed = [int(i) for i in indices]
+    if not listed:
+        raise ValueError(f"{what} must list at least one index, got none")
     wrong = [i for i in listed if not 0 <= i < count]
     if wrong:
         raise ValueError(f"{what} must be in 0 .. {count - 1}, got {wrong}")
