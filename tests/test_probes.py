@@ -127,3 +127,19 @@ def test_folds_partition_the_samples():
     assert [len(p) for p in parts] == [5, 5, 5, 4, 4]
     with pytest.raises(ValueError, match="at least 5"):
         fold_indices(3)
+
+
+def test_an_attribute_no_fold_can_score_is_reported_not_dropped():
+    pytest.importorskip("sklearn", reason="scikit-learn is an optional extra")
+    activations, a, b = constructed(100)
+    result = linear_probes(activations, torch.stack([torch.ones_like(a), b], 1), ["one", "b"])
+    assert list(result) == ["one", "b"]  # "one" was missing from the results
+    assert result["one"]["folds"] == 0 and math.isnan(result["one"]["mean"])
+    assert result["b"]["folds"] == 5 and result["b"]["mean"] > 0.99
+
+
+@pytest.mark.parametrize("function", [linear_probes, tad])
+def test_names_must_match_the_label_columns(function):
+    activations, a, b = constructed(50)
+    with pytest.raises(ValueError, match="1 names for 2 label columns"):  # zip dropped "b"
+        function(activations, torch.stack([a, b], 1), ["a"])

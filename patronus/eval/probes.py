@@ -37,13 +37,17 @@ def _split(count: int, held_out: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().flatten()
 
 
-def _check_probe_inputs(activations: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_probe_inputs(
+    activations: torch.Tensor, labels: torch.Tensor, names: Sequence[str] | None = None
+) -> None:
     check_features("activations", activations)
     if labels.dim() != 2 or labels.shape[0] != activations.shape[0]:
         raise ValueError(
             f"labels must be (N, A) = ({activations.shape[0]}, A), one row per activation row, "
             f"got {tuple(labels.shape)}"
         )
+    if names is not None and len(names) != labels.shape[1]:
+        raise ValueError(f"{len(names)} names for {labels.shape[1]} label columns")
 
 
 def linear_probes(
@@ -54,13 +58,15 @@ def linear_probes(
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Per attribute (columns of ``labels`` (N, A)): {"metric": "roc_auc" | "accuracy", "mean",
-    "std"} over the held-out folds. Binary columns get ROC-AUC, others accuracy."""
+    "std", "folds"} over the held-out folds. Binary columns get ROC-AUC, others accuracy; an
+    attribute no fold can score (a single value in its training part) has folds 0, mean and std
+    NaN (null in JSON), rather than going missing."""
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
     except ImportError as error:
         raise ImportError("linear probes need scikit-learn: pip install scikit-learn") from error
-    _check_probe_inputs(activations, labels)
+    _check_probe_inputs(activations, labels, names)
     x = activations.double().numpy()
     results = {}
     parts = fold_indices(len(x), folds, seed)
@@ -89,14 +95,13 @@ def linear_probes(
                 score = float((model.predict(x_test) == y_test).mean())
             if not math.isnan(score):
                 scores.append(score)
-        if scores:
-            values = torch.tensor(scores, dtype=torch.float64)
-            results[name] = {
-                "metric": "roc_auc" if binary else "accuracy",
-                "mean": float(values.mean()),
-                "std": float(values.std()) if len(scores) > 1 else 0.0,
-                "folds": len(scores),
-            }
+        values = torch.tensor(scores, dtype=torch.float64)
+        results[name] = {
+            "metric": "roc_auc" if binary else "accuracy",
+            "mean": float(values.mean()) if scores else math.nan,
+            "std": float(values.std()) if len(scores) > 1 else (0.0 if scores else math.nan),
+            "folds": len(scores),
+        }
     return results
 
 
@@ -144,7 +149,7 @@ def tad(
 ) -> dict:
     """TAD, the captured attributes and the per-attribute gaps, on held-out folds (``groups``:
     see :func:`entropy_reduction`)."""
-    _check_probe_inputs(activations, labels)
+    _check_probe_inputs(activations, labels, names)
     if activations.shape[1] < 2:
         raise ValueError(f"TAD needs at least 2 prototypes, got {activations.shape[1]}")
     labels = labels.long()
