@@ -175,3 +175,26 @@ def test_page_of_too_few_images_says_nothing_was_judged(tmp_path):
     constant[:, 0] = 1  # core takes one value: its prototypes cannot be ranked
     page = write_diagnosis(diagnose(s, constant, ["core", "marker"], "core"), tmp_path).read_text()
     assert "prototypes of core on all images: undefined (core takes a single value" in page
+
+
+def with_nan(labels):
+    return labels.float().index_fill(0, torch.tensor([5]), float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda y: (y, ["core"], "core"), r"labels \(400, 2\) and 1 names do not match"),
+        (lambda y: (y, ["core", "marker"], "hair"), "unknown target attribute 'hair'"),
+        (lambda y: (y * 2, ["core", "marker"], "core"), r"binary \(0/1 or bool\): \d+ are not"),
+        (lambda y: (with_nan(y), ["core", "marker"], "core"), r"2 are not, e\.g\. nan"),
+    ],
+    ids=["names", "target", "not-binary", "nan"],
+)
+def test_diagnosis_inputs_are_checked(change, match):
+    """Labels of 0/2, or NaN for an unknown value, were read as True by bool()."""
+    generator = torch.Generator().manual_seed(4)
+    labels = correlated_labels(400, 0.9, generator)
+    s = activations_encoding(labels, 1, generator)
+    with pytest.raises(ValueError, match=match):
+        diagnose(s, *change(labels))

@@ -200,6 +200,11 @@ def diagnose(
         )
     if not 1 <= top_k <= activations.shape[1]:
         raise ValueError(f"top_k must be in [1, {activations.shape[1]}], got {top_k}")
+    odd = labels[(labels != 0) & (labels != 1)]  # bool() would read 2 or NaN as True
+    if odd.numel():
+        raise ValueError(
+            f"labels must be binary (0/1 or bool): {odd.numel()} are not, e.g. {odd[0].item()}"
+        )
     labels = labels.bool()
     matrix = auroc_matrix(activations, labels.long())  # (A, P)
     t = names.index(target)
