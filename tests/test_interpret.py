@@ -270,6 +270,15 @@ def test_prototype_and_image_indices_are_checked(trained, test_set):
         analyses.interpolation(trained, inversion, 0, 2)
     with pytest.raises(ValueError, match="values must be finite"):
         analyses.extrapolation(trained, inversion, 0, torch.tensor([0.0, float("inf")]))
+    # counts and values that torch took (an error from repeat, an empty or one-frame result)
+    with pytest.raises(ValueError, match=re.escape("values must be (K,) with K >= 1, got (0,)")):
+        analyses.extrapolation(trained, inversion, 0, torch.tensor([]))
+    with pytest.raises(ValueError, match="count must be at least 1, got -1"):
+        analyses.variations(trained, inversion, -1)
+    with pytest.raises(ValueError, match=re.escape("count must be at least 2 (the two images)")):
+        analyses.interpolation(trained, inversion, 0, 1, count=1)
+    with pytest.raises(ValueError, match="value must be finite, got nan"):  # said "got (1,)"
+        analyses.consistency(trained, inversion, 0, float("nan"))
 
 
 def test_upsampling_puts_cell_values_at_receptive_field_centres():

@@ -8,6 +8,7 @@ with any sampler."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,8 @@ def variations(
 ) -> torch.Tensor:
     """The same activations sampled from ``count`` fresh x_T each, with x0 clipped as in sampling,
     ``inversion.steps`` network calls of ``sampler``: (n, count, C, H, W)."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
     n = inversion.images.shape[0]
     s = inversion.activations.repeat_interleave(count, 0)
     samples = model.sample(s, inversion.steps, generator=generator, clip_x0=True,
@@ -62,7 +65,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
 def interpolation(
     model: Patronus, inversion: Inversion, first: int = 0, second: int = 1, count: int = 8
 ) -> torch.Tensor:
-    """From image ``first`` to image ``second``: s linear, x_T spherical -> (count, C, H, W)."""
+    """From image ``first`` to image ``second`` (both included): s linear, x_T spherical ->
+    (count, C, H, W)."""
+    if count < 2:
+        raise ValueError(f"count must be at least 2 (the two images), got {count}")
     first, second = checked_indices("image indices", [first, second], inversion.x_T.shape[0])
     weight = torch.linspace(0, 1, count, device=inversion.x_T.device)
     s_a, s_b = inversion.activations[first], inversion.activations[second]
@@ -87,8 +93,10 @@ def extrapolation(
     :func:`~patronus.interpret.what.visualize_prototypes` guides) -> (K, C, H, W)."""
     one = inversion.select([image])
     (prototype,) = checked_indices("prototype", [prototype], one.activations.shape[1])
-    if values.dim() != 1 or not torch.isfinite(values).all():
-        raise ValueError(f"values must be finite and (K,), got {tuple(values.shape)}")
+    if values.dim() != 1 or len(values) == 0:
+        raise ValueError(f"values must be (K,) with K >= 1, got {tuple(values.shape)}")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"values must be finite, got {values.tolist()}")
     s = one.activations.repeat(len(values), 1)
     s[:, prototype] = values.to(s)
     x_T = one.x_T.repeat(len(values), 1, 1, 1)
@@ -127,6 +135,8 @@ def consistency(
 ) -> Consistency:
     """Prototype J set to ``value`` in every image, decoded (``edit_guidance`` and
     ``prototype_guidance`` as in :func:`extrapolation`) and re-encoded."""
+    if not math.isfinite(value):
+        raise ValueError(f"value must be finite, got {value}")
     s = edited_activations(inversion.activations, [prototype], torch.tensor([value]))
     targets = torch.full((s.shape[0],), float(value))
     nudge = _guided(model, prototype_guidance, prototype, targets)
