@@ -287,3 +287,23 @@ def test_a_loaded_model_comes_in_eval_mode_and_trains_in_train_mode(tmp_path):
     config = TrainConfig(max_steps=2, batch_size=16, progress=False, log_every=1, amp="off")
     Trainer(model, SyntheticShapes(32, 24, 3, seed=1), config, tmp_path / "run", "cpu").fit()
     assert modes[:2] == [True, True]  # the two training steps (sampling afterwards is in eval)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("learning_rate", -1e-3, "learning_rate must be a number > 0"),
+        ("learning_rate", float("nan"), "learning_rate must be a number > 0"),
+        ("grad_clip", -1.0, "grad_clip must be >= 0"),  # torch would flip every gradient's sign
+        ("weight_decay", float("inf"), "weight_decay must be >= 0"),
+        ("warmup_steps", -5, "warmup_steps must be >= 0"),
+        ("num_workers", -1, "num_workers must be >= 0"),
+        ("distinct_margin", -0.1, "distinct_margin must be >= 0"),
+        ("sample_steps", 0, "sample_steps and num_sample_images must be >= 1"),
+    ],
+)
+def test_train_config_refuses_values_that_would_train_wrongly(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value})
+    TrainConfig(grad_clip=None)
+    TrainConfig(grad_clip=0.0)  # off, as --grad-clip 0

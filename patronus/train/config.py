@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,23 @@ class TrainConfig:
             raise ValueError(f"timestep_bias must be >= 0, got {self.timestep_bias}")
         if min(self.log_every, self.checkpoint_every, self.keep_checkpoints) < 1:
             raise ValueError("log_every, checkpoint_every and keep_checkpoints must be >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a number > 0, got {self.learning_rate}")
+        # a negative clip would scale the gradient by a negative factor (gradient ascent)
+        at_least_zero = {
+            "weight_decay": self.weight_decay,
+            "grad_clip": 0.0 if self.grad_clip is None else self.grad_clip,
+            "distinct_loss_weight": self.distinct_loss_weight,
+            "distinct_margin": self.distinct_margin,
+            "warmup_steps": self.warmup_steps,
+            "sample_every": self.sample_every,
+            "num_workers": self.num_workers,
+        }
+        for name, value in at_least_zero.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if min(self.sample_steps, self.num_sample_images) < 1:
+            raise ValueError("sample_steps and num_sample_images must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
