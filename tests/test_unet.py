@@ -174,3 +174,20 @@ def test_bad_configs_are_rejected():
         UNetConfig(base_channels=12, channel_mults=(1,), attention=(False,))
     with pytest.raises(ValueError, match="prototype_conditioning"):
         UNetConfig(prototype_conditioning="film")
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"attention_heads": 0}, "attention_heads must be >= 1"),  # was a ZeroDivisionError
+        ({"num_res_blocks": 0}, "num_res_blocks must be >= 1"),  # built a UNet without blocks
+        ({"base_channels": 0}, "base_channels must be >= 1"),
+        ({"dropout": float("nan")}, r"dropout must be in \[0, 1\)"),
+        ({"channel_mults": (), "attention": ()}, "a multiplier >= 1 per level"),
+        ({"channel_mults": (1, 0), "attention": (False, False)}, "a multiplier >= 1 per level"),
+    ],
+)
+def test_config_counts_and_rates_are_checked(fields, match):
+    base = {"base_channels": 8, "channel_mults": (1,), "attention": (False,)}
+    with pytest.raises(ValueError, match=match):
+        UNetConfig(**{**base, **fields})

@@ -58,6 +58,22 @@ class UNetConfig:
                 f"unet.prototype_conditioning must be one of {PROTOTYPE_CONDITIONINGS}, "
                 f"got {self.prototype_conditioning!r}"
             )
+        counts = {
+            "base_channels": self.base_channels,
+            "num_res_blocks": self.num_res_blocks,
+            "time_emb_mult": self.time_emb_mult,
+            "norm_groups": self.norm_groups,
+            "attention_heads": self.attention_heads,
+        }
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise ValueError(
+                f"unet.channel_mults needs a multiplier >= 1 per level, got {self.channel_mults}"
+            )
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"unet.{name} must be >= 1, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"unet.dropout must be in [0, 1), got {self.dropout}")
         if len(self.attention) != len(self.channel_mults):
             raise ValueError("unet.attention needs one flag per entry of unet.channel_mults")
         for mult in self.channel_mults:
