@@ -191,3 +191,12 @@ def test_config_counts_and_rates_are_checked(fields, match):
     base = {"base_channels": 8, "channel_mults": (1,), "attention": (False,)}
     with pytest.raises(ValueError, match=match):
         UNetConfig(**{**base, **fields})
+
+
+@pytest.mark.parametrize("field", ["channels", "kernel_sizes", "strides", "paddings"])
+def test_encoder_config_sizes_are_checked(field):
+    from patronus.models.config import EncoderConfig
+
+    base = {"channels": (8,), "kernel_sizes": (3,), "strides": (1,), "paddings": (0,)}
+    with pytest.raises(ValueError, match="must be >= 1 and paddings >= 0"):  # torch's errors later
+        EncoderConfig(**{**base, field: (-1,)})

@@ -29,6 +29,11 @@ class EncoderConfig:
         }
         if len(lengths) != 1 or not self.channels:
             raise ValueError("encoder channels, kernel_sizes, strides, paddings: one length, > 0")
+        if min((*self.channels, *self.kernel_sizes, *self.strides)) < 1 or min(self.paddings) < 0:
+            raise ValueError(
+                "encoder channels, kernel_sizes and strides must be >= 1 and paddings >= 0, got "
+                f"{self.channels}, {self.kernel_sizes}, {self.strides}, {self.paddings}"
+            )
 
 
 PROTOTYPE_CONDITIONINGS = ("bias", "scale_shift", "cross_attention")
