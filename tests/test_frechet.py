@@ -1,5 +1,7 @@
 """Fréchet distance against scipy's float64 sqrtm and closed forms; KID's unbiasedness."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -114,3 +116,15 @@ def test_fid_inception_architecture_and_weight_loading(tmp_path):
         load_fid_inception(tmp_path / "other.pth")
     with pytest.raises(FileNotFoundError, match="never downloads"):
         load_fid_inception(tmp_path / "missing.pth")
+
+
+def test_kid_of_sets_no_larger_than_a_subset_has_no_spread_to_report():
+    """Every subset is both sets whole (the estimate does not depend on order): one value, and
+    its spread is undefined rather than a reassuring 0."""
+    a, b = torch.randn(30, 4), torch.randn(30, 4) + 0.2
+    mean, std = kernel_distance(a, b, subsets=10, subset_size=100, generator=torch.Generator())
+    assert math.isnan(std)
+    once, _ = kernel_distance(a, b, subsets=1, subset_size=30)
+    assert mean == pytest.approx(once, rel=1e-12)
+    _, spread = kernel_distance(a, b, subsets=10, subset_size=20, generator=torch.Generator())
+    assert spread > 0

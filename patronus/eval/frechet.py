@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from patronus.eval._inputs import check_features, check_finite
@@ -59,7 +61,9 @@ def kernel_distance(
 ) -> tuple[float, float]:
     """KID: the unbiased MMD^2 with the kernel (x.y / F + 1)^3, averaged over random subsets.
 
-    Returns (mean, standard deviation over subsets).
+    Returns (mean, standard deviation over subsets). When both sets are no larger than
+    ``subset_size`` every subset is the whole of both, so there is one value and no spread: the
+    standard deviation is NaN then (null in JSON), not a misleading 0.
     """
     check_features("features1", features1)
     check_features("features2", features2, features1.shape[1])
@@ -67,6 +71,8 @@ def kernel_distance(
     size = min(subset_size, x.shape[0], y.shape[0])
     if size < 2:
         raise ValueError("KID needs at least 2 features per set")
+    if size == x.shape[0] == y.shape[0]:
+        subsets = 1  # every subset would be both sets whole (the estimate is order-free)
     dim = x.shape[1]
     values = []
     for _ in range(subsets):
@@ -78,4 +84,4 @@ def kernel_distance(
         off_diagonal = (k_aa.sum() - k_aa.trace() + k_bb.sum() - k_bb.trace()) / (size * (size - 1))
         values.append(float(off_diagonal - 2 * k_ab.mean()))
     result = torch.tensor(values, dtype=torch.float64)
-    return float(result.mean()), float(result.std()) if subsets > 1 else 0.0
+    return float(result.mean()), float(result.std()) if subsets > 1 else math.nan
