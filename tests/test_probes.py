@@ -135,6 +135,7 @@ def test_an_attribute_no_fold_can_score_is_reported_not_dropped():
     result = linear_probes(activations, torch.stack([torch.ones_like(a), b], 1), ["one", "b"])
     assert list(result) == ["one", "b"]  # "one" was missing from the results
     assert result["one"]["folds"] == 0 and math.isnan(result["one"]["mean"])
+    assert math.isnan(result["one"]["std"])
     assert result["b"]["folds"] == 5 and result["b"]["mean"] > 0.99
 
 

@@ -60,7 +60,7 @@ def linear_probes(
     """Per attribute (columns of ``labels`` (N, A)): {"metric": "roc_auc" | "accuracy", "mean",
     "std", "folds"} over the held-out folds. Binary columns get ROC-AUC, others accuracy; an
     attribute no fold can score (a single value in its training part) has folds 0, mean and std
-    NaN (null in JSON), rather than going missing."""
+    NaN (null in JSON), rather than going missing; with one fold scored the std is NaN."""
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
@@ -99,7 +99,7 @@ def linear_probes(
         results[name] = {
             "metric": "roc_auc" if binary else "accuracy",
             "mean": float(values.mean()) if scores else math.nan,
-            "std": float(values.std()) if len(scores) > 1 else (0.0 if scores else math.nan),
+            "std": float(values.std()) if len(scores) > 1 else math.nan,  # one fold: no spread
             "folds": len(scores),
         }
     return results
