@@ -421,6 +421,23 @@ def test_extrapolation_sentence_names_the_values_not_followed():
     )
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("steps", 0, "steps must be >= 1"),
+        ("nearest_k", 0, "nearest_k must be >= 1"),
+        ("quantile", 1.5, r"quantile must be in \(0, 1\]"),
+        ("emergence_fraction", 0.0, r"emergence_fraction must be in \(0, 1\]"),
+        ("edit_guidance", float("nan"), "edit_guidance must be finite"),
+        ("sampler", "euler", "sampler must be one of"),
+    ],
+)
+def test_report_options_are_checked_when_made(field, value, match):
+    """Not minutes into a report, where they failed inside torch or went unnoticed."""
+    with pytest.raises(ValueError, match=match):
+        ReportOptions(**{field: value})
+
+
 def test_report_refuses_a_single_image_before_any_work(trained, test_set, tmp_path):
     _, images, _ = test_set
     inputs = ReportInputs(images[:1], images[100:164], images[164:200], {"model": "test"})

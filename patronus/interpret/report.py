@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from patronus.diffusion.samplers import DEFAULT_SAMPLER
+from patronus.diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS
 from patronus.interpret import analyses, figures
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
 from patronus.interpret.prototype_guidance import PrototypeGuidance
@@ -52,6 +52,24 @@ class ReportOptions:
     prototype_guidance: PrototypeGuidance | None = None
     # sampler of the variations (fresh noise); inversions and their decodes are DDIM
     sampler: str = DEFAULT_SAMPLER
+
+    def __post_init__(self) -> None:
+        """Checked before any work: a bad option would otherwise fail minutes into a report."""
+        counts = {"num_images": self.num_images, "steps": self.steps,
+                  "nearest_k": self.nearest_k, "batch_size": self.batch_size}  # fmt: skip
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        shares = {"quantile": self.quantile, "emergence_fraction": self.emergence_fraction}
+        for name, value in shares.items():
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        scales = {"edit_guidance": self.edit_guidance, "guidance_scale": self.guidance_scale}
+        for name, value in scales.items():
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
 
 
 Log = Callable[[str], None]
