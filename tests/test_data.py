@@ -266,6 +266,9 @@ def test_build_dataset(tmp_path):
         build_dataset("celeba")
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("imagenet")
+    for field in ("image_size", "channels", "limit"):  # 0 silently meant the default
+        with pytest.raises(ValueError, match=f"{field} must be >= 1 or None, got 0"):
+            build_dataset("synthetic", **{field: 0})
 
 
 def _python2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:

@@ -47,10 +47,16 @@ def build_dataset(
 ) -> Dataset:
     """A dataset of ``(image in [-1, 1], label)`` items.
 
-    ``image_size`` and ``channels`` default to the paper's for each dataset; the synthetic set
-    uses ``seed`` and has ``limit`` images (default 10000); ``limit`` keeps the first images of the
-    others. Fashion-MNIST finds the Debian package by itself when ``data_dir`` is None.
+    ``image_size`` defaults to the paper's for each dataset (CIFAR-10 is always 32); ``channels``
+    applies to the synthetic and folder sets (the others have their own: gray Fashion-MNIST and
+    CheXpert, RGB the rest; a model of another shape is refused where the two meet). The
+    synthetic set uses ``seed`` and has ``limit`` images (default 10000); ``limit`` keeps the
+    first images of the others. Fashion-MNIST finds the Debian package by itself when
+    ``data_dir`` is None.
     """
+    for field, value in (("image_size", image_size), ("channels", channels), ("limit", limit)):
+        if value is not None and value < 1:  # 0 is not "the default"
+            raise ValueError(f"{field} must be >= 1 or None, got {value}")
     if name in ("synthetic", "synthetic-shortcut"):
         split_seed = seed if split == "train" else seed + 1  # other splits: other images
         planted = SHORTCUT if name == "synthetic-shortcut" else {}
