@@ -218,6 +218,15 @@ def test_nearest_patches_are_the_minimum_distances(trained, test_set):
     torch.testing.assert_close(found.distance, expected.cpu())
     assert torch.equal(found.boxes, trained.patch_boxes(output.patch_index.t()[
         torch.arange(trained.num_prototypes)[:, None], found.image_index]))  # fmt: skip
+    # one tensor of images is one batch (iterating it gave images without a batch axis)
+    whole = nearest_patches(trained, images[:100], k=3)
+    assert torch.equal(whole.image_index, found.image_index)
+    torch.testing.assert_close(whole.distance, found.distance)
+    assert nearest_patches(trained, images[:2], k=5).distance.shape == (trained.num_prototypes, 2)
+    with pytest.raises(ValueError, match="no images to search"):
+        nearest_patches(trained, images[:0])
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        nearest_patches(trained, images[:2], k=0)
 
 
 def test_bounds():

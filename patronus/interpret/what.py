@@ -343,9 +343,17 @@ class NearestPatches:
 
 
 @torch.no_grad()
-def nearest_patches(model: Patronus, batches: Iterable[torch.Tensor], k: int = 5) -> NearestPatches:
-    """Search image batches (each (B, C, H, W)) for every prototype's k nearest patches (each
-    image contributes its closest patch)."""
+def nearest_patches(
+    model: Patronus, batches: torch.Tensor | Iterable[torch.Tensor], k: int = 5
+) -> NearestPatches:
+    """Search images (N, C, H, W), or batches of them (each (B, C, H, W), e.g. a DataLoader's
+    images), for every prototype's k nearest patches (each image contributes its closest patch;
+    fewer than k when there are fewer images)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(batches, torch.Tensor):
+        # iterating a tensor would give single images without a batch axis
+        batches = [batches] if len(batches) else []
     best_distance = best_image = best_patch = None
     offset = 0
     for images in batches:
