@@ -183,3 +183,14 @@ def test_the_shipped_model_exports_and_imports_bit_exactly(tmp_path, capsys):
     assert "is not a pipeline folder" in capsys.readouterr().err
     assert main(["export-diffusers", str(SHIPPED), str(pipeline)]) == 2  # not over files
     assert "already holds files" in capsys.readouterr().err
+    # --out as in every other command (it was "unrecognized arguments: --out")
+    again = tmp_path / "again"
+    assert main(["import-diffusers", str(pipeline), "--out", str(again)]) == 0
+    _same_weights(load_model(again), shipped)
+    assert main(["export-diffusers", str(SHIPPED), str(again), "--out", str(back)]) == 2
+    assert "two destinations" in capsys.readouterr().err
+    # --overwrite writes into a folder; a checkpoint never replaces another's files
+    (again / "notes.txt").write_text("mine")
+    assert main(["import-diffusers", str(pipeline), "--out", str(again), "--overwrite"]) == 2
+    assert "is not only a checkpoint (notes.txt)" in capsys.readouterr().err
+    assert (again / "notes.txt").read_text() == "mine"

@@ -20,7 +20,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "patronus.pipelines.diffusers_pipeline.",
     )
     a.add_checkpoint(export)
-    export.add_argument("out", type=Path, help="the pipeline folder to write")
+    _add_destination(export, "the pipeline folder to write")
     export.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     export.set_defaults(handler=export_pipeline)
     back = sub.add_parser(
@@ -30,9 +30,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "back as a patronus checkpoint folder (its weights as model.safetensors).",
     )
     back.add_argument("pipeline", type=Path, help="the pipeline folder")
-    back.add_argument("out", type=Path, help="the checkpoint folder to write")
+    _add_destination(back, "the checkpoint folder to write")
     back.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     back.set_defaults(handler=import_pipeline)
+
+
+def _add_destination(parser: argparse.ArgumentParser, text: str) -> None:
+    """OUT as the last positional argument, or as --out like every other command (default: a
+    new folder under runs/)."""
+    parser.add_argument("out", type=Path, nargs="?", help=f"{text} (or --out OUT)")
+    parser.add_argument("--out", dest="out_flag", type=Path, metavar="OUT", help=text)
+
+
+def _destination(args: argparse.Namespace) -> Path | None:
+    if args.out is not None and args.out_flag is not None and args.out != args.out_flag:
+        raise CommandError(f"two destinations: {args.out} and --out {args.out_flag}")
+    return args.out if args.out is not None else args.out_flag
 
 
 def _pipeline_module():
@@ -48,7 +61,7 @@ def export_pipeline(args: argparse.Namespace) -> int:
 
     pipelines = _pipeline_module()
     started = now()
-    out = output_folder(args.out, "pipeline", args.overwrite)
+    out = output_folder(_destination(args), "pipeline", args.overwrite)
     folder = resolve_checkpoint(args.checkpoint)
     metadata = {k: v for k, v in read_config(folder).items() if k not in ("format", "model")}
     say(f"loading {folder} ({'raw' if args.no_ema else 'EMA where saved'} weights)")
@@ -65,9 +78,9 @@ def import_pipeline(args: argparse.Namespace) -> int:
     started = now()
     if not (args.pipeline / "model_index.json").is_file():
         raise CommandError(f"{args.pipeline} is not a pipeline folder (no model_index.json)")
-    output_folder(args.out, "checkpoint", args.overwrite)
+    out = output_folder(_destination(args), "checkpoint", args.overwrite)
     pipe = pipelines.PatronusPipeline.from_pretrained(args.pipeline)
     metadata = pipe.unet.config.metadata or {}
-    save_model(pipe.patronus, args.out, metadata=dict(metadata))
-    report_written(args.out, started)
+    save_model(pipe.patronus, out, metadata=dict(metadata))
+    report_written(out, started)
     return 0
