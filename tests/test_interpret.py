@@ -288,6 +288,15 @@ def test_prototype_and_image_indices_are_checked(trained, test_set):
         analyses.interpolation(trained, inversion, 0, 1, count=1)
     with pytest.raises(ValueError, match="value must be finite, got nan"):  # said "got (1,)"
         analyses.consistency(trained, inversion, 0, float("nan"))
+    # settings named as themselves, checked before decoding (batch 0 and fraction 2 were taken)
+    with pytest.raises(ValueError, match="edit_guidance must be finite, got nan"):
+        visualize_prototypes(trained, inversion, bounds, [0], edit_guidance=float("nan"))
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        visualize_prototypes(trained, inversion, bounds, [0], batch_size=0)
+    with pytest.raises(ValueError, match=re.escape("fraction must be in (0, 1], got 2.0")):
+        trace_emergence(trained, inversion, [0], bounds[[0]], fraction=2.0)
+    with pytest.raises(ValueError, match="guidance_scale must be finite, got nan"):  # not "needs
+        invert_images(trained, inversion.images, steps=2, guidance_scale=float("nan"))  # dropout"
 
 
 def test_upsampling_puts_cell_values_at_receptive_field_centres():

@@ -13,6 +13,7 @@ every difference an edit shows comes from the edit, not from the decoder.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -92,6 +93,8 @@ class Inversion:
         """The sampler's guidance settings: the inversion's own, or with ``edit_guidance`` != 1
         guidance against the images' own activations (s holds edits of them, tiled as
         :func:`edited_activations` tiles them)."""
+        if not math.isfinite(edit_guidance):
+            raise ValueError(f"edit_guidance must be finite, got {edit_guidance}")
         if edit_guidance == 1.0:
             return {"guidance_scale": self.guidance_scale}
         if self.guidance_scale != 1.0:
@@ -286,6 +289,8 @@ def visualize_prototypes(
     if bounds.shape != (count,):
         raise ValueError(f"bounds must be ({count},), one per prototype, got {tuple(bounds.shape)}")
     n = inversion.images.shape[0]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     per_chunk = max(1, batch_size // n)
     if region:  # the unedited decode's steps (blended in), where each prototype fires (n, P, 4)
         unedited = unedited_latents(model, inversion)

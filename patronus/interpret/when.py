@@ -77,6 +77,9 @@ def trace_emergence(
     """Decode each prototype's edit (s_J := values, (J,) or (J, n)) and the reference together,
     tracing every prototype's activation of x0_hat at every step (``edit_guidance``: see
     :meth:`Inversion.decode`)."""
+    for name, share in (("fraction", fraction), ("min_share", min_share)):
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {share}")
     prototypes = checked_indices("prototypes", prototypes, model.num_prototypes, distinct=True)
     n = inversion.images.shape[0]
     edits = edited_activations(inversion.activations, prototypes, values)

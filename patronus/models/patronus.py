@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -207,6 +208,8 @@ class Patronus(nn.Module):
         """``scale``, or this model's recommended one (``config.guidance_scale``) for None.
         Guiding needs the learned null vector unless a reference is given (``referenced``)."""
         scale = self.config.guidance_scale if scale is None else float(scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"guidance_scale must be finite, got {scale}")
         if scale != 1.0 and not referenced and not hasattr(self, "null_activations"):
             raise ValueError(
                 f"guidance_scale={scale} needs a model trained with condition_dropout > 0 (it "
