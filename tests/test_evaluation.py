@@ -119,6 +119,8 @@ def test_prior_original_sampler_renoises_with_fresh_noise():
     torch.testing.assert_close(drawn, x[:, 0, :])
     with pytest.raises(ValueError, match="sampler must be"):
         sample_prior(prior, 1, sampler="euler")
+    with pytest.raises(ValueError, match="count must be >= 1, got -1"):  # a torch error before
+        sample_prior(prior, -1)
 
 
 def test_classifier_round_trip(tmp_path):

@@ -120,6 +120,8 @@ def sample_prior(
 
     if sampler not in PRIOR_SAMPLERS:
         raise ValueError(f"sampler must be one of {PRIOR_SAMPLERS}, got {sampler!r}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
     prior = prior.eval()
     device = prior.mean.device
     x = torch.randn((count, 1, prior.config.num_prototypes), generator=generator, device=device)
