@@ -307,3 +307,41 @@ def test_train_config_refuses_values_that_would_train_wrongly(field, value, matc
         TrainConfig(**{field: value})
     TrainConfig(grad_clip=None)
     TrainConfig(grad_clip=0.0)  # off, as --grad-clip 0
+
+
+class _Items(torch.utils.data.Dataset):
+    """32 items made by ``make(i)``."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __len__(self):
+        return 32
+
+    def __getitem__(self, index):
+        return self.make(index)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda i: torch.rand(3, 24, 24) * 2 - 1, ValueError, "must be \\(image, label\\) pairs"),
+        (lambda i: (torch.full((3, 24, 24), 128, dtype=torch.uint8), 0), TypeError,
+         "must be floating point in \\[-1, 1\\], got torch.uint8"),
+        (lambda i: (torch.rand(3, 24, 24) * 255, 0), ValueError,
+         r"must be in \[-1, 1\]; the first 16 span \[.*, 25\d"),
+        (lambda i: (torch.full((3, 24, 24), float("nan")), 0), ValueError, "hold NaN or Inf"),
+    ],
+    ids=["no-label", "uint8", "0-255", "nan"],
+)  # fmt: skip
+def test_a_dataset_the_model_cannot_train_on_is_refused_before_training(tmp_path, make, error,
+                                                                        match):  # fmt: skip
+    """Items without a label were reported as 'dataset images are (24, 24)'; pixels in [0, 255]
+    or NaN trained without a word."""
+    with pytest.raises(error, match=match):
+        make_trainer(tmp_path / "run", _Items(make), max_steps=1, batch_size=8)
+
+
+def test_images_in_zero_one_train_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match=r"expects \[-1, 1\] \(x \* 2 - 1 maps \[0, 1\] there\)"):
+        make_trainer(tmp_path / "run", _Items(lambda i: (torch.rand(3, 24, 24), 0)), batch_size=8)

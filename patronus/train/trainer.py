@@ -46,6 +46,7 @@ from patronus.models import Patronus, PatronusConfig
 from patronus.nn.prototype_layer import prototype_distinct_loss
 from patronus.train.activation_decorrelation import activation_decorrelation_loss
 from patronus.train.config import TrainConfig
+from patronus.train.dataset_check import check_training_dataset
 from patronus.train.distributed import setup_distributed
 from patronus.train.divergence import check_weights, non_finite_parameters
 from patronus.train.edit_consistency import edit_consistency_loss
@@ -190,7 +191,7 @@ class Trainer:
             raise ValueError(
                 f"the dataset has {len(dataset)} images, less than a batch of {config.batch_size}"
             )
-        self._check_dataset(model, dataset)
+        check_training_dataset(dataset, model.config.image_shape)
         self.model = model.to(self.device)
         self.dataset = dataset
         self.config = config
@@ -215,15 +216,6 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir)
         self.step = 0
         self._resumed = False
-
-    @staticmethod
-    def _check_dataset(model: Patronus, dataset: Dataset) -> None:
-        image = dataset[0][0]
-        if tuple(image.shape) != model.config.image_shape:
-            raise ValueError(
-                f"dataset images are {tuple(image.shape)} but the model expects "
-                f"{model.config.image_shape}; set the preset's image size and channels to match"
-            )
 
     # ------------------------------------------------------------------------------ one step
     def _seed(self, stream: int, rank: int = 0) -> int:
