@@ -118,6 +118,17 @@ def test_nan_images_are_refused_before_decoding(model, entry):
             ENTRY_POINTS[entry](model, nan)
 
 
+@pytest.mark.parametrize("entry", [e for e in ENTRY_POINTS if e not in ENCODING])
+def test_images_outside_minus_one_one_are_refused_before_decoding(model, entry):
+    """Pixels in [0, 255] decoded into garbage without a word; noise (x_T) is not clean images
+    and keeps any value."""
+    pixels = torch.rand(2, 3, 24, 24) * 255
+    with pytest.raises(ValueError, match=r"x0 must be in \[-1, 1\], got values up to 2\d\d"):
+        ENTRY_POINTS[entry](model, pixels)
+    ENTRY_POINTS[entry](model, pixels / 127.5 - 1)
+    model.sample(torch.rand(2, 8), steps=2, x_T=3 * torch.randn(2, 3, 24, 24))
+
+
 def test_bad_activations_raise_clear_errors(model):
     with pytest.raises(ValueError, match=r"must be \(B, 8\)"):
         model.sample(torch.rand(2, 5), steps=2)

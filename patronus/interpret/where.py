@@ -48,9 +48,10 @@ def upsample_cells(
 def localize(model: Patronus, images: torch.Tensor) -> Localization:
     """Similarity maps, winning patches and their boxes for every prototype, batched.
 
-    images (B, C, H, W) in [-1, 1] -> :class:`Localization`.
+    images (B, C, H, W) in [-1, 1] -> :class:`Localization`. Decoded images (unclipped edits)
+    may overshoot the range a little: only their finiteness is checked.
     """
-    model.check_images(images)
+    model.check_images(images, clean=False)
     features = model.encoder(images)
     layer = model.prototype_layer
     distances = layer.distance_map(features)  # (B, P, h, w)

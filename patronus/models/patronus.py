@@ -29,6 +29,7 @@ from patronus.nn.prototype_layer import PrototypeLayer, PrototypeOutput
 
 Callback = Callable[[SamplerStep], None]
 PRECISIONS = ("fp32", "bf16")
+RANGE_TOLERANCE = 1e-3  # resampled images may overshoot [-1, 1] by rounding
 
 
 class TrainingForward(NamedTuple):
@@ -96,9 +97,12 @@ class Patronus(nn.Module):
         return self.prototype_layer.prototypes.device
 
     # ----------------------------------------------------------------------------------- checks
-    def check_images(self, images: torch.Tensor, name: str = "images", values: bool = True) -> None:
+    def check_images(
+        self, images: torch.Tensor, name: str = "images", values: bool = True, clean: bool = True
+    ) -> None:
         """Raise a clear error unless images are float (B, C, H, W) of this model's shape and,
-        with ``values``, finite (reading the values: a host synchronisation on a GPU)."""
+        with ``values``, finite and (``clean`` images, not noise) within [-1, 1] (reading the
+        values: one host synchronisation on a GPU)."""
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
         if not images.is_floating_point():
@@ -115,8 +119,16 @@ class Patronus(nn.Module):
                 f"{name} must be (B, {expected[0]}, {expected[1]}, {expected[2]}), "
                 f"got {tuple(images.shape)}"
             )
-        if values and not torch.isfinite(images).all():
+        if not values or images.numel() == 0:
+            return
+        largest = float(images.detach().abs().amax())  # NaN and Inf carry through amax
+        if not math.isfinite(largest):
             raise ValueError(f"{name} contain NaN or Inf")
+        if clean and largest > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"{name} must be in [-1, 1], got values up to {largest:.4g} in magnitude "
+                "(pixels in [0, 255] or [0, 1] map to [-1, 1] as x / 127.5 - 1 or x * 2 - 1)"
+            )
 
     def check_activations(self, s: torch.Tensor) -> None:
         if not isinstance(s, torch.Tensor):
@@ -285,7 +297,7 @@ class Patronus(nn.Module):
         self.check_activations(s)
         if x_T is None:
             x_T = self.initial_noise(s.shape[0], generator)
-        self.check_images(x_T, "x_T")
+        self.check_images(x_T, "x_T", clean=False)
         if x_T.shape[0] != s.shape[0]:
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
         eps_fn = self.eps_fn(s, options.guidance_scale, guidance_reference)
