@@ -8,8 +8,9 @@ import warnings
 import torch
 from torch.utils.data import Dataset
 
+from patronus.models.patronus import RANGE_TOLERANCE
+
 SAMPLED = 16  # items read to judge the value range
-TOLERANCE = 1e-3  # resampling may overshoot [-1, 1] by rounding
 
 
 def check_training_dataset(dataset: Dataset, image_shape: tuple[int, int, int]) -> None:
@@ -35,7 +36,7 @@ def check_training_dataset(dataset: Dataset, image_shape: tuple[int, int, int]) 
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"the first {count} dataset images hold NaN or Inf")
     low, high = float(images.min()), float(images.max())
-    if low < -1 - TOLERANCE or high > 1 + TOLERANCE:
+    if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         raise ValueError(
             f"dataset images must be in [-1, 1]; the first {count} span [{low:.3g}, {high:.3g}]"
         )
