@@ -161,11 +161,8 @@ def _check_replaceable(folder: Path, extra_names: set[str]) -> None:
     entries = sorted(folder.iterdir())
     if not entries:
         return
-    foreign = [
-        entry.name
-        for entry in entries
-        if not entry.is_file() or entry.name not in CHECKPOINT_FILES | extra_names
-    ]
+    allowed = CHECKPOINT_FILES | extra_names
+    foreign = [entry.name for entry in entries if not entry.is_file() or entry.name not in allowed]
     if not (folder / CONFIG_FILE).is_file():
         foreign.insert(0, f"no {CONFIG_FILE}")
     if foreign:

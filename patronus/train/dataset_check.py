@@ -32,7 +32,7 @@ def check_training_dataset(dataset: Dataset, image_shape: tuple[int, int, int]) 
     if not image.is_floating_point():
         raise TypeError(f"dataset images must be floating point in [-1, 1], got {image.dtype}")
     count = min(len(dataset), SAMPLED)
-    images = torch.stack([dataset[i][0] for i in range(count)]).float()
+    images = torch.stack([image, *(dataset[i][0] for i in range(1, count))]).float()
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"the first {count} dataset images hold NaN or Inf")
     low, high = float(images.min()), float(images.max())
