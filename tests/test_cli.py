@@ -462,3 +462,10 @@ def test_report_needs_two_images_and_says_so(tiny_run, tmp_path, capsys):
     command = ["visualize", str(tiny_run), "--num-images", "1", "--steps", "2", "--prototypes",
                "0", "--reference-size", "8", "--pool-size", "4", "--no-progress"]  # fmt: skip
     assert main([*command, "--out", str(tmp_path / "one")]) == 0
+
+
+def test_a_split_the_dataset_lacks_is_a_user_error(tiny_run, tmp_path, capsys):
+    """`--split valid` on Fashion-MNIST was a ValueError traceback from the loader."""
+    command = ["sample", str(tiny_run), "--split", "valid", "--num", "1", "--steps", "1"]
+    assert main([*command, "--out", str(tmp_path / "s")]) == 2
+    assert "--split valid: synthetic has the splits train, test" in capsys.readouterr().err

@@ -327,3 +327,68 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     torch.testing.assert_close(image[0], torch.from_numpy(values / 65535.0 * 2 - 1).float())
     rgb = load_image(tmp_path / "deep.png", 3, 4)
     assert rgb.shape == (3, 4, 4) and rgb.min() >= -1 and rgb.max() <= 1 and rgb.std() > 0.3
+
+
+# ------------------------------------------------------------------------------- labels, splits
+def test_folder_dataset_takes_its_labels_from_class_folders(tmp_path):
+    """build_dataset("folder") labelled every image 0 even in torchvision's class-folder layout,
+    so the project's FID classifier had one class to learn (nothing) and probes one class."""
+    for cls, count in (("cats", 3), ("dogs", 2)):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (20, 20), (i * 60, 0, 0)).save(tmp_path / "pets" / cls / f"{i}.png")
+    pets = build_dataset("folder", tmp_path / "pets", image_size=8)
+    assert pets.classes == ["cats", "dogs"] and pets.labels.tolist() == [0, 0, 0, 1, 1]
+    # images beside the class folders, or one folder only: no classes to read, labels 0
+    Image.new("RGB", (20, 20)).save(tmp_path / "pets" / "loose.png")
+    mixed = build_dataset("folder", tmp_path / "pets", image_size=8)
+    assert mixed.classes == [] and mixed.labels.tolist() == [0] * 6
+    one = build_dataset("folder", tmp_path / "pets" / "cats", image_size=8)
+    assert one.classes == [] and one.labels.tolist() == [0] * 3
+    assert ImageFolder(tmp_path / "pets" / "dogs").classes == []  # the class's default: off
+
+
+def test_dataset_labels_reads_no_image(tmp_path):
+    from torch.utils.data import Subset
+
+    from patronus.data.labels import dataset_labels
+
+    write_celeba(tmp_path / "celeba", count=4)
+    celeba = CelebA(tmp_path, "all")
+    for image in (tmp_path / "celeba" / "img_align_celeba").iterdir():
+        image.unlink()  # any image read now fails
+    every = torch.stack([celeba.attributes[i] for i in range(4)])
+    assert torch.equal(dataset_labels(celeba), every)
+    assert torch.equal(dataset_labels(Subset(Subset(celeba, [3, 1, 2]), [2, 0])),
+                       celeba.attributes[[2, 3]])  # fmt: skip
+    shapes = SyntheticShapes(20, 16)
+    assert torch.equal(dataset_labels(shapes), torch.stack([shapes[i][1] for i in range(20)]))
+    write_cifar(tmp_path / "cifar")
+    cifar = build_dataset("cifar10", tmp_path / "cifar", limit=7)
+    assert torch.equal(dataset_labels(cifar), torch.stack([cifar[i][1] for i in range(7)]))
+
+    class Plain(torch.utils.data.Dataset):  # no label table: read item by item
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return torch.zeros(1), torch.tensor(index * 2)
+
+    assert dataset_labels(Plain()).tolist() == [0, 2, 4]
+
+
+def test_splits_of_each_dataset(tmp_path):
+    from patronus.data.registry import dataset_splits, has_test_split
+
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir()
+    write_chexpert(root)
+    (root / "valid.csv").write_text((root / "train.csv").read_text())
+    # CheXpert's public held-out images are "valid": "test" (what report and FID ask for) was a
+    # ValueError from the loader
+    assert len(build_dataset("chexpert", root, "test", image_size=8)) == 2
+    assert dataset_splits("chexpert") == ("train", "valid", "test")
+    with pytest.raises(ValueError, match=r"fashion-mnist splits are train, test; got 'valid'"):
+        build_dataset("fashion-mnist", split="valid")
+    assert not has_test_split("folder") and not has_test_split("ffhq")
+    assert has_test_split("celeba") and has_test_split("synthetic")

@@ -280,7 +280,7 @@ def test_evaluation_errors(shortcut_run, tiny_run, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("split", "message"), [("test", "compares with 2 or more test images"),
+@pytest.mark.parametrize(("split", "message"), [("test", "2 or more reference images"),
                                                ("train", "2 or more training images")])  # fmt: skip
 def test_fid_refuses_a_dataset_split_of_one_image(tiny_run, tmp_path, capsys, monkeypatch, split,
                                                   message):  # fmt: skip

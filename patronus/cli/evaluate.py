@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 from patronus.cli import arguments as a
 from patronus.cli.loading import check_finite, dataset_builder, load_checkpoint, prior_folder
@@ -172,15 +173,18 @@ def run_probes(args: argparse.Namespace) -> int:
     return _finish(out, "probes.json", result, started)
 
 
-def _classifier(args, model, build, out: Path):
-    """The feature classifier: --classifier, the checkpoint's, or a new one saved in ``out``."""
+def _classifier(args, model, spec: dict, train: Dataset, out: Path):
+    """The feature classifier: --classifier, the checkpoint's, or a new one trained on the
+    training set's labels and saved in ``out``."""
     from patronus.checkpoint import resolve_checkpoint
+    from patronus.data.labels import dataset_labels
     from patronus.eval.classifier import (
         ClassifierConfig,
         load_classifier,
         save_classifier,
         train_classifier,
     )
+    from patronus.eval.classifier_targets import NoLabelsError, WithTargets, classifier_targets
 
     saved = args.classifier or resolve_checkpoint(args.checkpoint) / "classifier"
     if (saved / "classifier.json").is_file():
@@ -188,14 +192,26 @@ def _classifier(args, model, build, out: Path):
         return load_classifier(saved)
     if args.classifier is not None:
         raise CommandError(f"no feature classifier in {args.classifier}")
-    say(f"training a feature classifier ({args.classifier_steps} steps)")
-    train = build("train")
-    labels = torch.stack([torch.as_tensor(train[i][1]) for i in range(min(len(train), 256))])
-    classes = int(labels.max()) + 1 if labels.dim() == 1 else labels.shape[1]
+    names = getattr(train, "attribute_names", None)
+    try:
+        wanted = classifier_targets(spec["name"], dataset_labels(train), names)
+    except NoLabelsError as error:
+        raise CommandError(
+            f"{error}: a feature classifier would learn nothing and FID would be measured in "
+            "random features; give --inception-weights FILE (pytorch-fid's weights) or "
+            "--classifier DIR"
+        ) from error
+    say(
+        f"training a feature classifier on {', '.join(wanted.names[:3])}"
+        f"{' ...' if len(wanted.names) > 3 else ''} ({args.classifier_steps} steps)"
+    )
     channels, size, _ = model.config.image_shape
-    config = ClassifierConfig(channels, size, classes, multilabel=labels.dim() > 1)
+    config = ClassifierConfig(channels, size, wanted.outputs, multilabel=wanted.multilabel)
     loader = torch.utils.data.DataLoader(
-        train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(args.seed)
+        WithTargets(train, wanted.targets),
+        batch_size=128,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     classifier = train_classifier(config, loader, args.classifier_steps, seed=args.seed)
     save_classifier(classifier, out / "classifier")
@@ -203,12 +219,35 @@ def _classifier(args, model, build, out: Path):
 
 
 def run_fid(args: argparse.Namespace) -> int:
+    from patronus.data.registry import has_test_split
     from patronus.eval.generation import distances, generate, write_pngs
 
-    started, out, model, _, build = _start(args, "fid")
-    test = build("test")
-    if len(test) < 2:
-        raise CommandError(f"FID compares with 2 or more test images; the dataset has {len(test)}")
+    started, out, model, spec, build = _start(args, "fid")
+    train = build("train")
+    if has_test_split(spec["name"]):
+        conditioning, reference_set = train, build("test")
+        reference_name = "test images"
+    else:  # one collection: condition on its first half, compare with the second
+        half = min(args.num, len(train) // 2)
+        conditioning = Subset(train, range(half))
+        reference_set = Subset(train, range(half, len(train)))
+        reference_name = f"training images {half}.. ({spec['name']} has no test split)"
+    if len(reference_set) < 2:
+        raise CommandError(
+            f"FID compares with 2 or more reference images; the dataset has {len(reference_set)}"
+        )
+    if not args.unconditional and len(conditioning) < 2:
+        raise CommandError(
+            f"FID needs 2 or more training images to condition on, got {len(conditioning)}"
+        )
+    # the features first: a dataset they cannot be learned from is refused before any sampling
+    if args.inception_weights:
+        from patronus.eval.inception import load_fid_inception
+
+        extractor, features = load_fid_inception(args.inception_weights), "Inception-v3 pool3"
+    else:
+        classifier = _classifier(args, model, spec, train, out)
+        extractor, features = classifier.embed, "patronus classifier (penultimate layer)"
     generator = torch.Generator(args.device).manual_seed(args.seed)
     if args.unconditional:
         from patronus.models.prior import load_prior, sample_prior
@@ -216,15 +255,11 @@ def run_fid(args: argparse.Namespace) -> int:
         prior = load_prior(prior_folder(args)).to(args.device)
         say(f"drawing {args.num} activation vectors from the prior")
         activations = sample_prior(prior, args.num, generator=generator)
-    else:  # conditioned on training images, never on the reference (test) images
+    else:  # conditioned on training images, never on the reference images
         from patronus.eval.encode import encode_dataset
 
         say(f"encoding {args.num} training images to condition on")
-        activations, _ = encode_dataset(model, build("train"), args.num)
-        if len(activations) < 2:
-            raise CommandError(
-                f"FID needs 2 or more training images to condition on, got {len(activations)}"
-            )
+        activations, _ = encode_dataset(model, conditioning, args.num)
     say(f"generating {len(activations)} images ({args.steps} {args.sampler} network calls)")
     generated = generate(
         model, activations, args.steps, generator=generator, progress=not args.no_progress,
@@ -232,15 +267,9 @@ def run_fid(args: argparse.Namespace) -> int:
     )  # fmt: skip
     check_finite(generated, "generated images")
     write_pngs(generated, out / "samples")
-    reference = torch.stack([test[i][0] for i in range(min(len(test), args.num))])
-    if args.inception_weights:
-        from patronus.eval.inception import load_fid_inception
-
-        extractor, features = load_fid_inception(args.inception_weights), "Inception-v3 pool3"
-    else:
-        classifier = _classifier(args, model, build, out)
-        extractor, features = classifier.embed, "patronus classifier (penultimate layer)"
-    say(f"features and distances of {len(generated)} generated vs {len(reference)} test images")
+    count = min(len(reference_set), args.num)
+    reference = torch.stack([reference_set[i][0] for i in range(count)])
+    say(f"features and distances of {len(generated)} generated vs {count} {reference_name}")
     result = distances(extractor, generated, reference, args.seed)
     result.update(
         features=features,
@@ -248,6 +277,7 @@ def run_fid(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         precision=args.precision,
         conditioning="prior" if args.unconditional else "training images",
+        reference_from=reference_name,
     )
     return _finish(out, "fid.json", result, started)
 
@@ -335,6 +365,6 @@ def _attribute_classifier(model, train, binary, args):
     channels, size, _ = model.config.image_shape
     config = ClassifierConfig(channels, size, len(binary.names), multilabel=True)
     images = torch.stack([train[i][0] for i in range(min(len(train), args.limit))])
-    targets = binary.values[: len(images)].nan_to_num(0)
+    targets = binary.values[: len(images)]  # NaN (missing) is left out of the loss
     batches = list(zip(images.split(128), targets.split(128), strict=True))
     return train_classifier(config, batches, args.classifier_steps, seed=args.seed)

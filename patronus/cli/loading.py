@@ -89,7 +89,7 @@ def load_images(args: argparse.Namespace, model) -> torch.Tensor:
     """(B, C, H, W) images from ``--images`` files, or ``--num`` from a dataset from ``--offset``
     (default: the checkpoint's own dataset)."""
     from patronus.data.images import load_image
-    from patronus.data.registry import build_dataset
+    from patronus.data.registry import DATASETS, build_dataset, dataset_splits
 
     channels, size, _ = model.config.image_shape
     if args.images:
@@ -105,6 +105,10 @@ def load_images(args: argparse.Namespace, model) -> torch.Tensor:
                 spec["name"],
                 args.data_dir or spec.get("data_dir"),
                 spec.get("seed", 0),
+            )
+        if name in DATASETS and args.split not in dataset_splits(name):
+            raise CommandError(
+                f"--split {args.split}: {name} has the splits {', '.join(dataset_splits(name))}"
             )
         dataset = build_dataset(name, data_dir, args.split, size, channels, seed=seed)
         if args.offset >= len(dataset):

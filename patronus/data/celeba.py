@@ -112,6 +112,11 @@ class CelebA(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every image's 40 attributes (N, 40) in {0, 1}, the label of its item."""
+        return self.attributes
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.image_dir / self.files[index]
         if not path.is_file():

@@ -28,7 +28,9 @@ class ImageFolder(Dataset):
     """Items ``(image (channels, size, size) in [-1, 1], label int64)``.
 
     With ``labels_from_folders``, the label is the index of the image's top-level folder below
-    ``root`` in ``self.classes`` (sorted); otherwise it is 0.
+    ``root`` in ``self.classes`` (sorted; every image must lie in one); otherwise it is 0 and
+    ``classes`` is empty. ``None`` takes the class folders when every image lies in one and
+    there are two or more (torchvision's ImageFolder layout), else labels 0.
     """
 
     name = "image folder"
@@ -39,7 +41,7 @@ class ImageFolder(Dataset):
         root: str | Path,
         image_size: int = 64,
         channels: int = 3,
-        labels_from_folders: bool = False,
+        labels_from_folders: bool | None = False,
     ) -> None:
         root = Path(root)
         if not root.is_dir():
@@ -50,14 +52,18 @@ class ImageFolder(Dataset):
         self.root = root
         self.image_size = image_size
         self.channels = channels
+        tops = [p.relative_to(root).parts for p in self.files]
+        in_folders = all(len(parts) >= 2 for parts in tops)
+        if labels_from_folders is None:
+            labels_from_folders = in_folders and len({parts[0] for parts in tops}) >= 2
         if labels_from_folders:
-            tops = [p.relative_to(root).parts for p in self.files]
-            if any(len(parts) < 2 for parts in tops):
+            if not in_folders:
                 raise DataLayoutError(
                     self.name, "labels_from_folders needs every image in a class folder", LAYOUT
                 )
             self.classes = sorted({parts[0] for parts in tops})
-            self.labels = torch.tensor([self.classes.index(parts[0]) for parts in tops])
+            index = {name: i for i, name in enumerate(self.classes)}
+            self.labels = torch.tensor([index[parts[0]] for parts in tops])
         else:
             self.classes = []
             self.labels = torch.zeros(len(self.files), dtype=torch.long)

@@ -25,9 +25,25 @@ DATASETS = (
     "synthetic",
     "synthetic-shortcut",
 )
+# one collection of images each: their "test" split is their training images
+WITHOUT_TEST_SPLIT = ("ffhq", "folder")
 # the planted shortcut: an object's colour follows its shape (square red, circle green, triangle
 # blue) in 95% of the images
 SHORTCUT = {"correlate": ("shape", "colour"), "correlation": 0.95}
+
+
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The ``split`` values ``build_dataset`` takes for the dataset ``name``."""
+    if name in ("celeba", "celeba-biased"):
+        return ("train", "valid", "test", "all")
+    if name == "chexpert":
+        return ("train", "valid", "test")
+    return ("train", "test")
+
+
+def has_test_split(name: str) -> bool:
+    """Whether the dataset's "test" split holds other images than its "train" split."""
+    return name not in WITHOUT_TEST_SPLIT
 
 
 def _require_dir(name: str, data_dir: str | Path | None) -> Path:
@@ -52,8 +68,13 @@ def build_dataset(
     CheXpert, RGB the rest; a model of another shape is refused where the two meet). The
     synthetic set uses ``seed`` and has ``limit`` images (default 10000); ``limit`` keeps the
     first images of the others. Fashion-MNIST finds the Debian package by itself when
-    ``data_dir`` is None.
+    ``data_dir`` is None. FFHQ and folders are one collection each: ``split`` does not change
+    their images (:func:`has_test_split`); CheXpert's "test" is its public "valid" split; a
+    folder's labels are its class folders when every
+    image lies in one of two or more, else 0.
     """
+    if name in DATASETS and split not in dataset_splits(name):
+        raise ValueError(f"{name} splits are {', '.join(dataset_splits(name))}; got {split!r}")
     for field, value in (("image_size", image_size), ("channels", channels), ("limit", limit)):
         if value is not None and value < 1:  # 0 is not "the default"
             raise ValueError(f"{field} must be >= 1 or None, got {value}")
@@ -73,9 +94,12 @@ def build_dataset(
     elif name == "ffhq":
         dataset = FFHQ(_require_dir(name, data_dir), image_size or 64)
     elif name == "chexpert":
-        dataset = CheXpert(_require_dir(name, data_dir), split, image_size or 224)
+        held_out = "valid" if split == "test" else split  # its public held-out set
+        dataset = CheXpert(_require_dir(name, data_dir), held_out, image_size or 224)
     elif name == "folder":
-        dataset = ImageFolder(_require_dir(name, data_dir), image_size or 64, channels or 3)
+        dataset = ImageFolder(
+            _require_dir(name, data_dir), image_size or 64, channels or 3, labels_from_folders=None
+        )
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if limit is not None and limit < len(dataset):

@@ -76,6 +76,11 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every image's factors (N, 6), the label of its item."""
+        return self.factor_table
+
     def factors(self, index: int) -> dict[str, str]:
         row = self.factor_table[index].tolist()
         return {name: FACTORS[name][value] for name, value in zip(FACTOR_NAMES, row, strict=True)}

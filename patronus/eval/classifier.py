@@ -69,16 +69,19 @@ def train_classifier(
     seed: int = 0,
 ) -> SmallClassifier:
     """Train on (images, targets) batches (cycled) for ``steps`` Adam steps; returns it in eval
-    mode. Targets: class indices (B,), or (B, outputs) in {0, 1} when multilabel."""
+    mode. Targets: class indices (B,), or (B, outputs) in {0, 1} when multilabel, where NaN
+    marks a missing value that the loss leaves out."""
     torch.manual_seed(seed)
     model = SmallClassifier(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    loss_fn = nn.BCEWithLogitsLoss() if config.multilabel else nn.CrossEntropyLoss()
     step = 0
     while step < steps:
         for images, targets in batches:
             logits = model(images)
-            loss = loss_fn(logits, targets.float() if config.multilabel else targets.long())
+            if config.multilabel:
+                loss = _observed_binary_cross_entropy(logits, targets.float())
+            else:
+                loss = nn.functional.cross_entropy(logits, targets.long())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -86,6 +89,15 @@ def train_classifier(
             if step >= steps:
                 break
     return model.eval()
+
+
+def _observed_binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the targets that are not NaN (0 when none is)."""
+    observed = ~torch.isnan(targets)
+    total = nn.functional.binary_cross_entropy_with_logits(
+        logits, targets.nan_to_num(0.0), weight=observed.float(), reduction="sum"
+    )
+    return total / observed.sum().clamp(min=1)
 
 
 def save_classifier(model: SmallClassifier, folder: Path) -> Path:
