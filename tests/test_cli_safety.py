@@ -272,6 +272,13 @@ def test_activation_files_that_are_not_tensors_are_named(tiny_run, tmp_path, cap
     torch.save({"activations": torch.zeros(2, 8), "extra": slice(1, 2)}, path)
     assert _sample(tiny_run, tmp_path / "o", "--activations", str(path)) == 2
     assert f"{path} is not a readable activation file" in capsys.readouterr().err
+    # not a torch file at all: torch.load raised struct.error, shown as a traceback
+    for index, content in enumerate((b"junk", b"", bytes(range(256)))):
+        garbage = tmp_path / f"garbage{index}.pt"
+        garbage.write_bytes(content)
+        assert _sample(tiny_run, tmp_path / f"g{index}", "--activations", str(garbage)) == 2
+        error = capsys.readouterr().err
+        assert f"{garbage} is not a readable activation file" in error and "Traceback" not in error
 
 
 def test_non_finite_samples_are_never_written(tiny_run, tmp_path, capsys):

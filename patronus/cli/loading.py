@@ -150,7 +150,10 @@ def _read_tensor_file(path: Path):
             return next(iter(tensors.values()))
         raise CommandError(f"{path} holds {sorted(tensors)}; name the tensor 'activations'")
     if path.suffix == ".pt":
-        value = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for unreadable files
+            raise CommandError(f"{path} is not a readable activation file: {error}") from error
         return value.get("activations") if isinstance(value, dict) else value
     raise CommandError(f"activation files must be .pt, .npy or .safetensors, got {path.name}")
 
