@@ -262,8 +262,9 @@ def test_build_dataset(tmp_path):
     assert len(build_dataset("synthetic", limit=10, image_size=16, channels=1)) == 10
     write_cifar(tmp_path / "cifar")
     assert len(build_dataset("cifar10", tmp_path / "cifar", limit=7)) == 7
-    with pytest.raises(DataLayoutError, match="needs --data-dir"):
+    with pytest.raises(DataLayoutError, match="needs --data-dir") as missing:
         build_dataset("celeba")
+    assert "list_attr_celeba.txt" in str(missing.value)  # its layout, not "see the loader"
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("imagenet")
     for field in ("image_size", "channels", "limit"):  # 0 silently meant the default

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
+from patronus.data import celeba, chexpert, cifar10, image_folder
 from patronus.data.celeba import CelebA
 from patronus.data.chexpert import CheXpert
 from patronus.data.cifar10 import CIFAR10
@@ -46,9 +47,9 @@ def has_test_split(name: str) -> bool:
     return name not in WITHOUT_TEST_SPLIT
 
 
-def _require_dir(name: str, data_dir: str | Path | None) -> Path:
+def _require_dir(name: str, data_dir: str | Path | None, layout: str) -> Path:
     if data_dir is None:
-        raise DataLayoutError(name, "this dataset needs --data-dir", "DATA_DIR: see the loader")
+        raise DataLayoutError(name, "this dataset needs --data-dir", layout)
     return Path(data_dir)
 
 
@@ -87,18 +88,25 @@ def build_dataset(
     if name == "fashion-mnist":
         return FashionMNIST(data_dir, split, image_size or 32, limit)
     if name == "cifar10":
-        dataset: Dataset = CIFAR10(_require_dir(name, data_dir), split)
+        dataset: Dataset = CIFAR10(_require_dir(name, data_dir, cifar10.LAYOUT), split)
     elif name in ("celeba", "celeba-biased"):
         biased = name == "celeba-biased"
-        dataset = CelebA(_require_dir(name, data_dir), split, image_size or 64, biased=biased)
+        dataset = CelebA(
+            _require_dir(name, data_dir, celeba.LAYOUT), split, image_size or 64, biased=biased
+        )
     elif name == "ffhq":
-        dataset = FFHQ(_require_dir(name, data_dir), image_size or 64)
+        dataset = FFHQ(_require_dir(name, data_dir, image_folder.FFHQ_LAYOUT), image_size or 64)
     elif name == "chexpert":
         held_out = "valid" if split == "test" else split  # its public held-out set
-        dataset = CheXpert(_require_dir(name, data_dir), held_out, image_size or 224)
+        dataset = CheXpert(
+            _require_dir(name, data_dir, chexpert.LAYOUT), held_out, image_size or 224
+        )
     elif name == "folder":
         dataset = ImageFolder(
-            _require_dir(name, data_dir), image_size or 64, channels or 3, labels_from_folders=None
+            _require_dir(name, data_dir, image_folder.LAYOUT),
+            image_size or 64,
+            channels or 3,
+            labels_from_folders=None,
         )
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
