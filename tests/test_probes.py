@@ -98,6 +98,30 @@ def test_tad_on_constructed_activations():
     assert independent["tad"] == pytest.approx(0.5, abs=0.06)
 
 
+def test_tad_with_missing_labels_measures_each_attribute_where_it_is_known():
+    """CheXpert leaves most findings unmentioned or uncertain (NaN): TAD read NaN as a label
+    (a ValueError), and the command line kept only images with all 14 findings known, nearly
+    none on the real data."""
+    activations, a, b = constructed()
+    missing = torch.rand(len(a), generator=torch.Generator().manual_seed(1)) < 0.6
+    b_known = torch.where(missing, float("nan"), b.double())  # 60% of b missing
+    a_known = torch.where(~missing, float("nan"), a.double())  # a known exactly where b is not
+    labels = torch.stack([a.double(), b_known, a_known], dim=1)
+    assert not bool((~torch.isnan(labels)).all(1).any())  # no image has every label
+    result = tad(activations, labels, ["a", "b", "a again"])
+    attributes = result["attributes"]
+    assert attributes["b"]["best_auroc"] > 0.99  # prototypes 3 and 4 on the images that have b
+    assert attributes["b"]["gap"] == pytest.approx(0.0, abs=0.02)
+    assert attributes["a again"]["gap"] == pytest.approx(0.5, abs=0.08)
+    # "a again" is a wherever both are known: it determines a, and they are never captured
+    assert attributes["a"]["entropy_reduction"] == pytest.approx(1.0)
+    assert attributes["b"]["entropy_reduction"] == pytest.approx(0.0, abs=0.01)
+    assert result["captured"] == ["b"]
+    matrix = auroc_matrix(activations, labels)
+    known = ~missing
+    torch.testing.assert_close(matrix[1], factor_auroc(activations[known], b[known]))
+
+
 def test_entropy_reduction_and_mutual_information():
     a = torch.tensor([0, 0, 1, 1] * 50)
     b = torch.tensor([0, 1, 0, 1] * 50)

@@ -161,14 +161,8 @@ def run_probes(args: argparse.Namespace) -> int:
     }
     binary = table.binary_only()
     if len(binary.names) >= 1 and model.num_prototypes >= 2:
-        complete = ~torch.isnan(binary.values).any(1)
-        result["tad"] = tad(
-            activations[complete],
-            binary.values[complete],
-            binary.names,
-            args.folds,
-            args.seed,
-            groups=binary.groups,
+        result["tad"] = tad(  # a missing label leaves its image out of that attribute only
+            activations, binary.values, binary.names, args.folds, args.seed, groups=binary.groups
         )
     return _finish(out, "probes.json", result, started)
 

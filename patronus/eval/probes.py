@@ -118,23 +118,33 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def entropy_reduction(labels: torch.Tensor, groups: Sequence[str] | None = None) -> torch.Tensor:
     """(N, A) binary labels -> (A,) max_k I(y_i; y_k) / H(y_i) over the other attributes
-    (attributes of one group, e.g. the one-vs-rest values of one factor, are not compared)."""
+    (attributes of one group, e.g. the one-vs-rest values of one factor, are not compared).
+    NaN marks a missing label: each pair is measured on the images where both are known."""
     count = labels.shape[1]
     groups = list(groups) if groups is not None else list(range(count))
+    known = ~torch.isnan(labels.double())
     result = torch.zeros(count, dtype=torch.float64)
     for i in range(count):
-        h = entropy(labels[:, i])
-        others = [k for k in range(count) if groups[k] != groups[i]]
-        if h == 0 or not others:
-            continue
-        result[i] = max(mutual_information(labels[:, i], labels[:, k]) / h for k in others)
+        for k in range(count):
+            both = known[:, i] & known[:, k]
+            if groups[k] == groups[i] or not bool(both.any()):
+                continue
+            first, second = labels[both, i].long(), labels[both, k].long()
+            h = entropy(first)
+            if h > 0:
+                result[i] = max(float(result[i]), mutual_information(first, second) / h)
     return result
 
 
 def auroc_matrix(activations: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(N, P) activations, (N, A) binary labels -> (A, P) max(AUC(y, s), AUC(y, -s))."""
+    """(N, P) activations, (N, A) binary labels -> (A, P) max(AUC(y, s), AUC(y, -s)); a NaN
+    label (missing) leaves that image out of its attribute's AUROCs."""
     _check_probe_inputs(activations, labels)
-    return torch.stack([factor_auroc(activations, labels[:, i]) for i in range(labels.shape[1])])
+    rows = []
+    for i in range(labels.shape[1]):
+        known = ~torch.isnan(labels[:, i].double())
+        rows.append(factor_auroc(activations[known], labels[known, i]))
+    return torch.stack(rows)
 
 
 def tad(
@@ -148,11 +158,12 @@ def tad(
     groups: Sequence[str] | None = None,
 ) -> dict:
     """TAD, the captured attributes and the per-attribute gaps, on held-out folds (``groups``:
-    see :func:`entropy_reduction`)."""
+    see :func:`entropy_reduction`). Labels (N, A) are 0 / 1, NaN where missing (CheXpert's
+    uncertain and unmentioned findings): each attribute is measured on the images that have it."""
     _check_probe_inputs(activations, labels, names)
     if activations.shape[1] < 2:
         raise ValueError(f"TAD needs at least 2 prototypes, got {activations.shape[1]}")
-    labels = labels.long()
+    labels = labels.double()
     reduction = entropy_reduction(labels, groups)
     gaps = torch.zeros(folds, labels.shape[1], dtype=torch.float64)
     best = torch.zeros_like(gaps)
