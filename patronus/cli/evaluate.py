@@ -325,19 +325,20 @@ def run_diagnose(args: argparse.Namespace) -> int:
     say(f"encoding up to {args.limit} {spec['name']} training images")
     activations, labels = encode_dataset(model, train, args.limit, progress=not args.no_progress)
     binary = attribute_table(spec["name"], labels, names).binary_only()
-    complete = ~torch.isnan(binary.values).any(1)
-    values = binary.values[complete].long()
-    result = diagnose(activations[complete], values, binary.names, args.target, seed=args.seed)
+    # a missing label (NaN) leaves its image out of that attribute's evidence only
+    result = diagnose(activations, binary.values, binary.names, args.target, seed=args.seed)
     if result.flagged:
         say("a shortcut is flagged: confirming it by intervention")
-        images = torch.stack([train[i][0] for i in complete.nonzero()[: args.num_images, 0]])
+        has_target = ~torch.isnan(binary.values[:, binary.names.index(args.target)])
+        edited = has_target.nonzero()[: args.num_images, 0]
+        images = torch.stack([train[i][0] for i in edited])
         classifier = _attribute_classifier(model, train, binary, args)
         try:
             result = confirm(
                 result,
                 model,
                 images,
-                values[: len(images)],
+                binary.values[edited],
                 classifier,
                 args.steps,
                 seed=args.seed,

@@ -188,7 +188,10 @@ def diagnose(
 ) -> Diagnosis:
     """The evidence, per other attribute, from encoded activations (N, P) and binary labels (N, A).
 
-    ``seed`` draws the decorrelated samples. See the module docstring for the decision.
+    ``seed`` draws the decorrelated samples. See the module docstring for the decision. A NaN
+    label is missing (CheXpert's uncertain and unmentioned findings): the target's prototypes are
+    chosen on the images that have the target, and each other attribute is judged on the images
+    that have both.
     """
     names = list(names)
     if target not in names:
@@ -200,25 +203,29 @@ def diagnose(
         )
     if not 1 <= top_k <= activations.shape[1]:
         raise ValueError(f"top_k must be in [1, {activations.shape[1]}], got {top_k}")
-    odd = labels[(labels != 0) & (labels != 1)]  # bool() would read 2 or NaN as True
+    labels = labels.double()
+    known = ~torch.isnan(labels)
+    odd = labels[known & (labels != 0) & (labels != 1)]  # bool() would read 2 as True
     if odd.numel():
         raise ValueError(
-            f"labels must be binary (0/1 or bool): {odd.numel()} are not, e.g. {odd[0].item()}"
+            f"labels must be binary (0/1 or bool, NaN where missing): {odd.numel()} are not, "
+            f"e.g. {odd[0].item()}"
         )
-    labels = labels.bool()
-    matrix = auroc_matrix(activations, labels.long())  # (A, P)
+    matrix = auroc_matrix(activations, labels)  # (A, P)
     t = names.index(target)
     top = matrix[t].argsort(descending=True)[:top_k]
     scores = activations[:, top].double()
-    up = roc_auc(scores, labels[:, t]) >= CHANCE
+    up = roc_auc(scores[known[:, t]], labels[known[:, t], t]) >= CHANCE
     suspects = []
     for a, name in enumerate(names):
         if a == t:
             continue
-        correlation = phi(labels[:, t], labels[:, a])
-        other = labels[:, a] if correlation >= 0 else ~labels[:, a]
-        sample = decorrelated_sample(labels[:, t], other, seed)
-        conflicting = labels[:, t] != other
+        both = known[:, t] & known[:, a]
+        pair_scores, target_labels = scores[both], labels[both, t].bool()
+        correlation = phi(target_labels, labels[both, a])
+        other = labels[both, a].bool() if correlation >= 0 else ~labels[both, a].bool()
+        sample = decorrelated_sample(target_labels, other, seed)
+        conflicting = target_labels != other
         judged = len(sample) >= 4 * min_cell
         if not judged:
             suspects.append(Suspect(name, correlation, int(conflicting.sum()), len(sample), False))
@@ -227,9 +234,9 @@ def diagnose(
             PrototypeEvidence(int(j), float(ta), float(oa), float(ca))
             for j, ta, oa, ca in zip(
                 top,
-                _oriented_auroc(scores[sample], labels[sample, t], up),
-                _oriented_auroc(scores[sample], other[sample], up),
-                _oriented_auroc(scores[conflicting], labels[conflicting, t], up),
+                _oriented_auroc(pair_scores[sample], target_labels[sample], up),
+                _oriented_auroc(pair_scores[sample], other[sample], up),
+                _oriented_auroc(pair_scores[conflicting], target_labels[conflicting], up),
                 strict=True,
             )
         ]
