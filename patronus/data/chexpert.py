@@ -89,6 +89,7 @@ class CheXpert(Dataset):
                 "CheXpert", f"{table} has a bad label: {error}", LAYOUT
             ) from error
         self.root = root
+        self.attribute_names = list(OBSERVATIONS)  # the label columns, as CelebA names its own
         self.paths = [row["Path"] for row in rows]
         self.labels = torch.tensor(labels, dtype=torch.float32).reshape(-1, len(OBSERVATIONS))
         self.image_size = image_size
