@@ -345,3 +345,21 @@ def test_a_dataset_the_model_cannot_train_on_is_refused_before_training(tmp_path
 def test_images_in_zero_one_train_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"expects \[-1, 1\] \(x \* 2 - 1 maps \[0, 1\] there\)"):
         make_trainer(tmp_path / "run", _Items(lambda i: (torch.rand(3, 24, 24), 0)), batch_size=8)
+
+
+def test_a_loss_that_is_not_finite_is_logged_as_null_and_left_out_of_the_curve(tmp_path):
+    """metrics.jsonl held NaN and Infinity tokens (an fp16 step skipped by the gradient scaler
+    logs an infinite loss while the weights stay finite), which standard JSON parsers refuse."""
+    from patronus.train.metrics import MetricsLog, plot_loss_curve
+
+    log = MetricsLog(tmp_path)
+    for step, loss in enumerate([0.5, float("inf"), float("nan"), 0.25], start=1):
+        log.append({"step": step, "loss": loss, "lr": 1e-3})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    strict = [json.loads(line, parse_constant=pytest.fail) for line in lines]
+    assert [row["loss"] for row in strict] == [0.5, None, None, 0.25]
+    assert log.rows() == strict
+    assert plot_loss_curve(log.rows(), tmp_path / "curve.png").is_file()
+    assert plot_loss_curve([{"step": 1, "loss": None}], tmp_path / "none.png") is None
+    log.truncate_after(2)  # a resume rewrites the kept rows
+    assert [row["loss"] for row in log.rows()] == [0.5, None]

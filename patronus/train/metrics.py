@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+from patronus.utils.json_files import finite_json
 
 JSONL_FILE = "metrics.jsonl"
 CSV_FILE = "metrics.csv"
 
 
 class MetricsLog:
-    """Appends rows to ``metrics.jsonl`` and ``metrics.csv`` in a run folder.
+    """Appends rows to ``metrics.jsonl`` (standard JSON: a loss that is not finite, as an fp16
+    step skipped by the gradient scaler logs, is null) and ``metrics.csv`` in a run folder.
 
     ``truncate_after(step)`` drops rows past a step, so a resumed run does not repeat rows written
     after its checkpoint by the interrupted run.
@@ -37,7 +41,7 @@ class MetricsLog:
     def append(self, row: dict[str, Any]) -> None:
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with self.jsonl.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(finite_json(row, indent=None) + "\n")
         new_file = not self.csv.is_file()
         with self.csv.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
@@ -47,7 +51,9 @@ class MetricsLog:
 
 
 def plot_loss_curve(rows: list[dict[str, Any]], path: Path, smoothing: int = 20) -> Path | None:
-    """Loss against step (raw and a running mean) as a PNG; None when there is nothing to plot."""
+    """Loss against step (raw and a running mean) as a PNG; None when there is nothing to plot.
+    Rows without a finite loss (null) are left out."""
+    rows = [row for row in rows if row.get("loss") is not None and math.isfinite(row["loss"])]
     if not rows:
         return None
     from patronus.utils.plotting import pyplot
