@@ -330,3 +330,19 @@ def test_a_diagnosis_of_too_few_images_is_standard_json(tiny_run, tmp_path):
     result = json.loads((out / "diagnosis.json").read_text(), parse_constant=refuse)
     assert result["suspects"] and all(not s["judged"] for s in result["suspects"])
     assert all(s["target_auroc"] is None for s in result["suspects"])
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: PriorConfig(0), "num_prototypes must be >= 1"),  # a conv error at the first call
+        (lambda: PriorConfig(5, timesteps=1), "timesteps must be >= 2"),  # an IndexError
+        (lambda: PriorConfig(5, beta_end=1.5), "beta_end < 1"),  # built, sampled NaN
+        (lambda: PriorConfig(5, channels=12), "multiple of 8"),  # a GroupNorm error
+        (lambda: ClassifierConfig(1, 16, 0), r"sizes must be >= 1, got \{'outputs': 0\}"),
+        (lambda: ClassifierConfig(1, 4, 3), "image_size must be >= 8"),  # failed at the first call
+    ],
+)
+def test_prior_and_classifier_configs_check_their_values(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

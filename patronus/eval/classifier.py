@@ -24,6 +24,19 @@ class ClassifierConfig:
     width: int = 32
     feature_dim: int = 128
 
+    def __post_init__(self) -> None:
+        counts = {
+            "channels": self.channels,
+            "outputs": self.outputs,
+            "width": self.width,
+            "feature_dim": self.feature_dim,
+        }
+        small = {name: value for name, value in counts.items() if value < 1}
+        if small:
+            raise ValueError(f"classifier sizes must be >= 1, got {small}")
+        if self.image_size < 8:  # three 2x poolings
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+
 
 class SmallClassifier(nn.Module):
     """Conv-BN-ReLU x 3 with pooling, global average pooling, a feature layer, a linear head."""

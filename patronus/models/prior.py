@@ -31,6 +31,24 @@ class PriorConfig:
     channels: int = 64
     levels: int = 2
 
+    def __post_init__(self) -> None:
+        if self.num_prototypes < 1 or self.levels < 0:
+            raise ValueError(
+                f"num_prototypes must be >= 1 and levels >= 0, got {self.num_prototypes} and "
+                f"{self.levels}"
+            )
+        if self.timesteps < 2:
+            raise ValueError(f"timesteps must be >= 2, got {self.timesteps}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(
+                "the noise schedule needs 0 < beta_start <= beta_end < 1, got "
+                f"{self.beta_start} and {self.beta_end}"
+            )
+        if self.channels < 8 or self.channels % 8:
+            raise ValueError(
+                f"channels must be a multiple of 8 (GroupNorm of 8), got {self.channels}"
+            )
+
 
 class _Block(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb: int) -> None:
