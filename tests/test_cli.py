@@ -51,6 +51,41 @@ def test_train_then_resume(tmp_path, capsys):
     assert (tmp_path / "loss_curve.png").is_file()
 
 
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
+    """--resume ignored every flag but --steps (a lower --lr trained at the old one) and wrote
+    the default preset, fmnist-cpu, into the resumed run's checkpoints."""
+    from PIL import Image
+
+    for i in range(16):
+        folder = tmp_path / "data" / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (30, 30), (15 * i, 0, 0)).save(folder / f"{i}.png")
+    first = ["train", "--preset", "synthetic-tiny", "--dataset", "folder", "--limit", "16",
+             "--batch-size", "8", "--no-progress", "--amp", "off", "--steps", "2"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main([*first, "--data-dir", str(tmp_path / "data"), "--out", str(run)]) == 0
+    resume = ["train", "--out", str(run), "--resume", "--no-progress"]
+    for flags, message in [
+        (["--lr", "1e-4"], "--lr 0.0001 (the run has 0.002)"),
+        (["--preset", "fmnist-cpu"], "--preset fmnist-cpu (the run has synthetic-tiny)"),
+        (["--batch-size", "4", "--seed", "3"], "--batch-size 4 (the run has 8), --seed 3"),
+        (["--grad-clip", "0"], "--grad-clip 0.0 (the run has 1.0)"),
+        (["--epochs", "2"], "--epochs applies to a new run only"),
+    ]:
+        assert main([*resume, "--steps", "3", *flags]) == 2, flags
+        assert message in capsys.readouterr().err
+    assert not (run / "checkpoints" / "step_0000003").exists()
+    (tmp_path / "data").rename(tmp_path / "moved")  # the data moved: --data-dir follows it
+    same = ["--preset", "synthetic-tiny", "--batch-size", "8", "--amp", "off"]  # as saved
+    command = [*resume, *same, "--steps", "3", "--data-dir", str(tmp_path / "moved")]
+    assert main([*command, "--num-workers", "1"]) == 0
+    capsys.readouterr()
+    config = json.loads((run / "checkpoints" / "step_0000003" / "config.json").read_text())
+    assert config["preset"] == "synthetic-tiny" and config["data"]["name"] == "folder"
+    assert config["data"]["data_dir"] == str(tmp_path / "moved")
+    assert config["train"]["num_workers"] == 1 and config["train"]["learning_rate"] == 0.002
+
+
 def test_train_with_cross_attention_conditioning_saves_a_model_that_loads(tmp_path, capsys):
     flags = "--preset synthetic-tiny --dataset synthetic --limit 32 --batch-size 16 --no-progress"
     args = ["train", *flags.split(), "--amp", "off", "--steps", "2", "--out", str(tmp_path)]

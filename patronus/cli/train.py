@@ -12,7 +12,10 @@ import torch
 
 from patronus.cli import arguments as a
 from patronus.cli.outputs import CommandError, say
+from patronus.cli.resume_flags import check_resume_flags, parser_defaults
 from patronus.data.errors import DataLayoutError
+
+DEFAULT_PRESET = "fmnist-cpu"
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +31,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--preset",
-        default="fmnist-cpu",
         choices=sorted(PRESETS),
-        help="model and training settings (default fmnist-cpu)",
+        help=f"model and training settings (default {DEFAULT_PRESET}; with --resume: the run's)",
     )
     parser.add_argument("--out", required=True, type=Path, help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -142,10 +144,14 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         note="at checkpoints only",
     )
     a.add_seed(parser)
-    a.number(parser, "--num-workers", a.nonnegative_int, 0, "data loading processes")
+    parser.add_argument(
+        "--num-workers",
+        type=a.nonnegative_int,
+        help="data loading processes (default 0; with --resume: the run's)",
+    )
     a.add_device(parser, default=None)
     a.add_progress(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, saved_setting_defaults=parser_defaults(parser))
 
 
 def _dataset(spec: dict, image_shape: tuple[int, int, int]):
@@ -201,7 +207,7 @@ def _new_run(args: argparse.Namespace, preset, steps_of):
             log_every=args.log_every,
             checkpoint_every=args.checkpoint_every,
             sample_every=args.sample_every,
-            num_workers=args.num_workers,
+            num_workers=args.num_workers if args.num_workers is not None else 0,
             progress=not args.no_progress,
         )
     except ValueError as error:  # flags that contradict each other
@@ -254,11 +260,14 @@ def _train(args: argparse.Namespace) -> int:
     from patronus.models.presets import get_preset
     from patronus.train import TrainConfig, Trainer
 
-    preset = get_preset(args.preset)
+    preset_name = args.preset or DEFAULT_PRESET
+    preset = get_preset(preset_name)
     source = None  # the trained model --init-from starts from
     if args.resume:
         folder = resolve_checkpoint(args.out)
         saved = read_config(folder)
+        check_resume_flags(args, args.saved_setting_defaults, saved)
+        preset_name = saved.get("preset", preset_name)
         try:
             model_config = PatronusConfig.from_dict(saved["model"])
             data_spec = saved["data"]
@@ -266,8 +275,16 @@ def _train(args: argparse.Namespace) -> int:
             init_from = saved.get("init_from")
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{folder} cannot be resumed: {error!r}") from error
-        if args.steps is not None:
-            train_config = train_config.replace(max_steps=args.steps)
+        # how far it goes and how it runs follow this call
+        train_config = train_config.replace(
+            max_steps=args.steps if args.steps is not None else train_config.max_steps,
+            num_workers=(
+                args.num_workers if args.num_workers is not None else train_config.num_workers
+            ),
+            progress=not args.no_progress,
+        )
+        if args.data_dir is not None:  # the data moved
+            data_spec = {**data_spec, "data_dir": str(args.data_dir)}
     else:
         init_from = str(args.init_from) if args.init_from is not None else None
         if init_from is None:
@@ -301,7 +318,7 @@ def _train(args: argparse.Namespace) -> int:
         train_config = _new_run(args, preset, steps_of)
     torch.manual_seed(args.seed)
     try:  # the checks of what the user asked for (batch vs dataset, image shapes)
-        metadata = {"preset": args.preset, "data": data_spec}
+        metadata = {"preset": preset_name, "data": data_spec}
         if init_from is not None:
             metadata["init_from"] = init_from
         trainer = Trainer(
