@@ -171,6 +171,25 @@ def test_ffhq_and_image_folder(tmp_path):
     check_images(pets, (1, 16, 16))
 
 
+def test_hidden_files_and_folders_are_not_images(tmp_path):
+    """macOS writes ._name.png metadata beside every copied image, and Jupyter keeps copies in
+    .ipynb_checkpoints: the first failed as an unreadable image when reached, the second
+    became a class of its own."""
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (20, 20)).save(tmp_path / cls / "a.png")
+        (tmp_path / cls / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / ".ipynb_checkpoints" / "a-checkpoint.png")
+    pets = build_dataset("folder", tmp_path, image_size=8)
+    assert [p.relative_to(tmp_path).as_posix() for p in pets.files] == ["cats/a.png", "dogs/a.png"]
+    assert pets.classes == ["cats", "dogs"] and pets[1][1].item() == 1
+    hidden_root = tmp_path / ".data"  # a hidden folder named as the root itself is fine
+    (hidden_root / "x").mkdir(parents=True)
+    Image.new("RGB", (20, 20)).save(hidden_root / "x" / "b.png")
+    assert len(ImageFolder(hidden_root)) == 1
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(DataLayoutError, match="no images found"):
         FFHQ(tmp_path)

@@ -21,7 +21,15 @@ or DATA_DIR/thumbnails128x128/00000/00000.png (the official FFHQ folders)
 
 
 def find_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files below ``root``, sorted; hidden files and folders (a name starting with ".",
+    such as macOS's ._photo.png metadata or Jupyter's .ipynb_checkpoints) are left out."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
 
 
 class ImageFolder(Dataset):
