@@ -143,8 +143,47 @@ def test_celeba(tmp_path):
     assert train.attribute_names[0] == "attr_0"
 
 
+def as_official_download(flat, root):
+    """The flat fixture as the official Google Drive folders lay it out: Img/, Anno/, Eval/."""
+    (root / "Img").mkdir(parents=True)
+    (flat / "img_align_celeba").rename(root / "Img" / "img_align_celeba")
+    for folder, name in (("Anno", "list_attr_celeba.txt"), ("Eval", "list_eval_partition.txt")):
+        (root / folder).mkdir()
+        (flat / name).rename(root / folder / name)
+
+
+def as_kaggle_download(flat, root):
+    """The flat fixture as Kaggle's celeba-dataset archive unpacks: CSV tables with a header
+    row (image_id, then the attribute names or partition) and the images one folder deeper."""
+    (root / "img_align_celeba").mkdir(parents=True)
+    (flat / "img_align_celeba").rename(root / "img_align_celeba" / "img_align_celeba")
+    lines = (flat / "list_attr_celeba.txt").read_text().splitlines()
+    rows = [",".join(["image_id", *lines[1].split()])]
+    rows += [",".join(line.split()) for line in lines[2:]]
+    (root / "list_attr_celeba.csv").write_text("\r\n".join(rows) + "\r\n")
+    lines = (flat / "list_eval_partition.txt").read_text().splitlines()
+    table = ["image_id,partition", *(",".join(line.split()) for line in lines)]
+    (root / "list_eval_partition.csv").write_text("\n".join(table) + "\n")
+
+
+@pytest.mark.parametrize("layout", [as_official_download, as_kaggle_download])
+def test_celeba_from_the_official_and_kaggle_downloads(tmp_path, layout):
+    """Only torchvision's flat layout was read: the official download keeps its tables in
+    Anno/ and Eval/, Kaggle's (the common source since Google Drive's quota) has CSV tables."""
+    write_celeba(tmp_path / "flat")
+    expected = CelebA(tmp_path / "flat", "all")
+    first_image = expected[0][0]
+    layout(tmp_path / "flat", tmp_path / "download")
+    celeba = CelebA(tmp_path / "download", "all")
+    assert celeba.attribute_names == expected.attribute_names and celeba.files == expected.files
+    assert torch.equal(celeba.attributes, expected.attributes)
+    assert torch.equal(celeba[0][0], first_image)
+    assert len(CelebA(tmp_path / "download", "train")) == 3
+    assert len(CelebA(tmp_path / "download", "test")) == 1
+
+
 def test_celeba_errors(tmp_path):
-    with pytest.raises(DataLayoutError, match=r"list_attr_celeba\.txt not found"):
+    with pytest.raises(DataLayoutError, match=r"no list_attr_celeba\.txt or \.csv in"):
         CelebA(tmp_path)
     write_celeba(tmp_path)
     (tmp_path / "img_align_celeba" / "000002.jpg").unlink()
