@@ -130,7 +130,9 @@ def test_fid_on_a_folder_compares_with_images_it_did_not_condition_on(
     result = json.loads((out / "fid.json").read_text())
     assert result["generated"] == conditioned and result["reference"] == reference
     assert result["reference_from"] == f"training images {conditioned}.. (folder has no test split)"
-    assert "training a feature classifier on class" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert "training a feature classifier on class" in printed
+    assert f"encoding {conditioned} training images to condition on" in printed
     from patronus.data import build_dataset
 
     pets = build_dataset("folder", tmp_path / "pets", image_size=24, channels=1)

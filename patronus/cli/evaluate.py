@@ -252,8 +252,9 @@ def run_fid(args: argparse.Namespace) -> int:
     else:  # conditioned on training images, never on the reference images
         from patronus.eval.encode import encode_dataset
 
-        say(f"encoding {args.num} training images to condition on")
-        activations, _ = encode_dataset(model, conditioning, args.num)
+        count = min(args.num, len(conditioning))
+        say(f"encoding {count} training images to condition on")
+        activations, _ = encode_dataset(model, conditioning, count)
     say(f"generating {len(activations)} images ({args.steps} {args.sampler} network calls)")
     generated = generate(
         model, activations, args.steps, generator=generator, progress=not args.no_progress,
