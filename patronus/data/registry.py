@@ -71,8 +71,7 @@ def build_dataset(
     first images of the others. Fashion-MNIST finds the Debian package by itself when
     ``data_dir`` is None. FFHQ and folders are one collection each: ``split`` does not change
     their images (:func:`has_test_split`); CheXpert's "test" is its public "valid" split; a
-    folder's labels are its class folders when every
-    image lies in one of two or more, else 0.
+    folder's labels are its class folders when every image lies in one of two or more, else 0.
     """
     if name in DATASETS and split not in dataset_splits(name):
         raise ValueError(f"{name} splits are {', '.join(dataset_splits(name))}; got {split!r}")
