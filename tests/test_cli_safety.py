@@ -314,3 +314,16 @@ def test_guidance_flags_a_model_cannot_use_are_one_line_errors(tiny_run, tmp_pat
     assert code == 2
     assert "condition_dropout > 0" in capsys.readouterr().err
     assert not (tmp_path / "out" / "samples.png").exists()
+
+
+def test_a_dataset_of_another_image_shape_is_a_user_error(tiny_run, tmp_path, capsys):
+    """CIFAR-10 keeps its 32 px RGB whatever the model takes: `--dataset cifar10` on a 24 px
+    model was a ValueError traceback from the model's input check."""
+    from test_data import write_cifar
+
+    write_cifar(tmp_path / "cifar")
+    extra = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar")]
+    assert _sample(tiny_run, tmp_path / "o", *extra) == 2
+    error = capsys.readouterr().err
+    assert "cifar10 images are (3, 32, 32) but the model takes (3, 24, 24)" in error
+    assert "Traceback" not in error

@@ -119,6 +119,11 @@ def load_images(args: argparse.Namespace, model) -> torch.Tensor:
         stop = min(args.offset + args.num, len(dataset))
         say(f"taking {name} {args.split} images {args.offset} .. {stop - 1}")
         images = [dataset[i][0] for i in range(args.offset, stop)]
+        shape = tuple(images[0].shape)
+        if shape != tuple(model.config.image_shape):  # CIFAR-10 and CheXpert keep their own
+            raise CommandError(
+                f"{name} images are {shape} but the model takes {tuple(model.config.image_shape)}"
+            )
     return torch.stack(images).to(args.device)
 
 
