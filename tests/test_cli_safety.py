@@ -327,3 +327,15 @@ def test_a_dataset_of_another_image_shape_is_a_user_error(tiny_run, tmp_path, ca
     error = capsys.readouterr().err
     assert "cifar10 images are (3, 32, 32) but the model takes (3, 24, 24)" in error
     assert "Traceback" not in error
+
+
+def test_an_out_folder_that_cannot_be_created_is_a_user_error(tiny_run, tmp_path, capsys):
+    """--out below a file was a NotADirectoryError traceback (from sample and from train)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    blocked = tmp_path / "a-file" / "out"
+    assert _sample(tiny_run, blocked) == 2
+    assert f"cannot create --out {blocked}: Not a directory" in capsys.readouterr().err
+    train = ["train", "--preset", "synthetic-tiny", "--dataset", "synthetic", "--limit", "8",
+             "--batch-size", "4", "--steps", "1", "--no-progress"]  # fmt: skip
+    assert main([*train, "--out", str(blocked)]) == 2
+    assert f"cannot create the run folder {blocked}: Not a directory" in capsys.readouterr().err

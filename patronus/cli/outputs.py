@@ -43,7 +43,10 @@ def output_folder(out: Path | None, default_name: str, overwrite: bool) -> Path:
             f"{out} already holds files: pass --overwrite to write into it, or choose another --out"
         )
     _created.extend(folder for folder in (out, *out.parents) if not folder.exists())
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file on the way, no permission, a read-only disk
+        raise CommandError(f"cannot create --out {out}: {error.strerror or error}") from error
     return out
 
 

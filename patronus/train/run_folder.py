@@ -25,6 +25,10 @@ class RunInUseError(PatronusError, RuntimeError):
     """Another process is training this run folder."""
 
 
+class RunFolderError(PatronusError, OSError):
+    """The run folder cannot be created (a file on the way, no permission, a read-only disk)."""
+
+
 class RunLock:
     """``with RunLock(run_dir):`` holds the run folder's lock (the folder created if missing, and
     removed again if the block raises while the folder holds nothing but the lock)."""
@@ -34,7 +38,12 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunFolderError(
+                f"cannot create the run folder {self.run_dir}: {error.strerror or error}"
+            ) from error
         key = self.run_dir.resolve()
         if key in _held:
             fd, depth, created = _held[key]
