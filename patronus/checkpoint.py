@@ -222,6 +222,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if not (folder / CONFIG_FILE).is_file():
             raise CheckpointError(f"{latest} names {name}, which is missing or incomplete")
         return folder
+    if (path / "model_index.json").is_file():
+        raise CheckpointError(
+            f"{path} is a diffusers pipeline folder: `patronus import-diffusers {path} OUT` "
+            "writes it as a checkpoint (or load it with PatronusPipeline.from_pretrained)"
+        )
     raise CheckpointError(
         f"{path} is neither a checkpoint folder (with {CONFIG_FILE}) nor a run folder "
         f"(with checkpoints/{LATEST_FILE})"

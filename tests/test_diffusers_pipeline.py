@@ -181,6 +181,10 @@ def test_the_shipped_model_exports_and_imports_bit_exactly(tmp_path, capsys):
     assert saved == original  # step, training settings, preset and dataset kept
     assert main(["import-diffusers", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
     assert "is not a pipeline folder" in capsys.readouterr().err
+    # a command given the pipeline folder says what it is and how to convert it
+    assert main(["sample", str(pipeline), "--num", "1", "--out", str(tmp_path / "s")]) == 2
+    hint = f"{pipeline} is a diffusers pipeline folder: `patronus import-diffusers {pipeline} OUT`"
+    assert hint in capsys.readouterr().err
     assert main(["export-diffusers", str(SHIPPED), str(pipeline)]) == 2  # not over files
     assert "already holds files" in capsys.readouterr().err
     # --out as in every other command (it was "unrecognized arguments: --out")
