@@ -208,7 +208,8 @@ def test_what_a_killed_writer_leaves_is_tidied(tiny_run_copy, capsys):
     # a kill between moving the old folder aside and renaming the new one in
     os.replace(latest, checkpoints / f".{latest.name}.old-{dead}")
     assert resolve_checkpoint(tiny_run_copy) == latest  # moved back
-    assert main([*TRAIN, "--out", str(tiny_run_copy), "--resume", "--steps", "31"]) == 0
+    resume = ["train", "--out", str(tiny_run_copy), "--resume", "--steps", "31", "--no-progress"]
+    assert main(resume) == 0  # with the run's own settings (TRAIN's would contradict them)
     leftovers = [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
