@@ -476,7 +476,9 @@ def test_report_command_writes_the_page_and_says_the_verdicts(tiny_run, tmp_path
     options = results["options"]
     assert (options["num_images"], options["steps"], options["quantile"]) == (2, 3, 0.9)
     assert options["prototype_guidance"] is None and options["edit_region"] is False
+    assert results["info"]["images"] == "the first 2 test images"  # which images it explains
     page = (out / "report.html").read_text()
+    assert "the first 2 test images" in page
     assert "Can these explanations be trusted?" in page
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

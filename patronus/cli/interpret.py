@@ -131,14 +131,19 @@ def _inputs(args: argparse.Namespace, model):
 
     say(f"reading {spec['name']} images")
     pool_size = getattr(args, "pool_size", None)
+    from patronus.data.registry import has_test_split
+
+    images = take("test", args.num_images, False)
+    held_out = "test" if has_test_split(spec["name"]) else "training (it has no test split)"
     info = {
         "checkpoint": str(args.checkpoint),
         "dataset": spec["name"],
         "prototypes": model.num_prototypes,
+        "images": f"the first {len(images)} {held_out} images",
         "reference set": f"{args.reference_size} training images, seed {args.seed}",
     }
     return ReportInputs(
-        images=take("test", args.num_images, False),
+        images=images,
         reference=take("train", args.reference_size, True),
         pool=take("train", pool_size, False) if pool_size else torch.empty(0),
         info=info,
