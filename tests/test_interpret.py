@@ -289,8 +289,11 @@ def test_prototype_and_image_indices_are_checked(trained, test_set):
     with pytest.raises(ValueError, match="value must be finite, got nan"):  # said "got (1,)"
         analyses.consistency(trained, inversion, 0, float("nan"))
     # settings named as themselves, checked before decoding (batch 0 and fraction 2 were taken)
-    with pytest.raises(ValueError, match="edit_guidance must be finite, got nan"):
+    with pytest.raises(ValueError, match=r"edit_guidance must be finite and > 0 \(1: plain"):
         visualize_prototypes(trained, inversion, bounds, [0], edit_guidance=float("nan"))
+    for w in (0.0, -2.0):  # the unedited image, the opposite edit: judged as the model's failure
+        with pytest.raises(ValueError, match=f"edit_guidance must be finite and > 0.*got {w}"):
+            visualize_prototypes(trained, inversion, bounds, [0], edit_guidance=w)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         visualize_prototypes(trained, inversion, bounds, [0], batch_size=0)
     with pytest.raises(ValueError, match=re.escape("fraction must be in (0, 1], got 2.0")):
@@ -447,6 +450,7 @@ def test_extrapolation_sentence_names_the_values_not_followed():
         ("quantile", 1.5, r"quantile must be in \(0, 1\]"),
         ("emergence_fraction", 0.0, r"emergence_fraction must be in \(0, 1\]"),
         ("edit_guidance", float("nan"), "edit_guidance must be finite"),
+        ("edit_guidance", 0.0, r"edit_guidance must be > 0 \(1: plain edits\), got 0.0"),
         ("sampler", "euler", "sampler must be one of"),
     ],
 )

@@ -80,7 +80,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         a.add_precision(parser)
         parser.add_argument(
             "--edit-guidance",
-            type=a.finite_float,
+            type=a.positive_float,
             default=1.0,
             help="decode edits as own + w (edit - own), w times the edit's effect on each step; "
             "unedited decodes stay the reconstructions (default 1: plain edits)",

@@ -68,6 +68,10 @@ class ReportOptions:
         for name, value in scales.items():
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
+        if not self.edit_guidance > 0:  # 0 decodes the unedited image, below 0 the opposite edit
+            raise ValueError(
+                f"edit_guidance must be > 0 (1: plain edits), got {self.edit_guidance}"
+            )
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
 

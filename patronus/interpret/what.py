@@ -93,8 +93,10 @@ class Inversion:
         """The sampler's guidance settings: the inversion's own, or with ``edit_guidance`` != 1
         guidance against the images' own activations (s holds edits of them, tiled as
         :func:`edited_activations` tiles them)."""
-        if not math.isfinite(edit_guidance):
-            raise ValueError(f"edit_guidance must be finite, got {edit_guidance}")
+        if not (math.isfinite(edit_guidance) and edit_guidance > 0):
+            raise ValueError(  # 0 decodes the unedited image, a negative w the opposite edit
+                f"edit_guidance must be finite and > 0 (1: plain edits), got {edit_guidance}"
+            )
         if edit_guidance == 1.0:
             return {"guidance_scale": self.guidance_scale}
         if self.guidance_scale != 1.0:
