@@ -28,6 +28,7 @@ OBSERVATIONS = (
     "Fracture",
     "Support Devices",
 )
+SPLITS = ("train", "valid")  # the CSVs of the public download
 LAYOUT = """
 DATA_DIR/train.csv, DATA_DIR/valid.csv   (columns Path, Sex, Age, Frontal/Lateral, AP/PA,
                                           then the 14 observations: 1.0, 0.0, -1.0 or empty)
@@ -64,7 +65,7 @@ class CheXpert(Dataset):
         image_size: int = 224,
         frontal_only: bool = False,
     ) -> None:
-        if split not in ("train", "valid"):
+        if split not in SPLITS:
             raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
         root = Path(root)
         table = root / f"{split}.csv"

@@ -29,7 +29,8 @@ DATA_DIR/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch
 (or DATA_DIR itself holding the batches); each a pickled dict with b"data" (N, 3072) uint8
 and b"labels" (N,) as in https://www.cs.toronto.edu/~kriz/cifar.html (python version)
 """
-_SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+# split -> its batch files
+BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
 def _batch_dir(root: Path) -> Path:
@@ -58,12 +59,12 @@ class CIFAR10(Dataset):
     """Items ``(image (3, 32, 32) in [-1, 1], label int64)``; split "train" (50k) or "test"."""
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
-        if split not in _SPLITS:
+        if split not in BATCHES:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if not Path(root).is_dir():
             raise DataLayoutError("CIFAR-10", f"data folder {root} does not exist", LAYOUT)
         folder = _batch_dir(Path(root))
-        parts = [_read_batch(folder / name) for name in _SPLITS[split]]
+        parts = [_read_batch(folder / name) for name in BATCHES[split]]
         self.images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         self.labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
 

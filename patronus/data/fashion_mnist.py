@@ -26,7 +26,7 @@ CLASSES = (
     "Bag",
     "Ankle boot",
 )
-_FILES = {
+FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -89,14 +89,14 @@ class FashionMNIST(Dataset):
         image_size: int = 32,
         limit: int | None = None,
     ) -> None:
-        if split not in _FILES:
+        if split not in FILES:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         found = Path(root) if root is not None else default_root()
         if found is None or not found.is_dir():
             raise DataLayoutError(
                 "Fashion-MNIST", f"data folder {found or '(none given)'} does not exist", LAYOUT
             )
-        image_file, label_file = (_find(found, name) for name in _FILES[split])
+        image_file, label_file = (_find(found, name) for name in FILES[split])
         images = read_idx(image_file)
         labels = read_idx(label_file)
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
-from patronus.data import celeba, chexpert, cifar10, image_folder
+from patronus.data import celeba, chexpert, cifar10, fashion_mnist, image_folder
 from patronus.data.celeba import CelebA
 from patronus.data.chexpert import CheXpert
 from patronus.data.cifar10 import CIFAR10
@@ -36,10 +36,14 @@ SHORTCUT = {"correlate": ("shape", "colour"), "correlation": 0.95}
 def dataset_splits(name: str) -> tuple[str, ...]:
     """The ``split`` values ``build_dataset`` takes for the dataset ``name``."""
     if name in ("celeba", "celeba-biased"):
-        return ("train", "valid", "test", "all")
+        return (*celeba.SPLITS, "all")
     if name == "chexpert":
-        return ("train", "valid", "test")
-    return ("train", "test")
+        return (*chexpert.SPLITS, "test")  # "test": its valid split, the public held-out set
+    if name == "cifar10":
+        return tuple(cifar10.BATCHES)
+    if name == "fashion-mnist":
+        return tuple(fashion_mnist.FILES)
+    return ("train", "test")  # generated (synthetic) or one collection (ffhq, folder)
 
 
 def has_test_split(name: str) -> bool:
