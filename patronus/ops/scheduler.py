@@ -67,6 +67,7 @@ def _check_values(
     steps: int,
     threshold: torch.Tensor | None,
     previous_timestep: list[torch.Tensor],
+    alphas_cumprod: torch.Tensor,
 ) -> None:
     """Checks that read tensor values (a host synchronisation on a GPU)."""
     named = [("timestep", timestep), ("prev_timestep", prev_timestep)]
@@ -89,6 +90,21 @@ def _check_values(
         newer = levels
     if threshold is not None and not bool((torch.isfinite(threshold) & (threshold > 0)).all()):
         raise ValueError("threshold values must be finite and > 0")
+    if not bool(((alphas_cumprod >= 0) & (alphas_cumprod <= 1)).all()):
+        raise ValueError(
+            "alphas_cumprod values must lie in [0, 1] (cumulative products of 1 - beta)"
+        )
+
+
+def _check_table(alphas_cumprod: torch.Tensor) -> None:
+    """The schedule table's type and shape (no values read)."""
+    if not isinstance(alphas_cumprod, torch.Tensor) or not alphas_cumprod.is_floating_point():
+        raise TypeError("alphas_cumprod must be a floating-point tensor, the (T,) schedule table")
+    if alphas_cumprod.dim() != 1 or alphas_cumprod.shape[0] == 0:
+        raise ValueError(
+            f"alphas_cumprod must be the (T,) schedule table, got shape "
+            f"{tuple(alphas_cumprod.shape)}"
+        )
 
 
 def _choice(table: dict[str, int], name: str, what: str) -> int:
@@ -371,14 +387,15 @@ def scheduler_step(
         rng_state: int64 [seed, offset] on the sample's device for in-kernel noise.
         null_output: the model's output without conditioning, like ``sample``: the step then
             uses ``null_output + guidance_scale * (model_output - null_output)`` (classifier-free
-            guidance), combined in the same pass. Without it ``guidance_scale`` is unused.
+            guidance), combined in the same pass. Without it ``guidance_scale`` must be 1.
         previous_x0: DPM-Solver++ of order 2 or 3: the x0 predictions (this function's second
             output) of the previous one or two steps, most recent first, each like ``sample``.
         previous_timestep: their levels, ints or (B,) int64, noisier than ``timestep`` and
             each noisier than the one before.
         validate: check the levels' range (and, for DDPM, that each step goes to a cleaner
-            level) and that thresholds are finite and > 0. This reads tensor values, a host
-            synchronisation on a GPU: the samplers, which build valid levels, turn it off.
+            level), that thresholds are finite and > 0 and that the table's values lie in
+            [0, 1]. This reads tensor values, a host synchronisation on a GPU: the samplers,
+            which build valid levels, turn it off.
 
     Returns:
         (x at the target level, predicted x0 after clipping), both like ``sample``.
@@ -393,6 +410,12 @@ def scheduler_step(
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+    if null_output is None and guidance_scale != 1.0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs null_output (the model's unconditioned "
+            "prediction); without it the step would be unguided"
+        )
+    _check_table(alphas_cumprod)
     history = list(previous_x0)
     if len(history) != len(previous_timestep):
         raise ValueError("previous_x0 and previous_timestep must have the same length")
@@ -406,7 +429,13 @@ def scheduler_step(
     ]
     if validate:
         _check_values(
-            mode, timestep, prev_timestep, alphas_cumprod.shape[0], threshold, history_timestep
+            mode,
+            timestep,
+            prev_timestep,
+            alphas_cumprod.shape[0],
+            threshold,
+            history_timestep,
+            alphas_cumprod,
         )
     table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
     args = (

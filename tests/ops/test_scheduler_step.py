@@ -158,7 +158,7 @@ def test_kernel_and_reference_agree_bit_for_bit(guided):
 @pytest.mark.parametrize("scale", [0.0, 1.0, 3.5, -0.5])
 def test_guidance_matches_float64_equations(backend, dtype, scale):
     """The step with null_output uses null + w (out - null); w = 0 is the null-conditioned step
-    exactly (bit for bit), and without null_output the scale is unused."""
+    exactly (bit for bit), and without null_output a scale other than 1 is refused."""
     generator = torch.Generator().manual_seed(7)
     x, out, null, noise = (
         torch.randn(5, 2, 6, 7, generator=generator, device="cpu").to(dtype) for _ in range(4)
@@ -182,9 +182,13 @@ def test_guidance_matches_float64_equations(backend, dtype, scale):
     if scale == 0.0:
         for a, b in zip((prev, x0), step(x, null, c, p, TABLE, **kwargs), strict=True):
             assert torch.equal(a, b)
-    unguided = step(x, out, c, p, TABLE, guidance_scale=scale, **kwargs)
-    for a, b in zip(unguided, step(x, out, c, p, TABLE, **kwargs), strict=True):
-        assert torch.equal(a, b)
+    if scale == 1.0:
+        unguided = step(x, out, c, p, TABLE, guidance_scale=scale, **kwargs)
+        for a, b in zip(unguided, step(x, out, c, p, TABLE, **kwargs), strict=True):
+            assert torch.equal(a, b)
+    else:  # a scale without the null prediction would silently be an unguided step
+        with pytest.raises(ValueError, match="needs null_output"):
+            step(x, out, c, p, TABLE, guidance_scale=scale, **kwargs)
 
 
 def test_in_kernel_noise_is_reproducible_and_standard_normal(backend):
@@ -248,14 +252,25 @@ def test_scheduler_step_is_the_op_the_readme_names():
         ({"prev_timestep": torch.tensor([1, 2, 3])}, ValueError, r"\(B,\)"),
         ({"mode": "ddpm", "timestep": -1, "prev_timestep": -1}, ValueError, "cleaner one"),
         ({"mode": "ddpm", "timestep": 3, "prev_timestep": 7}, ValueError, "cleaner one"),
+        ({"guidance_scale": 2.0}, ValueError, "needs null_output"),
+        ({"table": TABLE[None]}, ValueError, r"\(T,\) schedule table, got shape \(1, 1000\)"),
+        ({"table": TABLE[:0]}, ValueError, r"\(T,\) schedule table"),
+        ({"table": (TABLE * 1000).long()}, TypeError, "floating-point"),
+        ({"table": TABLE + 0.5}, ValueError, r"lie in \[0, 1\]"),
+        (
+            {"table": torch.cat([TABLE[:-1], TABLE.new_full((1,), float("nan"))])},
+            ValueError,
+            r"lie in \[0, 1\]",
+        ),
     ],
 )
 def test_invalid_arguments_are_refused_on_every_backend(backend, change, error, match):
     x = torch.randn(2, 3)
     args = {"timestep": 5, "prev_timestep": 4, "noise": torch.randn(2, 3), **change}
     timestep, prev = args.pop("timestep"), args.pop("prev_timestep")
+    table = args.pop("table", TABLE)
     with pytest.raises(error, match=match):
-        scheduler_step(x, x, timestep, prev, TABLE, **args)
+        scheduler_step(x, x, timestep, prev, table, **args)
 
 
 def test_opcheck(backend):
