@@ -346,3 +346,37 @@ def test_a_diagnosis_of_too_few_images_is_standard_json(tiny_run, tmp_path):
 def test_prior_and_classifier_configs_check_their_values(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_activation_prior_flags_and_a_prior_of_another_model_are_refused(tiny_run, tmp_path,
+                                                                          capsys):  # fmt: skip
+    """--prior without --unconditional used to be ignored (conditioned samples instead), and a
+    prior trained for another model failed with a traceback after the FID classifier trained."""
+    from patronus import load_model
+    from patronus.models.prior import ActivationPrior, PriorConfig, save_prior
+
+    prototypes = load_model(tiny_run).config.num_prototypes
+    other = tmp_path / "other_prior"
+    save_prior(ActivationPrior(PriorConfig(num_prototypes=prototypes + 3)), other)
+    run = str(tiny_run)
+    out = tmp_path / "out"
+    common = ["--num", "4", "--steps", "2", "--no-progress", "--out", str(out)]
+    refused = [
+        (["sample", run, "--prior", str(other)],
+         "--prior is the activation prior of --unconditional"),
+        (["evaluate", "fid", run, "--prior", str(other), "--classifier-steps", "2"],
+         "--prior is the activation prior of --unconditional"),
+        (["sample", run, "--unconditional", "--prior", str(other)],
+         f"draws {prototypes + 3} activations, but the model has {prototypes} prototypes"),
+        (["evaluate", "fid", run, "--unconditional", "--prior", str(other), "--classifier-steps",
+          "2"], f"draws {prototypes + 3} activations, but the model has {prototypes} prototypes"),
+        (["sample", run, "--unconditional", "--dataset", "synthetic"],
+         "--unconditional draws the activations from the prior: drop --dataset"),
+        (["sample", run, "--activations", str(other / "prior.json"), "--images", str(other)],
+         "--activations gives the activations, --images the images"),
+    ]  # fmt: skip
+    for command, message in refused:
+        assert main(command + common) == 2, command
+        assert message in capsys.readouterr().err, command
+        # refused before any work: no samples, no classifier trained
+        assert not out.exists() or not any(out.rglob("*")), command

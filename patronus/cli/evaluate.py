@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from patronus.cli import arguments as a
-from patronus.cli.loading import check_finite, dataset_builder, load_checkpoint, prior_folder
+from patronus.cli.loading import (
+    check_finite,
+    check_prior_flag,
+    dataset_builder,
+    load_checkpoint,
+    load_matching_prior,
+)
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
 from patronus.diffusion.samplers import DEFAULT_STEPS
 from patronus.utils.json_files import finite_json
@@ -216,7 +222,9 @@ def run_fid(args: argparse.Namespace) -> int:
     from patronus.data.registry import has_test_split
     from patronus.eval.generation import distances, generate, write_pngs
 
+    check_prior_flag(args)
     started, out, model, spec, build = _start(args, "fid")
+    prior = load_matching_prior(args, model) if args.unconditional else None
     train = build("train")
     if has_test_split(spec["name"]):
         conditioning, reference_set = train, build("test")
@@ -243,10 +251,9 @@ def run_fid(args: argparse.Namespace) -> int:
         classifier = _classifier(args, model, spec, train, out)
         extractor, features = classifier.embed, "patronus classifier (penultimate layer)"
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    if args.unconditional:
-        from patronus.models.prior import load_prior, sample_prior
+    if prior is not None:
+        from patronus.models.prior import sample_prior
 
-        prior = load_prior(prior_folder(args)).to(args.device)
         say(f"drawing {args.num} activation vectors from the prior")
         activations = sample_prior(prior, args.num, generator=generator)
     else:  # conditioned on training images, never on the reference images

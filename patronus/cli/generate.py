@@ -11,9 +11,10 @@ import torch
 from patronus.cli import arguments as a
 from patronus.cli.loading import (
     check_finite,
+    check_prior_flag,
     load_checkpoint,
     load_images,
-    prior_folder,
+    load_matching_prior,
     read_activations,
 )
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
@@ -83,9 +84,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _activations(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(s (B, P), the images they come from or None)."""
     if args.unconditional:
-        from patronus.models.prior import load_prior, sample_prior
+        from patronus.models.prior import sample_prior
 
-        prior = load_prior(prior_folder(args)).to(args.device)
+        prior = load_matching_prior(args, model)
         say(f"drawing {args.num} activation vectors from the prior")
         generator = torch.Generator(args.device).manual_seed(args.seed)
         return sample_prior(prior, args.num, generator=generator), None
@@ -101,12 +102,26 @@ def _activations(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.T
         return model.encode(images), images
 
 
+def _check_sources(args: argparse.Namespace) -> None:
+    """One source of activations: the prior, a file, or images (the default)."""
+    check_prior_flag(args)
+    images = [flag for flag, value in (("--images", args.images), ("--dataset", args.dataset))
+              if value is not None]  # fmt: skip
+    if args.unconditional and (args.activations or images):
+        flags = " and ".join([*(["--activations"] if args.activations else []), *images])
+        raise CommandError(f"--unconditional draws the activations from the prior: drop {flags}")
+    if args.activations and images:
+        raise CommandError(
+            f"--activations gives the activations, {' and '.join(images)} the images to encode "
+            "for them: pass one"
+        )
+
+
 def sample(args: argparse.Namespace) -> int:
     from patronus.checkpoint import save_tensors
     from patronus.utils.images import save_grid
 
-    if args.unconditional and args.activations:
-        raise CommandError("--unconditional draws the activations: drop --activations")
+    _check_sources(args)
     try:  # refused before anything is loaded or written
         options = SamplerOptions(
             args.sampler,

@@ -163,13 +163,31 @@ def _read_tensor_file(path: Path):
     raise CommandError(f"activation files must be .pt, .npy or .safetensors, got {path.name}")
 
 
-def prior_folder(args: argparse.Namespace) -> Path:
-    """``--prior``, or the ``prior/`` folder beside the checkpoint."""
-    from patronus.checkpoint import resolve_checkpoint
+def check_prior_flag(args: argparse.Namespace) -> None:
+    """``--prior`` names the prior of ``--unconditional``: alone it would be ignored."""
+    if args.prior is not None and not args.unconditional:
+        raise CommandError(
+            "--prior is the activation prior of --unconditional: add --unconditional, or drop "
+            "--prior"
+        )
 
-    if args.prior is not None:
-        return args.prior
-    return resolve_checkpoint(args.checkpoint) / "prior"
+
+def load_matching_prior(args: argparse.Namespace, model):
+    """The activation prior of ``--prior`` (default: the ``prior/`` folder beside the
+    checkpoint) on ``args.device``, refused unless it draws the model's P activations."""
+    from patronus.checkpoint import resolve_checkpoint
+    from patronus.models.prior import load_prior
+
+    folder = args.prior if args.prior is not None else resolve_checkpoint(args.checkpoint) / "prior"
+    prior = load_prior(folder).to(args.device)
+    drawn, expected = prior.config.num_prototypes, model.config.num_prototypes
+    if drawn != expected:
+        raise CommandError(
+            f"the activation prior in {folder} draws {drawn} activations, but the model has "
+            f"{expected} prototypes: it was trained for another model (train one for this "
+            "model with `patronus train-prior`)"
+        )
+    return prior
 
 
 def check_finite(images: torch.Tensor, what: str) -> None:
