@@ -281,6 +281,33 @@ def test_sample_with_dpm_solver_is_the_models_solver(tiny_run, tmp_path):
     assert (saved["samples"][:, 0] - ddim).abs().max() > 1e-2  # the solver named was used
 
 
+def test_sample_and_invert_decode_in_batches_as_one_batch(tiny_run, tmp_path, monkeypatch,
+                                                          capsys):  # fmt: skip
+    """--batch-size chunks the decoding (10000 samples were one network batch); chunks decode
+    what one batch does, and the grids show at most GRID_COLUMNS images side by side."""
+    from PIL import Image
+
+    import patronus.cli.generate as generate
+
+    monkeypatch.setattr(generate, "GRID_COLUMNS", 3)
+    common = ["--num", "5", "--steps", "3", "--no-progress"]
+    outputs = {}
+    for batch in ("256", "2"):
+        for command in ("sample", "invert"):
+            out = tmp_path / f"{command}{batch}"
+            assert main([command, str(tiny_run), *common, "--batch-size", batch,
+                         "--out", str(out)]) == 0  # fmt: skip
+            name = "samples" if command == "sample" else "latents"
+            outputs[command, batch] = load_file(out / f"{name}.safetensors")
+            grid = Image.open(out / ("samples.png" if command == "sample" else
+                                     "reconstructions.png"))  # fmt: skip
+            assert grid.width < 4 * (24 + 2) + 2 < 5 * 24  # 3 columns of 24-pixel images
+    for command in ("sample", "invert"):
+        for key, value in outputs[command, "256"].items():
+            torch.testing.assert_close(outputs[command, "2"][key], value, atol=1e-4, rtol=1e-4)
+    assert "samples (the first 3 of 5; all in samples.safetensors)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", ["invert", "reconstruct"])
 def test_invert_and_reconstruct(tiny_run, tmp_path, command, capsys):
     out = tmp_path / command

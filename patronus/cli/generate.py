@@ -22,6 +22,8 @@ from patronus.diffusion import SamplerOptions
 from patronus.diffusion.samplers import DEFAULT_STEPS
 from patronus.utils.json_files import finite_json
 
+GRID_COLUMNS = 64  # images shown side by side in samples.png / reconstructions.png
+
 
 def _add_inputs(parser: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
     from patronus.data.registry import DATASETS
@@ -38,6 +40,7 @@ def _add_inputs(parser: argparse.ArgumentParser, steps: int, steps_help: str) ->
     a.number(parser, "--num", a.positive_int, 16, "images taken from the dataset")
     a.number(parser, "--offset", a.nonnegative_int, 0, "index of the first dataset image taken")
     a.number(parser, "--steps", a.positive_int, steps, steps_help)
+    a.number(parser, "--batch-size", a.positive_int, 256, "images decoded at once")
     a.add_guidance(parser)
     a.add_precision(parser)
     a.add_seed(parser)
@@ -144,16 +147,40 @@ def sample(args: argparse.Namespace) -> int:
             f"sampling {s.shape[0]} image(s), {steps} {args.sampler} network calls "
             f"(variation {index + 1} of {args.variations})"
         )
-        rows.append(model.sample(s, options, generator=generator, progress=not args.no_progress))
+        x_T = model.initial_noise(s.shape[0], generator)  # as one batch would draw it
+        rows.append(
+            torch.cat(
+                [
+                    model.sample(s_part, options, generator=generator, x_T=x_part, progress=bar)
+                    for s_part, x_part, bar in _batches(args, s, x_T)
+                ]
+            )
+        )
     samples = torch.stack(rows, 1)  # (B, variations, C, H, W)
     check_finite(samples.flatten(0, 1), "samples")
+    shown = min(s.shape[0], GRID_COLUMNS)
     grid_rows = ([] if originals is None else [originals]) + rows
-    save_grid(torch.cat(grid_rows), out / "samples.png", nrow=s.shape[0])
+    save_grid(torch.cat([row[:shown] for row in grid_rows]), out / "samples.png", nrow=shown)
     save_tensors({"samples": samples, "activations": s}, out / "samples.safetensors")
     first = "originals, then " if originals is not None else ""
-    print(f"samples.png: {first}{args.variations} row(s) of samples")
+    which = f" (the first {shown} of {s.shape[0]}; all in samples.safetensors)"
+    print(
+        f"samples.png: {first}{args.variations} row(s) of samples{which if shown < len(s) else ''}"
+    )
     report_written(out, started)
     return 0
+
+
+def _batches(args: argparse.Namespace, *tensors: torch.Tensor):
+    """``--batch-size`` chunks of the tensors, each with whether the sampler shows its progress
+    bar: one batch shows its steps, several show one bar over the batches instead."""
+    from tqdm import tqdm
+
+    chunks = list(zip(*(t.split(args.batch_size) for t in tensors), strict=True))
+    several = len(chunks) > 1
+    bar = tqdm(chunks, desc="batches", disable=args.no_progress or not several)
+    for chunk in bar:
+        yield (*chunk, not (args.no_progress or several))
 
 
 def invert(args: argparse.Namespace) -> int:
@@ -167,21 +194,20 @@ def invert(args: argparse.Namespace) -> int:
     images = load_images(args, model)
     with torch.no_grad():
         s = model.encode(images)
-    progress = not args.no_progress
-    say(f"inverting {images.shape[0]} image(s), {args.steps} DDIM steps")
-    x_T = model.invert(images, s, args.steps, progress=progress, guidance_scale=args.guidance_scale)
-    say("decoding them back")
-    reconstructions = model.sample(
-        s,
-        args.steps,
-        x_T=x_T,
-        progress=progress,
-        guidance_scale=args.guidance_scale,
-        sampler="ddim",
-    )
+    say(f"inverting {images.shape[0]} image(s) and decoding them back, {args.steps} DDIM steps")
+    latents, decoded = [], []
+    for images_part, s_part, bar in _batches(args, images, s):
+        scale = args.guidance_scale
+        latents.append(model.invert(images_part, s_part, args.steps, progress=bar,
+                                    guidance_scale=scale))  # fmt: skip
+        decoded.append(model.sample(s_part, args.steps, x_T=latents[-1], progress=bar,
+                                    guidance_scale=scale, sampler="ddim"))  # fmt: skip
+    x_T, reconstructions = torch.cat(latents), torch.cat(decoded)
     check_finite(reconstructions, "reconstructions")
     save_tensors({"x_T": x_T, "activations": s}, out / "latents.safetensors")
-    save_grid(torch.cat([images, reconstructions]), out / "reconstructions.png", images.shape[0])
+    shown = min(images.shape[0], GRID_COLUMNS)
+    grid = torch.cat([images[:shown], reconstructions[:shown]])
+    save_grid(grid, out / "reconstructions.png", shown)
     per_image = per_image_mse(reconstructions, images)
     report = {
         "images": images.shape[0],
