@@ -23,6 +23,8 @@ from patronus.diffusion.samplers import DEFAULT_STEPS
 from patronus.utils.json_files import finite_json
 
 GRID_COLUMNS = 64  # images shown side by side in samples.png / reconstructions.png
+# a mean squared error above this (images in [-1, 1]) means the decode left the image range
+POOR_RECONSTRUCTION_MSE = 1.0
 
 
 def _add_inputs(parser: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
@@ -218,4 +220,10 @@ def invert(args: argparse.Namespace) -> int:
     (out / "reconstruction.json").write_text(finite_json(report) + "\n")
     report_written(out, started)
     print(finite_json(report, indent=None))
+    if report["reconstruction_mse"] > POOR_RECONSTRUCTION_MSE:
+        say(
+            f"warning: the reconstructions are far from the images (MSE "
+            f"{report['reconstruction_mse']:.3g}, images in [-1, 1]): DDIM inversion with "
+            f"{args.steps} steps is too coarse for this model; try more --steps (e.g. 50)"
+        )
     return 0
