@@ -308,21 +308,22 @@ def test_sample_and_invert_decode_in_batches_as_one_batch(tiny_run, tmp_path, mo
     assert "samples (the first 3 of 5; all in samples.safetensors)" in capsys.readouterr().out
 
 
-def test_reconstruct_warns_when_the_decode_leaves_the_image_range(tiny_run, tmp_path,
+def test_reconstruct_warns_when_the_decodes_do_not_reproduce_the_images(tiny_run, tmp_path,
                                                                   monkeypatch, capsys):  # fmt: skip
-    """Too few inversion steps decode to values far outside [-1, 1] (MSE in the thousands for
-    the tiny model at 3 steps), which the PNG clips: the command says so instead of nothing."""
-    import patronus.cli.generate as generate
+    """Too few inversion steps decode to other images (values far outside [-1, 1] for the tiny
+    model at 3 steps, which the PNG clips): the command says so instead of nothing."""
+    import patronus.interpret.trust as trust
 
     command = ["reconstruct", str(tiny_run), "--num", "2", "--steps", "3", "--no-progress"]
-    for threshold, warned in ((1.0, True), (float("inf"), False)):
-        monkeypatch.setattr(generate, "POOR_RECONSTRUCTION_MSE", threshold)
-        assert main([*command, "--out", str(tmp_path / str(threshold))]) == 0
+    for bar, warned in ((trust.RECONSTRUCTION_BAR, True), (float("inf"), False)):
+        monkeypatch.setattr(trust, "RECONSTRUCTION_BAR", bar)
+        assert main([*command, "--out", str(tmp_path / str(bar))]) == 0
         captured = capsys.readouterr()
-        mse = json.loads(captured.out.strip().splitlines()[-1])["reconstruction_mse"]
-        assert mse > 10
-        assert ("warning: the reconstructions are far from the images" in captured.err) == warned
-        assert ("try more --steps" in captured.err) == warned
+        per_image = json.loads(captured.out.strip().splitlines()[-1])["per_image_mse"]
+        assert min(per_image) > 10
+        warning = "warning: the reconstructions do not reproduce the images (median MSE"
+        assert (warning in captured.err) == warned
+        assert ("try more --steps (e.g. 50)" in captured.err) == warned
 
 
 @pytest.mark.parametrize("command", ["invert", "reconstruct"])

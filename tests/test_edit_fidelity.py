@@ -9,11 +9,11 @@ from patronus.interpret.fidelity import edit_fidelity
 from patronus.interpret.what import PrototypeVisualization
 
 
-def visualization(before, after, bounds, edits, reconstructions, boxes):
+def visualization(before, after, bounds, edits, reconstructions, boxes, originals=None):
     count = before.shape[0]
     return PrototypeVisualization(
         prototypes=list(range(count)),
-        originals=reconstructions.clone(),
+        originals=reconstructions.clone() if originals is None else originals,
         reconstructions=reconstructions,
         edits=edits,
         before=before,
@@ -60,3 +60,39 @@ def test_fidelity_and_where_the_image_changed():
     assert summary["inside_outside_ratio"] == pytest.approx(inside / outside)
     # per prototype, the lower middle of its requested edits: [.5, 2] and [-.5, .25]
     torch.testing.assert_close(fidelity.per_prototype(), torch.tensor([0.5, -0.5]))
+
+
+def test_summary_holds_the_median_reconstruction_mse_and_trust_needs_a_faithful_one():
+    """Edits start from the unedited decode: when it does not reproduce the image (too few
+    DDIM steps), the edits are not judged, however their numbers look."""
+    from patronus.interpret.report_page import _fidelity_box
+    from patronus.interpret.trust import RECONSTRUCTION_BAR, fidelity_headline, trusted
+
+    before, after = torch.zeros(1, 3), torch.ones(1, 3)  # every edit delivers its request
+    edits = torch.zeros(1, 3, 1, 8, 8)
+    edits[..., :4, :4] = 0.5  # all inside the box
+    boxes = torch.tensor([0, 0, 4, 4]).expand(1, 3, 4).clone()
+    originals = torch.zeros(3, 1, 8, 8)
+    originals[0] += 0.1  # per-image MSE 0.01, 0.09, 0.25: median 0.09
+    originals[1] += 0.3
+    originals[2] -= 0.5
+    vis = visualization(before, after, torch.ones(1), edits, torch.zeros(3, 1, 8, 8), boxes,
+                        originals)  # fmt: skip
+    fidelity = edit_fidelity(vis)
+    torch.testing.assert_close(fidelity.reconstruction_mse, torch.tensor([0.01, 0.09, 0.25]))
+    summary = fidelity.summary()
+    assert summary["reconstruction_mse"] == pytest.approx(0.09)
+    assert summary["median_fidelity"] == 1.0 and summary["share_reaching_half"] == 1.0
+    assert summary["inside_outside_ratio"] == math.inf
+    assert RECONSTRUCTION_BAR < 0.09 and not trusted(summary)
+    sentence = fidelity_headline(summary)
+    assert "do not reproduce the images (median reconstruction MSE 0.09 > 0.05" in sentence
+    assert "more DDIM steps" in sentence
+    box = _fidelity_box(summary)
+    assert "Not judged here: the unedited decodes do not reproduce the images" in box
+    assert "<td>0.09</td><td>&lt;= 0.05</td>" in box.replace("\n", "")
+    faithful = {**summary, "reconstruction_mse": 0.004}
+    assert trusted(faithful) and "deliver what they ask for" in fidelity_headline(faithful)
+    assert "Not judged" not in _fidelity_box(faithful) and "0.004" in _fidelity_box(faithful)
+    unknown = {key: value for key, value in summary.items() if key != "reconstruction_mse"}
+    assert trusted(unknown)  # summaries written before the MSE was recorded

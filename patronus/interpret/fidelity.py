@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from patronus.interpret.what import PrototypeVisualization
+from patronus.interpret.what import PrototypeVisualization, per_image_mse
 from patronus.nn.proto_encoder import box_masks
 
 FIDELITY_RANGE = (-1.0, 2.0)
@@ -39,6 +39,7 @@ class EditFidelity:
     outside: torch.Tensor  # mean |pixel change| outside it (NaN if the box is the whole image)
     confined: bool = False  # edits decoded confined to a box: inside/outside by construction
     prototype_guided: bool = False  # edits nudged by s_J's gradient (interpret.prototype_guidance)
+    reconstruction_mse: torch.Tensor | None = None  # (n,) unedited decode vs image; None: unknown
 
     @property
     def raw(self) -> torch.Tensor:
@@ -56,7 +57,8 @@ class EditFidelity:
 
     def summary(self) -> dict[str, float | int]:
         """The headline numbers: median fidelity, share of edits reaching half their request, the
-        inside/outside change ratio, and how many edits they count."""
+        inside/outside change ratio, how many edits they count, and the median reconstruction
+        MSE of the images they were decoded from (NaN when unknown)."""
         fidelity = self.fidelity[self.requested > 0]
         outside = self.outside[~self.outside.isnan()]
         inside = self.inside[~self.outside.isnan()]
@@ -73,6 +75,9 @@ class EditFidelity:
             "edits_with_a_request": int(fidelity.numel()),
             "confined_to_box": self.confined,
             "prototype_guided": self.prototype_guided,
+            "reconstruction_mse": math.nan
+            if self.reconstruction_mse is None
+            else float(self.reconstruction_mse.median()),
         }
 
 
@@ -104,4 +109,5 @@ def edit_fidelity(vis: PrototypeVisualization) -> EditFidelity:
         outside=outside.reshape(count, n),
         confined=vis.region,
         prototype_guided=vis.prototype_guidance is not None,
+        reconstruction_mse=per_image_mse(vis.reconstructions, vis.originals).cpu().float(),
     )

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 
 import numpy as np
 
 from patronus.interpret.figures import SHARE_LIMITS
 from patronus.interpret.region import REGION_MARGIN
-from patronus.interpret.trust import GUIDED, TRUSTED, trusted
+from patronus.interpret.trust import (
+    RECONSTRUCTION_BAR,
+    TRUSTED,
+    trusted,
+    unjudged_because,
+)
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -70,8 +76,8 @@ def _guidance_setting(settings: dict | None) -> str:
 
 def _fidelity_box(summary: dict) -> str:
     """The headline: can the explanations below be trusted?"""
-    guided = bool(summary.get("prototype_guided"))
-    colour = "#fff4d6" if guided else "#e6f4ea" if trusted(summary) else "#fdecea"
+    unjudged = unjudged_because(summary)
+    colour = "#fff4d6" if unjudged else "#e6f4ea" if trusted(summary) else "#fdecea"
     rows = [
         ["median edit fidelity (delivered / requested activation change; 1 = all of it)",
          f"{summary['median_fidelity']:.2f}", f">= {TRUSTED['median_fidelity']}"],
@@ -83,8 +89,12 @@ def _fidelity_box(summary: dict) -> str:
          "not judged: edits decoded confined to the box"
          if summary.get("confined_to_box") else f">= {TRUSTED['inside_outside_ratio']:.0f}x"],
     ]  # fmt: skip
-    if guided:
-        verdict = f"Not judged here: {GUIDED}."
+    if not math.isnan(summary.get("reconstruction_mse", math.nan)):
+        mse = summary["reconstruction_mse"]
+        rows.append(["unedited decodes against their images (median MSE, images in [-1, 1])",
+                     f"{mse:.3g}", f"<= {RECONSTRUCTION_BAR}"])  # fmt: skip
+    if unjudged:
+        verdict = f"Not judged here: {'; and '.join(unjudged)}."
     elif trusted(summary):
         verdict = (
             "The edits deliver what they ask for, where the prototype fires: the explanations "
@@ -95,7 +105,7 @@ def _fidelity_box(summary: dict) -> str:
             "This model follows its prototypes only weakly: the edits below change the image "
             "less than they ask, or not where the prototype is. Read them with care."
         )
-    measured = "these guided edits" if guided else "this model"
+    measured = "these guided edits" if summary.get("prototype_guided") else "this model"
     return (
         f'<div style="background:{colour};padding:.5em 1em;border-radius:6px">'
         f"<p><b>Can these explanations be trusted?</b> {verdict}</p>"

@@ -3,16 +3,39 @@ sentence that says whether it does (the report's headline, the CLI's last line).
 
 from __future__ import annotations
 
+import math
+
 TRUSTED = {"median_fidelity": 0.7, "share_reaching_half": 0.8, "inside_outside_ratio": 3.0}
+# The median MSE (images in [-1, 1]) above which the unedited decodes no longer reproduce the
+# images, so the edits start from other images than those shown. The shipped Fashion-MNIST model
+# gives 0.0044 at 50 DDIM steps and 0.020 at 25; at 12 steps 0.12, with a jacket decoded almost
+# black and a sweater's logo gone (looked at).
+RECONSTRUCTION_BAR = 0.05
+
+
+def reconstructs(summary: dict) -> bool:
+    """Whether the unedited decodes reproduce the images (true when their MSE is unknown)."""
+    return not summary.get("reconstruction_mse", math.nan) > RECONSTRUCTION_BAR
 
 
 def trusted(summary: dict) -> bool:
-    """Whether edit fidelity clears every bar of ``TRUSTED`` (a NaN never does). Edits confined
-    to their box are local by construction: their inside/outside ratio is not judged."""
+    """Whether edit fidelity clears every bar of ``TRUSTED`` (a NaN never does) on decodes that
+    reproduce their images. Edits confined to their box are local by construction: their
+    inside/outside ratio is not judged."""
     bars = dict(TRUSTED)
     if summary.get("confined_to_box"):
         del bars["inside_outside_ratio"]
-    return all(summary[key] >= bar for key, bar in bars.items())
+    return reconstructs(summary) and all(summary[key] >= bar for key, bar in bars.items())
+
+
+def poor_reconstruction(summary: dict) -> str:
+    """Why edits of images that the decode does not reproduce are not judged."""
+    return (
+        f"the unedited decodes do not reproduce the images (median reconstruction MSE "
+        f"{summary['reconstruction_mse']:.3g} > {RECONSTRUCTION_BAR}, images in [-1, 1]), so "
+        "the edits start from other images than those shown: decode with more DDIM steps "
+        "(e.g. 50) before judging them"
+    )
 
 
 GUIDED = (
@@ -22,10 +45,16 @@ GUIDED = (
 )
 
 
+def unjudged_because(summary: dict) -> list[str]:
+    """Why the edits cannot be judged as the model's (nothing: they can)."""
+    reasons = [GUIDED] if summary.get("prototype_guided") else []
+    return reasons + ([] if reconstructs(summary) else [poor_reconstruction(summary)])
+
+
 def fidelity_headline(summary: dict) -> str:
     """One plain sentence on whether the edits (and so the explanations) can be trusted."""
-    if summary.get("prototype_guided"):
-        verdict = GUIDED
+    if unjudged_because(summary):
+        verdict = "; and ".join(unjudged_because(summary))
     elif trusted(summary):
         verdict = "the decoded edits deliver what they ask for, where the prototype fires"
     else:
