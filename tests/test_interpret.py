@@ -1,6 +1,7 @@
 """Interpretability on the synthetic shapes, whose factors and object boxes are known."""
 
 import base64
+import dataclasses
 import io
 import json
 import math
@@ -117,6 +118,23 @@ def test_unedited_decodes_have_flat_emergence_curves(trained, test_set):
     assert torch.equal(emergence.gap, torch.zeros_like(emergence.gap))
     assert (emergence.emergence_t == -1).all()
     assert emergence.timesteps.tolist() == sorted(emergence.timesteps.tolist(), reverse=True)
+    # the unedited decode's error, so a reader knows whether the curves start from the image
+    reconstruction = inversion.decode(trained, inversion.activations)
+    expected = (reconstruction - inversion.images).square().flatten(1).mean(1)
+    torch.testing.assert_close(emergence.reconstruction_mse, expected)
+
+
+def test_emergence_summary_warns_when_decodes_do_not_reproduce_the_images(tiny_inversion):
+    """3 steps of an untrained model decode other images: the one-line summary says so."""
+    from patronus.interpret.report import emergence_summary
+    from patronus.interpret.trust import RECONSTRUCTION_BAR
+
+    model, inversion, reference = tiny_inversion
+    emergence = trace_emergence(model, inversion, [0, 1], reference.amax(0)[[0, 1]])
+    assert float(emergence.reconstruction_mse.median()) > RECONSTRUCTION_BAR
+    assert "but the unedited decodes do not reproduce the images" in emergence_summary(emergence)
+    faithful = dataclasses.replace(emergence, reconstruction_mse=torch.full((3,), 0.001))
+    assert "reproduce" not in emergence_summary(faithful)
 
 
 def test_emergence_share_of_the_requested_change():

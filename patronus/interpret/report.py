@@ -19,7 +19,7 @@ from patronus.interpret import analyses, figures
 from patronus.interpret.fidelity import EditFidelity, edit_fidelity
 from patronus.interpret.prototype_guidance import PrototypeGuidance
 from patronus.interpret.report_page import report_page
-from patronus.interpret.trust import fidelity_headline
+from patronus.interpret.trust import fidelity_headline, poor_reconstruction, reconstructs
 from patronus.interpret.what import (
     activation_bounds,
     invert_images,
@@ -279,6 +279,9 @@ def write_emergence(
         "emergence_t": emergence.emergence_t.tolist(),
         "mean_gap": emergence.gap.mean(2).t().tolist(),
         "never_emerging": emergence.never_emerging(),
+        "reconstruction_mse": None
+        if emergence.reconstruction_mse is None
+        else emergence.reconstruction_mse.tolist(),
     }
     _write_results(out_dir, "emergence", numbers, _emergence_arrays(emergence))
     if log is not None:
@@ -296,9 +299,14 @@ def emergence_summary(emergence: Emergence) -> str:
         if never
         else ""
     )
+    caution = ""
+    if emergence.reconstruction_mse is not None:
+        mse = float(emergence.reconstruction_mse.median())
+        if not reconstructs({"reconstruction_mse": mse}):
+            caution = f"; but {poor_reconstruction({'reconstruction_mse': mse})}"
     return (
         f"emergence: {count - len(never)} of {count} prototypes emerge in at least one of "
-        f"{images} images{named}"
+        f"{images} images{named}{caution}"
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from patronus.interpret.what import Inversion, checked_indices, edited_activations
+from patronus.interpret.what import Inversion, checked_indices, edited_activations, per_image_mse
 from patronus.models import Patronus
 
 
@@ -33,6 +33,7 @@ class Emergence:
     emergence_t: torch.Tensor  # (J, n) int64 timestep, -1: did not emerge
     requested: torch.Tensor  # (J, n) the edit's value minus the reference's final s_J
     min_share: float  # J emerges only where its final gap reaches this share of ``requested``
+    reconstruction_mse: torch.Tensor | None = None  # (n,) the unedited decode against each image
 
     @property
     def gap(self) -> torch.Tensor:
@@ -92,6 +93,7 @@ def trace_emergence(
         for step in inversion.decode_steps(model, s, x_T, edit_guidance):
             traced.append(model.encode(step.pred_x0))
             timesteps.append(step.t)
+            decoded = step.pred_x0[:n]  # after the last step: the unedited decode
     finally:
         model.train(was_training)
     activations = torch.stack(traced)  # (S, (J + 1) n, P)
@@ -105,5 +107,5 @@ def trace_emergence(
     emergence_t = torch.where(steps >= 0, timestep_table[steps.clamp_min(0).cpu()], -1)
     return Emergence(
         prototypes, timestep_table, edit.cpu(), reference.cpu(), steps.cpu(), emergence_t.cpu(),
-        requested.cpu(), min_share,
+        requested.cpu(), min_share, per_image_mse(decoded, inversion.images).cpu(),
     )  # fmt: skip
