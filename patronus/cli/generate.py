@@ -163,10 +163,8 @@ def sample(args: argparse.Namespace) -> int:
     save_grid(torch.cat([row[:shown] for row in grid_rows]), out / "samples.png", nrow=shown)
     save_tensors({"samples": samples, "activations": s}, out / "samples.safetensors")
     first = "originals, then " if originals is not None else ""
-    which = f" (the first {shown} of {s.shape[0]}; all in samples.safetensors)"
-    print(
-        f"samples.png: {first}{args.variations} row(s) of samples{which if shown < len(s) else ''}"
-    )
+    more = f" (the first {shown} of {len(s)}; all in samples.safetensors)" if shown < len(s) else ""
+    print(f"samples.png: {first}{args.variations} row(s) of samples{more}")
     report_written(out, started)
     return 0
 
@@ -197,8 +195,8 @@ def invert(args: argparse.Namespace) -> int:
         s = model.encode(images)
     say(f"inverting {images.shape[0]} image(s) and decoding them back, {args.steps} DDIM steps")
     latents, decoded = [], []
+    scale = args.guidance_scale
     for images_part, s_part, bar in _batches(args, images, s):
-        scale = args.guidance_scale
         latents.append(model.invert(images_part, s_part, args.steps, progress=bar,
                                     guidance_scale=scale))  # fmt: skip
         decoded.append(model.sample(s_part, args.steps, x_T=latents[-1], progress=bar,
