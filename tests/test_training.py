@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from patronus.data import SyntheticShapes
 from patronus.models.presets import get_preset
 from patronus.train import TrainConfig, Trainer
 from patronus.train.divergence import TrainingDiverged
+from patronus.train.trainer import TrainingInterrupted
 
 PRESET = get_preset("synthetic-tiny")
 
@@ -64,6 +66,88 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     rows_a = [(r["step"], r["loss"]) for r in straight.metrics.rows()]
     rows_b = [(r["step"], r["loss"]) for r in resumed.metrics.rows()]
     assert rows_a == rows_b
+
+
+def _signal_inside_step(trainer, step, count):
+    """Send ``count`` SIGINTs to this process from inside training step ``step``, after the
+    optimizer has updated the weights and before the EMA follows them."""
+    update, calls = trainer.ema.update, []
+
+    def update_with_signals(model):
+        calls.append(1)
+        if len(calls) == step:
+            for _ in range(count):
+                os.kill(os.getpid(), signal.SIGINT)
+        update(model)
+
+    trainer.ema.update = update_with_signals
+
+
+def test_a_signal_in_the_middle_of_a_step_stops_after_it_and_resumes_bit_exactly(tmp_path):
+    """Ctrl-C used to raise wherever it landed: inside a step, the checkpoint then held the new
+    weights, the old EMA and the previous step's number. Now the step completes first."""
+    straight = make_trainer(tmp_path / "a", max_steps=6, ema_decay=0.9, log_every=1)
+    straight.fit()
+    first = make_trainer(tmp_path / "b", max_steps=6, ema_decay=0.9, log_every=1)
+    _signal_inside_step(first, step=3, count=1)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        first.fit()
+    assert stopped.value.signal_number == signal.SIGINT
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*")) == [
+        "step_0000003"
+    ]
+    assert [row["step"] for row in first.metrics.rows()] == [1, 2, 3]
+    resumed = make_trainer(tmp_path / "b", max_steps=6, ema_decay=0.9, log_every=1, model_seed=9)
+    assert resumed.resume() == 3
+    resumed.fit()
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    for name, value in straight.ema.state_dict().items():
+        assert torch.equal(value, resumed.ema.state_dict()[name]), name
+
+
+def test_a_second_signal_stops_at_once_and_saves_nothing_half_done(tmp_path, capsys):
+    trainer = make_trainer(tmp_path, max_steps=6, ema_decay=0.9, checkpoint_every=2)
+    _signal_inside_step(trainer, step=3, count=2)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    # step 3 was cut short: only the checkpoint of step 2 exists
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_0000002"]
+    assert "interrupted in the middle of step 3: nothing saved" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def _agree(rank: int, port: int, received: list[list[int]], results) -> None:
+    import torch.distributed as dist
+
+    from patronus.train.distributed import DistributedContext
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=len(received))  # fmt: skip
+    try:
+        context = DistributedContext(rank, len(received), torch.device("cpu"), True)
+        results[rank] = context.agreed_signal(received[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("received", [[[], [15]], [[2], []], [[], []]])
+def test_every_process_agrees_on_a_signal_one_of_them_received(received):
+    """Under DDP a signal reaches the processes at slightly different moments: all must stop
+    after the same step (a process that went on would wait in its all-reduce for ever)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_agree, args=(port, received, results), nprocs=2)
+    expected = max((r[0] for r in received if r), default=0)
+    assert dict(results) == {0: expected, 1: expected}
 
 
 def test_a_diverging_training_stops_and_keeps_its_last_good_checkpoint(tmp_path):

@@ -28,6 +28,16 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def agreed_signal(self, received: list[int]) -> int:
+        """The signal any process received (0: none), the same on every process, so that all
+        stop after the same step (one scalar all-reduce; nothing without DDP)."""
+        mine = received[0] if received else 0
+        if not self.enabled:
+            return mine
+        flag = torch.tensor([mine], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
     def close(self) -> None:
         if self.initialized_here and dist.is_initialized():
             dist.destroy_process_group()

@@ -12,6 +12,7 @@ import copy
 import json
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +61,9 @@ from patronus.utils.images import save_grid
 LOSS_CURVE_FILE = "loss_curve.png"
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by a signal (SIGINT or SIGTERM) after saving a checkpoint."""
 
@@ -69,20 +73,27 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @contextmanager
-def _sigterm_interrupts():
-    """Within the block, SIGTERM interrupts like Ctrl-C (main thread only; restored after)."""
+def _deferred_interrupts() -> Iterator[list[int]]:
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM are recorded in the list it yields, for the
+    training loop to stop at the end of the step it is in: an interrupt raised in the middle of a
+    step would leave the weights, optimizer and EMA of different steps. A second signal
+    interrupts at once. Main thread only (elsewhere nothing is installed); restored after."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
-    def interrupt(number, frame):
-        raise TrainingInterrupted(number)
+    def defer(number, frame):
+        if received:
+            raise TrainingInterrupted(number)
+        received.append(number)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, defer) for number in STOP_SIGNALS}
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class _Objective(nn.Module):
@@ -293,10 +304,12 @@ class Trainer:
                         "`patronus train --resume`) or clear it first (`--overwrite`)"
                     )
                 recover_interrupted_writes(self.checkpoints_dir)
-            stack.enter_context(_sigterm_interrupts())
-            return self._fit(on_step)
+            stop = stack.enter_context(_deferred_interrupts())
+            return self._fit(on_step, stop)
 
-    def _fit(self, on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
+    def _fit(
+        self, on_step: Callable[[int, dict[str, float]], None] | None, stop: list[int]
+    ) -> dict[str, Any]:
         config = self.config
         self.model.train()  # a loaded model comes in eval mode; dropout and condition dropout on
         sampler = _StepBatches(
@@ -325,13 +338,15 @@ class Trainer:
         started = time.perf_counter()
         window_start, window_images = started, 0
         sums: dict[str, torch.Tensor] = {}
-        saved_step = -1
+        saved_step, mid_step = -1, False
         try:
             with torch.random.fork_rng(devices=rng_devices):
                 for batch in loader:
                     x0 = batch[0].to(self.device, non_blocking=True)
+                    mid_step = True
                     values = self._train_step(x0)
                     self.step += 1
+                    mid_step = False
                     window_images += x0.shape[0] * self.dist.world_size
                     for key, value in values.items():
                         sums[key] = sums.get(key, 0) + value.float()
@@ -362,9 +377,18 @@ class Trainer:
                         saved_step = self.step
                     if samples:
                         self.write_samples()
+                    stop_signal = self.dist.agreed_signal(stop)
+                    if stop_signal:
+                        raise TrainingInterrupted(stop_signal)
         except KeyboardInterrupt as interrupt:
             diverged = bool(non_finite_parameters(self.model))  # nothing of it is saved
-            if self.dist.is_main and self.step > 0 and saved_step != self.step and not diverged:
+            if mid_step:  # a second signal, or an interrupt from outside the handlers
+                print(
+                    f"\ninterrupted in the middle of step {self.step + 1}: nothing saved "
+                    f"(the last checkpoint: {self._latest_checkpoint() or 'none'})",
+                    file=sys.stderr,
+                )
+            elif self.dist.is_main and self.step > 0 and saved_step != self.step and not diverged:
                 path = self.save_checkpoint()
                 print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}")
             if isinstance(interrupt, TrainingInterrupted):
