@@ -30,7 +30,8 @@ class DistributedContext:
 
     def agreed_signal(self, received: list[int]) -> int:
         """The signal any process received (0: none), the same on every process, so that all
-        stop after the same step (one scalar all-reduce; nothing without DDP)."""
+        stop after the same step (one scalar all-reduce and a host synchronisation: the trainer
+        asks on the steps it logs; nothing without DDP)."""
         mine = received[0] if received else 0
         if not self.enabled:
             return mine

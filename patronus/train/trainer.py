@@ -377,9 +377,11 @@ class Trainer:
                         saved_step = self.step
                     if samples:
                         self.write_samples()
-                    stop_signal = self.dist.agreed_signal(stop)
-                    if stop_signal:
-                        raise TrainingInterrupted(stop_signal)
+                    # under DDP the processes agree on a stop where they synchronise anyway
+                    if logs or saves or samples or not self.dist.enabled:
+                        stop_signal = self.dist.agreed_signal(stop)
+                        if stop_signal:
+                            raise TrainingInterrupted(stop_signal)
         except KeyboardInterrupt as interrupt:
             diverged = bool(non_finite_parameters(self.model))  # nothing of it is saved
             if mid_step:  # a second signal, or an interrupt from outside the handlers
