@@ -198,3 +198,44 @@ def test_the_shipped_model_exports_and_imports_bit_exactly(tmp_path, capsys):
     assert main(["import-diffusers", str(pipeline), "--out", str(again), "--overwrite"]) == 2
     assert "is not only a checkpoint (notes.txt)" in capsys.readouterr().err
     assert (again / "notes.txt").read_text() == "mine"
+
+
+def test_import_refuses_damaged_and_foreign_pipeline_folders_in_one_line(tmp_path, capsys):
+    """Each of these was a diffusers traceback (or, for another pipeline's unet, an
+    AttributeError after loading it); nothing is written for any of them."""
+    import json
+    import shutil
+
+    good = tmp_path / "good"
+    assert main(["export-diffusers", str(SHIPPED), str(good)]) == 0
+    capsys.readouterr()
+
+    def damaged(name, change):
+        folder = shutil.copytree(good, tmp_path / name)
+        change(folder)
+        return folder
+
+    def index(folder, **changes):
+        path = folder / "model_index.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+    cases = {
+        "another pipeline": (lambda f: index(f, _class_name="DDPMPipeline"),
+                             "holds a DDPMPipeline pipeline, not a PatronusPipeline"),
+        "another unet": (lambda f: index(f, unet=["diffusers", "UNet2DModel"]),
+                         "its unet is a UNet2DModel, not the PatronusDenoiser"),
+        "index not JSON": (lambda f: (f / "model_index.json").write_text("{"),
+                           "is not a readable pipeline index"),
+        "no unet config": (lambda f: (f / "unet" / "config.json").unlink(),
+                           "holds no readable PatronusPipeline: Error no file named config.json"),
+        "weights not safetensors": (
+            lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").write_text("x"),
+            "holds no readable PatronusPipeline: Unable to load weights"),
+    }  # fmt: skip
+    for number, (name, (change, message)) in enumerate(cases.items()):
+        folder = damaged(f"case{number}", change)
+        out = tmp_path / f"out{number}"
+        assert main(["import-diffusers", str(folder), "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (name, err)
+        assert not out.exists(), name

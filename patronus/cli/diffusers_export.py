@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from patronus.cli import arguments as a
@@ -71,15 +72,40 @@ def export_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_pipeline_index(folder: Path) -> None:
+    """Refuse, before loading anything, a folder that is not a PatronusPipeline."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise CommandError(f"{folder} is not a pipeline folder (no model_index.json)")
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (ValueError, AttributeError, OSError) as error:
+        raise CommandError(f"{index} is not a readable pipeline index: {error}") from error
+    if name != "PatronusPipeline":
+        raise CommandError(
+            f"{folder} holds a {name} pipeline, not a PatronusPipeline (the folders "
+            "`patronus export-diffusers` writes)"
+        )
+
+
 def import_pipeline(args: argparse.Namespace) -> int:
     from patronus.checkpoint import save_model
 
     pipelines = _pipeline_module()
     started = now()
-    if not (args.pipeline / "model_index.json").is_file():
-        raise CommandError(f"{args.pipeline} is not a pipeline folder (no model_index.json)")
+    _check_pipeline_index(args.pipeline)
     out = output_folder(_destination(args), "checkpoint", args.overwrite)
-    pipe = pipelines.PatronusPipeline.from_pretrained(args.pipeline)
+    try:  # a file missing, truncated or not what the index names: diffusers says which
+        # our models are small: without accelerate, loading them whole is what diffusers does
+        pipe = pipelines.PatronusPipeline.from_pretrained(args.pipeline, low_cpu_mem_usage=False)
+    except OSError as error:
+        message = f"{args.pipeline} holds no readable PatronusPipeline: {error}"
+        raise CommandError(message) from error
+    if not isinstance(pipe.unet, pipelines.PatronusDenoiser):
+        raise CommandError(
+            f"{args.pipeline}: its unet is a {type(pipe.unet).__name__}, not the PatronusDenoiser "
+            "that `patronus export-diffusers` writes"
+        )
     metadata = pipe.unet.config.metadata or {}
     save_model(pipe.patronus, out, metadata=dict(metadata))
     report_written(out, started)
