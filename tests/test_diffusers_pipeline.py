@@ -223,7 +223,8 @@ def test_import_refuses_damaged_and_foreign_pipeline_folders_in_one_line(tmp_pat
         "another pipeline": (lambda f: index(f, _class_name="DDPMPipeline"),
                              "holds a DDPMPipeline pipeline, not a PatronusPipeline"),
         "another unet": (lambda f: index(f, unet=["diffusers", "UNet2DModel"]),
-                         "its unet is a UNet2DModel, not the PatronusDenoiser"),
+                         "unet must be a PatronusDenoiser (as `patronus export-diffusers` "
+                         "writes), got a UNet2DModel"),
         "index not JSON": (lambda f: (f / "model_index.json").write_text("{"),
                            "is not a readable pipeline index"),
         "no unet config": (lambda f: (f / "unet" / "config.json").unlink(),

@@ -76,6 +76,11 @@ class PatronusPipeline(DiffusionPipeline):
     """Conditional generation from prototype activations (or the activations of images)."""
 
     def __init__(self, unet: PatronusDenoiser, scheduler: SchedulerMixin) -> None:
+        if not isinstance(unet, PatronusDenoiser):  # e.g. another pipeline's folder
+            raise TypeError(
+                f"unet must be a PatronusDenoiser (as `patronus export-diffusers` writes), got a "
+                f"{type(unet).__name__}"
+            )
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
