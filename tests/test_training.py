@@ -42,6 +42,15 @@ def test_a_few_hundred_steps_lower_the_loss_clearly(tmp_path):
     assert last < 0.2 * first, losses
 
 
+def _assert_same_weights_and_ema(straight, resumed):
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    for name, value in straight.ema.state_dict().items():
+        assert torch.equal(value, resumed.ema.state_dict()[name]), name
+
+
 def test_resume_after_interruption_is_bit_exact(tmp_path):
     straight = make_trainer(tmp_path / "a", max_steps=8, ema_decay=0.9)
     straight.fit()
@@ -57,12 +66,7 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     resumed = make_trainer(tmp_path / "b", max_steps=8, ema_decay=0.9, model_seed=123)
     assert resumed.resume() == 4
     resumed.fit()
-    for (name, a), (_, b) in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    for name, value in straight.ema.state_dict().items():
-        assert torch.equal(value, resumed.ema.state_dict()[name]), name
+    _assert_same_weights_and_ema(straight, resumed)
     rows_a = [(r["step"], r["loss"]) for r in straight.metrics.rows()]
     rows_b = [(r["step"], r["loss"]) for r in resumed.metrics.rows()]
     assert rows_a == rows_b
@@ -100,12 +104,7 @@ def test_a_signal_in_the_middle_of_a_step_stops_after_it_and_resumes_bit_exactly
     resumed = make_trainer(tmp_path / "b", max_steps=6, ema_decay=0.9, log_every=1, model_seed=9)
     assert resumed.resume() == 3
     resumed.fit()
-    for (name, a), (_, b) in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    for name, value in straight.ema.state_dict().items():
-        assert torch.equal(value, resumed.ema.state_dict()[name]), name
+    _assert_same_weights_and_ema(straight, resumed)
 
 
 def test_a_second_signal_stops_at_once_and_saves_nothing_half_done(tmp_path, capsys):
