@@ -45,3 +45,7 @@ class MissingFileError(PatronusError, FileNotFoundError):
 
 class InvalidFileError(PatronusError, ValueError):
     """A file exists but does not hold what it should."""
+
+
+class MissingDependencyError(PatronusError, ImportError):
+    """An optional package a feature needs is not installed (the message says how to)."""

@@ -380,3 +380,18 @@ def test_activation_prior_flags_and_a_prior_of_another_model_are_refused(tiny_ru
         assert message in capsys.readouterr().err, command
         # refused before any work: no samples, no classifier trained
         assert not out.exists() or not any(out.rglob("*")), command
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_the_install(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    """scikit-learn is an optional extra: without it the probes said so at the end of an
+    ImportError traceback; now in the command's one-line error, and nothing is left behind."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)  # import fails as if absent
+    out = tmp_path / "probes"
+    command = ["evaluate", "probes", str(tiny_run), "--limit", "40", "--no-progress"]
+    assert main([*command, "--out", str(out)]) == 2
+    assert "linear probes need scikit-learn: pip install scikit-learn" in capsys.readouterr().err
+    assert not out.exists()

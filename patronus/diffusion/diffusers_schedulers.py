@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from patronus.errors import MissingDependencyError
+
 try:
     from diffusers import (
         DDIMInverseScheduler,
@@ -39,7 +41,7 @@ try:
     from diffusers.schedulers.scheduling_utils import SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # pragma: no cover - exercised without diffusers only
-    raise ImportError(
+    raise MissingDependencyError(
         "patronus.diffusion.diffusers_schedulers needs diffusers: pip install diffusers"
     ) from error
 

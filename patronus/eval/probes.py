@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from patronus.errors import MissingDependencyError
 from patronus.eval._inputs import check_features
 from patronus.eval.roc import factor_auroc, roc_auc
 
@@ -65,7 +66,8 @@ def linear_probes(
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
     except ImportError as error:
-        raise ImportError("linear probes need scikit-learn: pip install scikit-learn") from error
+        message = "linear probes need scikit-learn: pip install scikit-learn"
+        raise MissingDependencyError(message) from error
     _check_probe_inputs(activations, labels, names)
     x = activations.double().numpy()
     results = {}

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from patronus.errors import MissingDependencyError
+
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 
 
@@ -27,7 +29,7 @@ def _diffusers():
         import diffusers
     except ImportError as error:  # pragma: no cover - exercised without diffusers only
         message = "a diffusers_unet denoiser needs diffusers: pip install diffusers"
-        raise ImportError(message) from error
+        raise MissingDependencyError(message) from error
     return diffusers
 
 

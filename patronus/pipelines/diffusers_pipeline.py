@@ -20,11 +20,13 @@ from typing import Any
 
 import torch
 
+from patronus.errors import MissingDependencyError
+
 try:
     from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, ModelMixin
     from diffusers.configuration_utils import register_to_config
 except ImportError as error:  # pragma: no cover - exercised without diffusers only
-    raise ImportError(
+    raise MissingDependencyError(
         "patronus.pipelines.diffusers_pipeline needs diffusers: pip install diffusers"
     ) from error
 
