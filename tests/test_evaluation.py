@@ -253,7 +253,13 @@ def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
     fid = json.loads((tmp_path / "f" / "fid.json").read_text())
     assert fid["fid"] >= 0 and fid["generated"] == 32
     assert len(list((tmp_path / "f" / "samples").glob("*.png"))) == 32
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    from patronus.eval.classifier import load_classifier
+
+    embedded = load_classifier(tmp_path / "f" / "classifier").embed(torch.zeros(1, 3, 24, 24))
+    assert fid["feature_dim"] == embedded.shape[1] > 32  # so the note on the bias is printed
+    assert f"fewer than the {fid['feature_dim']} feature dimensions" in captured.err
     assert f"wrote 32 files in {tmp_path / 'f' / 'samples'}/" in printed
     assert f"wrote {tmp_path / 'f' / 'fid.json'}" in printed
     # nothing was written into the checkpoint's run folder

@@ -273,6 +273,13 @@ def run_fid(args: argparse.Namespace) -> int:
     reference = torch.stack([reference_set[i][0] for i in range(count)])
     say(f"features and distances of {len(generated)} generated vs {count} {reference_name}")
     result = distances(extractor, generated, reference, args.seed)
+    if min(result["generated"], result["reference"]) < result["feature_dim"]:
+        say(
+            f"note: FID from {result['generated']} generated and {result['reference']} reference "
+            f"images, fewer than the {result['feature_dim']} feature dimensions: the covariances "
+            "are singular and the FID is biased upwards; compare it only with FIDs of as many "
+            "images (KID is unbiased)"
+        )
     result.update(
         features=features,
         steps=args.steps,

@@ -57,7 +57,9 @@ def features_of(extractor: Features, images: torch.Tensor, batch_size: int = 256
 def distances(
     extractor: Features, generated: torch.Tensor, reference: torch.Tensor, seed: int = 0
 ) -> dict[str, float]:
-    """Fréchet distance and KID (mean, std) between generated and reference images."""
+    """Fréchet distance and KID (mean, std) between generated and reference images, the counts
+    and the feature dimension D (with fewer images than D the covariances are singular and the
+    FID is biased upwards: it compares only with FIDs of as many images; KID is unbiased)."""
     fake, real = features_of(extractor, generated), features_of(extractor, reference)
     fid = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
     kid, kid_std = kernel_distance(fake, real, generator=torch.Generator().manual_seed(seed))
@@ -67,4 +69,5 @@ def distances(
         "kid_std": kid_std,
         "generated": len(generated),
         "reference": len(reference),
+        "feature_dim": fake.shape[1],
     }
