@@ -228,6 +228,12 @@ def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
         )
         == 0
     )
+    # samples without originals or variations wrap, 16 to a row (4 here: one row of 4)
+    from PIL import Image
+
+    assert "samples.png: 4 samples, 4 per row" in capsys.readouterr().out
+    grid = Image.open(tmp_path / "u" / "samples.png")
+    assert grid.width > 4 * 24 > grid.height > 24
     assert (
         main(
             [

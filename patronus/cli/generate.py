@@ -23,6 +23,7 @@ from patronus.diffusion.samplers import DEFAULT_STEPS
 from patronus.utils.json_files import finite_json
 
 GRID_COLUMNS = 64  # images shown side by side in samples.png / reconstructions.png
+WRAPPED_COLUMNS = 16  # per row when samples have no originals or variations to align with
 
 
 def _add_inputs(parser: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
@@ -159,12 +160,18 @@ def sample(args: argparse.Namespace) -> int:
     samples = torch.stack(rows, 1)  # (B, variations, C, H, W)
     check_finite(samples.flatten(0, 1), "samples")
     shown = min(s.shape[0], GRID_COLUMNS)
-    grid_rows = ([] if originals is None else [originals]) + rows
-    save_grid(torch.cat([row[:shown] for row in grid_rows]), out / "samples.png", nrow=shown)
-    save_tensors({"samples": samples, "activations": s}, out / "samples.safetensors")
-    first = "originals, then " if originals is not None else ""
     more = f" (the first {shown} of {len(s)}; all in samples.safetensors)" if shown < len(s) else ""
-    print(f"samples.png: {first}{args.variations} row(s) of samples{more}")
+    if originals is None and args.variations == 1:  # nothing to align: wrap the samples
+        columns = min(shown, WRAPPED_COLUMNS)
+        save_grid(rows[0][:shown], out / "samples.png", nrow=columns)
+        layout = f"{shown} samples, {columns} per row{more}"
+    else:  # a column per activation vector: its image, then its samples
+        grid_rows = ([] if originals is None else [originals]) + rows
+        save_grid(torch.cat([row[:shown] for row in grid_rows]), out / "samples.png", nrow=shown)
+        first = "originals, then " if originals is not None else ""
+        layout = f"{first}{args.variations} row(s) of samples{more}"
+    save_tensors({"samples": samples, "activations": s}, out / "samples.safetensors")
+    print(f"samples.png: {layout}")
     report_written(out, started)
     return 0
 
