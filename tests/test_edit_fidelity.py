@@ -96,3 +96,5 @@ def test_summary_holds_the_median_reconstruction_mse_and_trust_needs_a_faithful_
     assert "Not judged" not in _fidelity_box(faithful) and "0.004" in _fidelity_box(faithful)
     unknown = {key: value for key, value in summary.items() if key != "reconstruction_mse"}
     assert trusted(unknown)  # summaries written before the MSE was recorded
+    as_json = {**summary, "reconstruction_mse": None}  # NaN as finite_json writes it
+    assert trusted(as_json) and "unedited decodes" not in _fidelity_box(as_json)

@@ -89,8 +89,8 @@ def _fidelity_box(summary: dict) -> str:
          "not judged: edits decoded confined to the box"
          if summary.get("confined_to_box") else f">= {TRUSTED['inside_outside_ratio']:.0f}x"],
     ]  # fmt: skip
-    if not math.isnan(summary.get("reconstruction_mse", math.nan)):
-        mse = summary["reconstruction_mse"]
+    mse = summary.get("reconstruction_mse")
+    if mse is not None and not math.isnan(mse):
         rows.append(["unedited decodes against their images (median MSE, images in [-1, 1])",
                      f"{mse:.3g}", f"<= {RECONSTRUCTION_BAR}"])  # fmt: skip
     if unjudged:

@@ -3,8 +3,6 @@ sentence that says whether it does (the report's headline, the CLI's last line).
 
 from __future__ import annotations
 
-import math
-
 TRUSTED = {"median_fidelity": 0.7, "share_reaching_half": 0.8, "inside_outside_ratio": 3.0}
 # The median MSE (images in [-1, 1]) above which the unedited decodes no longer reproduce the
 # images, so the edits start from other images than those shown. The shipped Fashion-MNIST model
@@ -14,8 +12,10 @@ RECONSTRUCTION_BAR = 0.05
 
 
 def reconstructs(summary: dict) -> bool:
-    """Whether the unedited decodes reproduce the images (true when their MSE is unknown)."""
-    return not summary.get("reconstruction_mse", math.nan) > RECONSTRUCTION_BAR
+    """Whether the unedited decodes reproduce the images (true when their MSE is unknown: NaN,
+    or None as JSON writes NaN)."""
+    mse = summary.get("reconstruction_mse")
+    return mse is None or not mse > RECONSTRUCTION_BAR
 
 
 def trusted(summary: dict) -> bool:
