@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from patronus.cli import main
 from patronus.data import CelebA
@@ -407,3 +407,37 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_install(
     assert main([*command, "--out", str(out)]) == 2
     assert "linear probes need scikit-learn: pip install scikit-learn" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_probes_refuse_images_whose_labels_never_vary(tiny_run, tmp_path, capsys, monkeypatch):
+    """A folder without class folders labels every image 0: the probes wrote a probes.json of
+    nulls (folds 0) as if they had measured something."""
+    import patronus.cli.evaluate as evaluate
+    from patronus.eval.attributes import attribute_table
+
+    real = evaluate.dataset_builder
+
+    class Unlabelled(Dataset):
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def __len__(self):
+            return len(self.dataset)
+
+        def __getitem__(self, index):
+            image, label = self.dataset[index]
+            return image, torch.zeros_like(label)
+
+    def unlabelled(*args):
+        spec, build = real(*args)
+        return spec, lambda name: Unlabelled(build(name))
+
+    monkeypatch.setattr(evaluate, "dataset_builder", unlabelled)
+    out = tmp_path / "probes"
+    command = ["evaluate", "probes", str(tiny_run), "--limit", "40", "--no-progress"]
+    assert main([*command, "--out", str(out)]) == 2
+    assert "carry no label that varies" in capsys.readouterr().err
+    assert not out.exists()
+    labels = torch.tensor([[0.0, 1.0], [1.0, 1.0], [float("nan"), 1.0]])
+    table = attribute_table("chexpert", labels, ["a", "b"])
+    assert table.varying() == ["a"]

@@ -158,6 +158,11 @@ def run_probes(args: argparse.Namespace) -> int:
             f"{args.folds}-fold probes need {args.folds} or more images, got {len(activations)}"
         )
     table = attribute_table(spec["name"], labels, getattr(train, "attribute_names", None))
+    if not table.varying():
+        raise CommandError(
+            f"the {len(activations)} {spec['name']} training images carry no label that varies "
+            "(a folder without class folders, FFHQ): probes and TAD need labelled images"
+        )
     say(f"{args.folds}-fold linear probes")
     result = {
         "dataset": spec["name"],

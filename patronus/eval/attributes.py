@@ -17,6 +17,14 @@ class Attributes:
     binary: list[bool]
     groups: list[str]  # attributes of one group (values of one factor) are not compared for TAD
 
+    def varying(self) -> list[str]:
+        """The attributes that take two or more values (missing ones left out)."""
+        return [
+            name
+            for name, column in zip(self.names, self.values.t(), strict=True)
+            if column[~column.isnan()].unique().numel() >= 2
+        ]
+
     def binary_only(self) -> Attributes:
         keep = [i for i, b in enumerate(self.binary) if b]
         return Attributes(
