@@ -70,13 +70,16 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
         (["--preset", "fmnist-cpu"], "--preset fmnist-cpu (the run has synthetic-tiny)"),
         (["--batch-size", "4", "--seed", "3"], "--batch-size 4 (the run has 8), --seed 3"),
         (["--grad-clip", "0"], "--grad-clip 0.0 (the run has 1.0)"),
+        # a flag at its parser default counts as given (it used to be indistinguishable)
+        (["--amp", "auto"], "--amp auto (the run has off)"),
         (["--epochs", "2"], "--epochs applies to a new run only"),
     ]:
         assert main([*resume, "--steps", "3", *flags]) == 2, flags
         assert message in capsys.readouterr().err
     assert not (run / "checkpoints" / "step_0000003").exists()
     (tmp_path / "data").rename(tmp_path / "moved")  # the data moved: --data-dir follows it
-    same = ["--preset", "synthetic-tiny", "--batch-size", "8", "--amp", "off"]  # as saved
+    same = ["--preset", "synthetic-tiny", "--batch-size", "8", "--amp", "off",
+            "--grad-clip", "1.0"]  # as saved (1.0 also the default)  # fmt: skip
     command = [*resume, *same, "--steps", "3", "--data-dir", str(tmp_path / "moved")]
     assert main([*command, "--num-workers", "1"]) == 0
     capsys.readouterr()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from patronus._version import __version__
 from patronus.cli import diffusers_export, evaluate, generate, interpret, train
 from patronus.cli.outputs import removing_empty_outputs_on_failure
+from patronus.cli.resume_flags import given_options
 from patronus.errors import PatronusError
 
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.given_options = given_options(build_parser, argv)  # which flags the user typed
     try:
         with removing_empty_outputs_on_failure():
             return args.handler(args)

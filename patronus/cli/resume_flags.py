@@ -4,6 +4,7 @@ would change one of them is refused (it was silently ignored), and so is another
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from patronus.cli.outputs import CommandError
@@ -38,9 +39,19 @@ SAVED_AT: dict[str, tuple[str, ...]] = {
 RESUMABLE = "--steps, --data-dir, --device, --num-workers and --no-progress"
 
 
-def parser_defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The defaults of the flags in ``SAVED_AT`` (a flag left at its default says nothing)."""
-    return {dest: parser.get_default(dest) for dest in SAVED_AT}
+def given_options(build_parser: Callable[[], argparse.ArgumentParser], argv) -> set[str]:
+    """The dests of the options on the command line ``argv`` (None: ``sys.argv``), whatever
+    their values: a flag given at its default value counts too. The arguments are parsed again
+    by a fresh parser whose options, in every subcommand, default to nothing."""
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings:
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def _saved_value(saved: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -57,18 +68,17 @@ def _as_saved(dest: str, value: Any) -> Any:
     return value
 
 
-def check_resume_flags(
-    args: argparse.Namespace, defaults: dict[str, Any], saved: dict[str, Any]
-) -> None:
-    """Refuse flags given with --resume that differ from the run's saved settings, naming both
-    values. ``saved`` is the checkpoint's config.json; ``defaults`` from :func:`parser_defaults`."""
+def check_resume_flags(args: argparse.Namespace, saved: dict[str, Any]) -> None:
+    """Refuse flags given with --resume (``args.given_options``, from :func:`given_options`)
+    that differ from the run's saved settings, naming both values. ``saved`` is the
+    checkpoint's config.json."""
     if args.epochs is not None:
         raise CommandError("--resume continues to --steps; --epochs applies to a new run only")
     conflicts = []
     for dest, path in SAVED_AT.items():
-        given = getattr(args, dest)
-        if given == defaults[dest]:
+        if dest not in args.given_options:
             continue
+        given = getattr(args, dest)
         kept = _saved_value(saved, path)
         if _as_saved(dest, given) != kept:
             conflicts.append(f"--{dest.replace('_', '-')} {given} (the run has {kept})")

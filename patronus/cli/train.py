@@ -12,7 +12,7 @@ import torch
 
 from patronus.cli import arguments as a
 from patronus.cli.outputs import CommandError, say
-from patronus.cli.resume_flags import check_resume_flags, parser_defaults
+from patronus.cli.resume_flags import check_resume_flags
 from patronus.data.errors import DataLayoutError
 
 DEFAULT_PRESET = "fmnist-cpu"
@@ -151,7 +151,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     a.add_device(parser, default=None)
     a.add_progress(parser)
-    parser.set_defaults(handler=run, saved_setting_defaults=parser_defaults(parser))
+    parser.set_defaults(handler=run)
 
 
 def _dataset(spec: dict, image_shape: tuple[int, int, int]):
@@ -266,7 +266,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         folder = resolve_checkpoint(args.out)
         saved = read_config(folder)
-        check_resume_flags(args, args.saved_setting_defaults, saved)
+        check_resume_flags(args, saved)
         preset_name = saved.get("preset", preset_name)
         try:
             model_config = PatronusConfig.from_dict(saved["model"])
