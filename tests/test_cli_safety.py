@@ -200,6 +200,80 @@ def test_signals_save_a_checkpoint_and_exit_without_a_traceback(tmp_path, signal
     assert resolve_checkpoint(run).name == f"step_{step:07d}"
 
 
+SLOW_DATA = """
+import time
+from torch.utils.data import Dataset
+
+class Slow(Dataset):  # training waits for its workers, as on real data read from disk
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        time.sleep(0.05)
+        return self.inner[index]
+"""
+
+TRAIN_WITH_WORKERS = """
+import multiprocessing
+import sys
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1], force=True)
+    from slow_data import Slow
+
+    from patronus import Patronus
+    from patronus.data import SyntheticShapes
+    from patronus.models.presets import get_preset
+    from patronus.train import TrainConfig, Trainer
+    from patronus.train.trainer import TrainingInterrupted
+
+    config = TrainConfig(max_steps=100000, batch_size=16, progress=False, log_every=1, amp="off",
+                         num_workers=2, checkpoint_every=100000)
+    data = Slow(SyntheticShapes(64, 24, 3, seed=1))
+    trainer = Trainer(Patronus(get_preset("synthetic-tiny").model), data, config, sys.argv[2])
+    try:
+        trainer.fit()
+    except TrainingInterrupted:
+        sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_ctrl_c_to_the_process_group_stops_data_loader_workers_after_the_step(
+    tmp_path, start_method
+):
+    """Ctrl-C reaches the DataLoader workers too. Workers started by spawn or forkserver (the
+    default on macOS, and on Linux from Python 3.14) died of it while the training process
+    finished its step, which then failed waiting for their batch: "DataLoader worker exited
+    unexpectedly", and no checkpoint. They now leave the signal to the trainer."""
+    (tmp_path / "slow_data.py").write_text(SLOW_DATA)
+    (tmp_path / "train_with_workers.py").write_text(TRAIN_WITH_WORKERS)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "train_with_workers.py"), start_method, str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )  # fmt: skip
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    try:
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 4):
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)  # the whole group, as Ctrl-C does
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in out and "Traceback" not in err
+    step = int(json.loads(metrics.read_text().splitlines()[-1])["step"])
+    assert resolve_checkpoint(run).name == f"step_{step:07d}"
+
+
 def test_what_a_killed_writer_leaves_is_tidied(tiny_run_copy, capsys):
     checkpoints = tiny_run_copy / "checkpoints"
     dead = 2**22 + 12345  # above the default pid_max: no such process

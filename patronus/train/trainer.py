@@ -96,6 +96,16 @@ def _deferred_interrupts() -> Iterator[list[int]]:
             signal.signal(number, handler)
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker's init: ignore Ctrl-C and SIGTERM, which reach the whole process
+    group, so that the workers keep serving the step under way; the training process stops
+    after it and shuts them down. (Workers that inherit nothing, as under the spawn and
+    forkserver start methods, died of the signal first, and the step waiting for their batch
+    failed with "DataLoader worker exited unexpectedly", saving nothing.)"""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
 class _Objective(nn.Module):
     """What DDP wraps: (x0, t, noise) -> (total loss, its terms by name: "mse", "distinct" and,
     when their weights are on, "consistency" and "decorrelation")."""
@@ -326,6 +336,7 @@ class Trainer:
             batch_sampler=sampler,
             num_workers=config.num_workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=_leave_stop_signals_to_the_trainer if config.num_workers else None,
         )
         rng_devices = [self.device] if self.device.type == "cuda" else []
         bar = tqdm(
