@@ -184,19 +184,29 @@ def test_signals_save_a_checkpoint_and_exit_without_a_traceback(tmp_path, signal
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
+    out, err = _interrupt_after_rows(process, run, 3, lambda: process.send_signal(signal_number))
+    assert process.returncode == 128 + signal_number
+    assert "checkpoint saved" in out and "interrupted" in err and "Traceback" not in err
+    _assert_checkpoint_is_the_last_logged_step(run)
+
+
+def _interrupt_after_rows(process, run, rows: int, interrupt) -> tuple[str, str]:
+    """Wait until the training ``process`` has logged ``rows`` metric rows in ``run``, then
+    ``interrupt()`` it; its (stdout, stderr). The process never outlives a failure."""
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
     try:
-        while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= rows):
             assert time.time() < deadline and process.poll() is None
-            time.sleep(0.2)
-        process.send_signal(signal_number)
-        out, err = process.communicate(timeout=120)
+            time.sleep(0.1)
+        interrupt()
+        return process.communicate(timeout=120)
     finally:
         process.kill()  # never leave a 100000-step run behind a failure
-    assert process.returncode == 128 + signal_number
-    assert "checkpoint saved" in out and "interrupted" in err and "Traceback" not in err
-    step = int(json.loads(metrics.read_text().splitlines()[-1])["step"])
+
+
+def _assert_checkpoint_is_the_last_logged_step(run) -> None:
+    step = int(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"])
     assert resolve_checkpoint(run).name == f"step_{step:07d}"
 
 
@@ -258,20 +268,11 @@ def test_ctrl_c_to_the_process_group_stops_data_loader_workers_after_the_step(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )  # fmt: skip
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    try:
-        while not (metrics.is_file() and metrics.read_text().count("\n") >= 4):
-            assert time.time() < deadline and process.poll() is None
-            time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)  # the whole group, as Ctrl-C does
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    # the whole group, as Ctrl-C does
+    out, err = _interrupt_after_rows(process, run, 4, lambda: os.killpg(process.pid, signal.SIGINT))
     assert process.returncode == 130, err[-2000:]
     assert "checkpoint saved" in out and "Traceback" not in err
-    step = int(json.loads(metrics.read_text().splitlines()[-1])["step"])
-    assert resolve_checkpoint(run).name == f"step_{step:07d}"
+    _assert_checkpoint_is_the_last_logged_step(run)
 
 
 def test_what_a_killed_writer_leaves_is_tidied(tiny_run_copy, capsys):
