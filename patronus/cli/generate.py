@@ -190,7 +190,7 @@ def _batches(args: argparse.Namespace, *tensors: torch.Tensor):
 
 def invert(args: argparse.Namespace) -> int:
     from patronus.checkpoint import save_tensors
-    from patronus.interpret.trust import RECONSTRUCTION_BAR
+    from patronus.interpret.trust import RECONSTRUCTION_BAR, reconstructs
     from patronus.interpret.what import per_image_mse
     from patronus.utils.images import save_grid
 
@@ -225,7 +225,7 @@ def invert(args: argparse.Namespace) -> int:
     report_written(out, started)
     print(finite_json(report, indent=None))
     median = float(per_image.median())
-    if median > RECONSTRUCTION_BAR:
+    if not reconstructs(median):
         say(
             f"warning: the reconstructions do not reproduce the images (median MSE {median:.3g} "
             f"> {RECONSTRUCTION_BAR}, images in [-1, 1]): DDIM inversion with {args.steps} steps "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from patronus.interpret.what import PrototypeVisualization, per_image_mse
+from patronus.interpret.what import PrototypeVisualization
 from patronus.nn.proto_encoder import box_masks
 
 FIDELITY_RANGE = (-1.0, 2.0)
@@ -109,5 +109,5 @@ def edit_fidelity(vis: PrototypeVisualization) -> EditFidelity:
         outside=outside.reshape(count, n),
         confined=vis.region,
         prototype_guided=vis.prototype_guidance is not None,
-        reconstruction_mse=per_image_mse(vis.reconstructions, vis.originals).cpu().float(),
+        reconstruction_mse=vis.reconstruction_mse().cpu().float(),
     )

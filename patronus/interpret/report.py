@@ -302,8 +302,7 @@ def emergence_summary(emergence: Emergence) -> str:
     caution = ""
     if emergence.reconstruction_mse is not None:
         mse = float(emergence.reconstruction_mse.median())
-        if not reconstructs({"reconstruction_mse": mse}):
-            caution = f"; but {poor_reconstruction({'reconstruction_mse': mse})}"
+        caution = "" if reconstructs(mse) else f"; but {poor_reconstruction(mse)}"
     return (
         f"emergence: {count - len(never)} of {count} prototypes emerge in at least one of "
         f"{images} images{named}{caution}"

@@ -11,10 +11,9 @@ TRUSTED = {"median_fidelity": 0.7, "share_reaching_half": 0.8, "inside_outside_r
 RECONSTRUCTION_BAR = 0.05
 
 
-def reconstructs(summary: dict) -> bool:
-    """Whether the unedited decodes reproduce the images (true when their MSE is unknown: NaN,
-    or None as JSON writes NaN)."""
-    mse = summary.get("reconstruction_mse")
+def reconstructs(mse: float | None) -> bool:
+    """Whether unedited decodes of median MSE ``mse`` reproduce their images (true when it is
+    unknown: None, as JSON writes NaN, or NaN)."""
     return mse is None or not mse > RECONSTRUCTION_BAR
 
 
@@ -25,14 +24,16 @@ def trusted(summary: dict) -> bool:
     bars = dict(TRUSTED)
     if summary.get("confined_to_box"):
         del bars["inside_outside_ratio"]
-    return reconstructs(summary) and all(summary[key] >= bar for key, bar in bars.items())
+    faithful = reconstructs(summary.get("reconstruction_mse"))
+    return faithful and all(summary[key] >= bar for key, bar in bars.items())
 
 
-def poor_reconstruction(summary: dict) -> str:
-    """Why edits of images that the decode does not reproduce are not judged."""
+def poor_reconstruction(mse: float) -> str:
+    """Why edits of images that the decode does not reproduce (median MSE ``mse``) are not
+    judged."""
     return (
         f"the unedited decodes do not reproduce the images (median reconstruction MSE "
-        f"{summary['reconstruction_mse']:.3g} > {RECONSTRUCTION_BAR}, images in [-1, 1]), so "
+        f"{mse:.3g} > {RECONSTRUCTION_BAR}, images in [-1, 1]), so "
         "the edits start from other images than those shown: decode with more DDIM steps "
         "(e.g. 50) before judging them"
     )
@@ -48,13 +49,15 @@ GUIDED = (
 def unjudged_because(summary: dict) -> list[str]:
     """Why the edits cannot be judged as the model's (nothing: they can)."""
     reasons = [GUIDED] if summary.get("prototype_guided") else []
-    return reasons + ([] if reconstructs(summary) else [poor_reconstruction(summary)])
+    mse = summary.get("reconstruction_mse")
+    return reasons + ([] if reconstructs(mse) else [poor_reconstruction(mse)])
 
 
 def fidelity_headline(summary: dict) -> str:
     """One plain sentence on whether the edits (and so the explanations) can be trusted."""
-    if unjudged_because(summary):
-        verdict = "; and ".join(unjudged_because(summary))
+    unjudged = unjudged_because(summary)
+    if unjudged:
+        verdict = "; and ".join(unjudged)
     elif trusted(summary):
         verdict = "the decoded edits deliver what they ask for, where the prototype fires"
     else:
