@@ -64,12 +64,12 @@ def _check_values(
     mode: str,
     timestep: torch.Tensor,
     prev_timestep: torch.Tensor,
-    steps: int,
+    alphas_cumprod: torch.Tensor,
     threshold: torch.Tensor | None,
     previous_timestep: list[torch.Tensor],
-    alphas_cumprod: torch.Tensor,
 ) -> None:
     """Checks that read tensor values (a host synchronisation on a GPU)."""
+    steps = alphas_cumprod.shape[0]
     named = [("timestep", timestep), ("prev_timestep", prev_timestep)]
     named += [(f"previous_timestep[{i}]", levels) for i, levels in enumerate(previous_timestep)]
     for name, levels in named:
@@ -428,15 +428,7 @@ def scheduler_step(
         for i, level in enumerate(previous_timestep)
     ]
     if validate:
-        _check_values(
-            mode,
-            timestep,
-            prev_timestep,
-            alphas_cumprod.shape[0],
-            threshold,
-            history_timestep,
-            alphas_cumprod,
-        )
+        _check_values(mode, timestep, prev_timestep, alphas_cumprod, threshold, history_timestep)
     table = alphas_cumprod.to(device=sample.device, dtype=torch.float64)
     args = (
         _choice(MODES, mode, "mode"),

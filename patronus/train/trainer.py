@@ -298,8 +298,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-        """Train until ``config.max_steps``; returns a summary. Ctrl-C or SIGTERM save a
-        checkpoint first, then raise :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).
+        """Train until ``config.max_steps``; returns a summary. Ctrl-C or SIGTERM let the step
+        under way finish and save a checkpoint, then raise :class:`TrainingInterrupted` (a
+        ``KeyboardInterrupt``); a second signal raises at once, saving nothing.
 
         The run folder is locked while training (a second training of it fails at once), and a
         folder that already holds a run must be resumed (:meth:`resume`) rather than trained anew.
