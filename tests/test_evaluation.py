@@ -268,6 +268,23 @@ def test_evaluation_commands_end_to_end(shortcut_run, tmp_path, capsys):
     assert f"fewer than the {fid['feature_dim']} feature dimensions" in captured.err
     assert f"wrote 32 files in {tmp_path / 'f' / 'samples'}/" in printed
     assert f"wrote {tmp_path / 'f' / 'fid.json'}" in printed
+    # the distances are those of the PNGs written (8-bit, as pytorch-fid reads a folder), read
+    # back by the folder loader, against the first 32 test images
+    from patronus import load_model
+    from patronus.cli.loading import dataset_builder
+    from patronus.data import ImageFolder
+    from patronus.eval.generation import distances
+
+    written = ImageFolder(tmp_path / "f" / "samples", image_size=24)
+    _, build = dataset_builder(Path(run), load_model(run))
+    reference = build("test")
+    recomputed = distances(
+        load_classifier(tmp_path / "f" / "classifier").embed,
+        torch.stack([written[i][0] for i in range(32)]),
+        torch.stack([reference[i][0] for i in range(32)]),
+    )
+    assert fid["fid"] == pytest.approx(recomputed["fid"], rel=1e-6)
+    assert fid["kid"] == pytest.approx(recomputed["kid"], rel=1e-5, abs=1e-9)
     # nothing was written into the checkpoint's run folder
     assert {p: p.stat().st_mtime for p in Path(run).rglob("*")} == before
 

@@ -226,6 +226,7 @@ def _classifier(args, model, spec: dict, train: Dataset, out: Path):
 def run_fid(args: argparse.Namespace) -> int:
     from patronus.data.registry import has_test_split
     from patronus.eval.generation import distances, generate, write_pngs
+    from patronus.utils.images import as_8_bit
 
     check_prior_flag(args)
     started, out, model, spec, build = _start(args, "fid")
@@ -274,6 +275,9 @@ def run_fid(args: argparse.Namespace) -> int:
     )  # fmt: skip
     check_finite(generated, "generated images")
     write_pngs(generated, out / "samples")
+    # the distances of the PNGs just written, as pytorch-fid would read them: 8-bit, like the
+    # reference images
+    generated = as_8_bit(generated)
     count = min(len(reference_set), args.num)
     reference = torch.stack([reference_set[i][0] for i in range(count)])
     say(f"features and distances of {len(generated)} generated vs {count} {reference_name}")

@@ -15,6 +15,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def as_8_bit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as an 8-bit file holds them: :func:`to_uint8`, then back to float32 in
+    [-1, 1] the way the datasets read 8-bit pixels (x / 127.5 - 1); same shape, on the CPU."""
+    return to_uint8(images).float() / 127.5 - 1.0
+
+
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> one uint8 (H', W', C) grid, ``nrow`` images per row."""
     if images.dim() != 4 or images.shape[0] == 0:
