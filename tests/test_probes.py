@@ -39,6 +39,17 @@ def test_roc_auc_known_values():
     assert math.isnan(float(roc_auc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]))))
 
 
+def test_roc_auc_is_scikit_learns_with_ties_and_columns():
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is an optional extra")
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.rand(97, generator=generator) < 0.3
+    continuous = torch.randn(97, 3, generator=generator) + labels[:, None] * 0.8
+    tied = torch.randint(0, 4, (97, 2), generator=generator).float()  # many ties
+    scores = torch.cat([continuous, tied], dim=1)
+    expected = [metrics.roc_auc_score(labels.numpy(), column) for column in scores.T.numpy()]
+    assert roc_auc(scores, labels).tolist() == pytest.approx(expected, rel=1e-12)
+
+
 SCORES, LABELS = torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])
 
 
