@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from patronus import load_model, save_model
 from patronus.cli import main
+from patronus.interpret.trust import fidelity_headline
 from patronus.utils import save_grid
 
 
@@ -459,6 +461,8 @@ def test_visualize_with_edits_in_region(tiny_run, tmp_path):
     assert main([*command, "--edit-region", "--out", str(out)]) == 0
     numbers = json.loads((out / "visualize.json").read_text())
     assert numbers["edit_fidelity"]["confined_to_box"] is True
+    described = Image.open(out / "what_where.png").text["Description"]
+    assert described == fidelity_headline(numbers["edit_fidelity"])
     assert main([*command, "--out", str(tmp_path / "plain")]) == 0
     plain = json.loads((tmp_path / "plain" / "visualize.json").read_text())
     assert plain["edit_fidelity"]["confined_to_box"] is False
@@ -509,6 +513,11 @@ def test_trace_writes_the_emergence_curves_and_names_what_never_emerges(tiny_run
     assert f"emergence: {3 - len(never)} of 3 prototypes emerge in at least one of 3 images" in said
     if never:
         assert f"never: {', '.join(map(str, never))}" in said
+    # the figure says it too (printed below the curves, and in the PNG's Description), with the
+    # caution of 4-step decodes that do not reproduce their images: when.png alone is not misread
+    sentence = next(line for line in said.splitlines() if line.startswith("emergence: "))
+    assert "do not reproduce the images" in sentence
+    assert Image.open(out / "when.png").text["Description"] == sentence
 
 
 def test_report_command_writes_the_page_and_says_the_verdicts(tiny_run, tmp_path, capsys):
@@ -532,6 +541,9 @@ def test_report_command_writes_the_page_and_says_the_verdicts(tiny_run, tmp_path
     lines = captured.err.strip().splitlines()
     assert lines[-2].startswith("emergence: ") and " of 2 prototypes emerge" in lines[-2]
     assert lines[-1].startswith("edit fidelity: median ")
+    # each figure of an edit carries its verdict, as the page does
+    assert Image.open(out / "when.png").text["Description"] == lines[-2]
+    assert Image.open(out / "what_where.png").text["Description"] == lines[-1]
     assert captured.out.strip().splitlines()[-1] == f"open {out / 'report.html'}"
 
 

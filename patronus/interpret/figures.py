@@ -11,7 +11,7 @@ import torch
 from patronus.interpret.what import NearestPatches, PrototypeVisualization
 from patronus.interpret.when import Emergence
 from patronus.utils.images import to_uint8
-from patronus.utils.plotting import pyplot, save_figure
+from patronus.utils.plotting import add_note, pyplot, save_figure
 
 # the emergence curves' axis: a share of the requested change (1: all of it)
 SHARE_LIMITS = (-0.5, 1.5)
@@ -51,12 +51,16 @@ def _map(figure, axis, values: torch.Tensor, title: str, cmap: str, vmin=None, v
 
 
 def gallery_figure(
-    vis: PrototypeVisualization, similarity: torch.Tensor | None = None, path: Path | None = None
+    vis: PrototypeVisualization,
+    similarity: torch.Tensor | None = None,
+    path: Path | None = None,
+    note: str | None = None,
 ) -> bytes:
     """One row per prototype: the original image with s_J before the edit, the kept edit with the
     prototype's patch boxed and s_J after it (against the value it was set to; red when the edit
     fell short), the crop, what the edit changed (|edit - unedited decode|, one colour scale for
-    all rows), and (given (J, H, W) maps of the edits) where the prototype responds."""
+    all rows), and (given (J, H, W) maps of the edits) where the prototype responds. ``note``
+    (the edits' fidelity verdict) is printed below the rows and kept in the PNG's Description."""
     plt = pyplot()
     columns = 5 if similarity is not None else 4
     rows = len(vis.prototypes)
@@ -83,14 +87,18 @@ def gallery_figure(
         if similarity is not None:
             _map(figure, axes[row, 4], similarity[row], "similarity s_J", "magma")
     figure.tight_layout()
-    return save_figure(figure, path)
+    add_note(figure, note)
+    return save_figure(figure, path, description=note)
 
 
-def emergence_figure(emergence: Emergence, path: Path | None = None, columns: int = 5) -> bytes:
+def emergence_figure(
+    emergence: Emergence, path: Path | None = None, columns: int = 5, note: str | None = None
+) -> bytes:
     """Per prototype: the gap between edit and reference activation over the timesteps as a share
     of the requested change (one thin line per image, the median thick; the axis cut at
     ``SHARE_LIMITS``, which the blurry predictions of the first steps leave), the share an edit
-    must end at to emerge dashed, emergence steps marked."""
+    must end at to emerge dashed, emergence steps marked. ``note`` (what the curves conclude, with
+    any caution) is printed below them and kept in the PNG's Description."""
     plt = pyplot()
     count = len(emergence.prototypes)
     rows = (count + columns - 1) // columns
@@ -117,7 +125,8 @@ def emergence_figure(emergence: Emergence, path: Path | None = None, columns: in
     figure.supxlabel("timestep t (denoising runs left to right, from noise to image)", fontsize=8)
     figure.supylabel("s_J(edit) - s_J(reference), share of the requested change", fontsize=8)
     figure.tight_layout()
-    return save_figure(figure, path)
+    add_note(figure, note)
+    return save_figure(figure, path, description=note)
 
 
 def grid_figure(

@@ -174,12 +174,13 @@ def write_visualization(
         vis, nearest, edit_maps = _what(model, inputs, options, setup, progress)
     finally:
         progress.close()
+    fidelity = edit_fidelity(vis)
+    headline = fidelity_headline(fidelity.summary())
     path = out_dir / "what_where.png"
-    figures.gallery_figure(vis, edit_maps, path)
+    figures.gallery_figure(vis, edit_maps, path, note=headline)
     figures.nearest_patches_figure(
         nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
     )
-    fidelity = edit_fidelity(vis)
     guidance = options.prototype_guidance
     numbers = {
         "prototypes": prototypes,
@@ -191,7 +192,7 @@ def write_visualization(
     arrays = {**_edit_arrays(vis), **_nearest_arrays(nearest), **_fidelity_arrays(fidelity)}
     _write_results(out_dir, "visualize", numbers, arrays)
     if log is not None:
-        log(fidelity_headline(numbers["edit_fidelity"]))
+        log(headline)
     return path
 
 
@@ -272,7 +273,7 @@ def write_emergence(
     finally:
         progress.close()
     path = out_dir / "when.png"
-    figures.emergence_figure(emergence, path)
+    figures.emergence_figure(emergence, path, note=emergence_summary(emergence))
     numbers = {
         "prototypes": prototypes,
         "timesteps": emergence.timesteps.tolist(),
@@ -365,13 +366,14 @@ def build_report(
         progress.close()
     if log is not None:
         log("drawing the figures")
-
+    fidelity = edit_fidelity(vis)
+    headline, emerged_sentence = fidelity_headline(fidelity.summary()), emergence_summary(emergence)
     png = {
-        "what": figures.gallery_figure(vis, edit_maps, out_dir / "what_where.png"),
+        "what": figures.gallery_figure(vis, edit_maps, out_dir / "what_where.png", note=headline),
         "nearest": figures.nearest_patches_figure(
             nearest, inputs.pool, prototypes, out_dir / "nearest_patches.png"
         ),
-        "when": figures.emergence_figure(emergence, out_dir / "when.png"),
+        "when": figures.emergence_figure(emergence, out_dir / "when.png", note=emerged_sentence),
         "reconstruction": figures.grid_figure(
             [images, reconstructed], ["original", "decoded"], out_dir / "reconstruction.png"
         ),
@@ -409,7 +411,6 @@ def build_report(
         for j in range(len(prototypes))
     ]
     edits = len(prototypes) * images.shape[0]
-    fidelity = edit_fidelity(vis)
     evaluations = {
         "per_edit": vis.network_evaluations_per_edit,
         "original_per_edit": 2000,
@@ -448,6 +449,6 @@ def build_report(
     path = out_dir / "report.html"
     path.write_text(page)
     if log is not None:
-        log(emergence_summary(emergence))
-        log(fidelity_headline(results["edit_fidelity"]))
+        log(emerged_sentence)
+        log(headline)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 
@@ -16,10 +17,19 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path: Path | None, dpi: int = 110) -> bytes:
-    """PNG bytes of a figure (also written to ``path`` when given), and the figure closed."""
+def add_note(figure, note: str | None, fontsize: int = 7) -> None:
+    """``note`` below the figure's panels, wrapped to its width (nothing when None)."""
+    if note:
+        width = max(int(figure.get_figwidth() * 140 / fontsize), 40)  # characters per line
+        figure.text(0.01, 0.0, textwrap.fill(note, width), ha="left", va="top", fontsize=fontsize)
+
+
+def save_figure(figure, path: Path | None, dpi: int = 110, description: str | None = None) -> bytes:
+    """PNG bytes of a figure (also written to ``path`` when given), and the figure closed;
+    ``description`` goes into the PNG's Description text chunk."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    metadata = {"Description": description} if description else None
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata=metadata)
     pyplot().close(figure)
     data = buffer.getvalue()
     if path is not None:
