@@ -275,6 +275,59 @@ def test_ctrl_c_to_the_process_group_stops_data_loader_workers_after_the_step(
     _assert_checkpoint_is_the_last_logged_step(run)
 
 
+STARTING_DATA = """
+import pathlib
+import time
+
+from slow_data import Slow
+
+class SlowToStart(Slow):  # a worker unpickles it while starting: a signal arrives meanwhile
+    def __init__(self, inner, marker):
+        super().__init__(inner)
+        self.marker = marker
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        pathlib.Path(self.marker).touch()
+        time.sleep(3)
+"""
+
+
+def test_ctrl_c_while_data_loader_workers_start_stops_after_the_first_step(tmp_path):
+    """Ctrl-C while spawned workers are still starting (before their init can ignore it) killed
+    them, and the first step failed with "DataLoader worker exited unexpectedly". Workers now
+    start with the stop signals blocked and unblock them only once they ignore them."""
+    (tmp_path / "slow_data.py").write_text(SLOW_DATA)
+    (tmp_path / "starting_data.py").write_text(STARTING_DATA)
+    script = TRAIN_WITH_WORKERS.replace(
+        "from slow_data import Slow", "from starting_data import SlowToStart"
+    )
+    script = script.replace(
+        "data = Slow(SyntheticShapes(64, 24, 3, seed=1))",
+        "data = SlowToStart(SyntheticShapes(64, 24, 3, seed=1), sys.argv[3])",
+    )
+    (tmp_path / "train_while_starting.py").write_text(script)
+    run, marker = tmp_path / "run", tmp_path / "a-worker-is-starting"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "train_while_starting.py"), "spawn", str(run), str(marker)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in out and "exited unexpectedly" not in err, err[-3000:]
+    assert resolve_checkpoint(run).name == "step_0000001"
+
+
 def test_what_a_killed_writer_leaves_is_tidied(tiny_run_copy, capsys):
     checkpoints = tiny_run_copy / "checkpoints"
     dead = 2**22 + 12345  # above the default pid_max: no such process

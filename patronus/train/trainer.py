@@ -101,9 +101,26 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     group, so that the workers keep serving the step under way; the training process stops
     after it and shuts them down. (Workers that inherit nothing, as under the spawn and
     forkserver start methods, died of the signal first, and the step waiting for their batch
-    failed with "DataLoader worker exited unexpectedly", saving nothing.)"""
+    failed with "DataLoader worker exited unexpectedly", saving nothing.) The workers start with
+    the signals blocked (:func:`_workers_started`): once ignored, they are unblocked, and one
+    that arrived while the worker was starting is dropped."""
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _workers_started(loader: DataLoader) -> Iterator:
+    """``iter(loader)`` with the stop signals blocked while it starts the workers, which inherit
+    the mask and keep it until their init ignores the signals: a worker importing torch when
+    Ctrl-C comes would die of it. The training process receives a signal that came meanwhile
+    when its mask is restored here. Main thread only, as signal handlers are."""
+    if threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Objective(nn.Module):
@@ -353,7 +370,7 @@ class Trainer:
         saved_step, mid_step = -1, False
         try:
             with torch.random.fork_rng(devices=rng_devices):
-                for batch in loader:
+                for batch in _workers_started(loader):
                     x0 = batch[0].to(self.device, non_blocking=True)
                     mid_step = True
                     values = self._train_step(x0)
