@@ -41,3 +41,17 @@ def test_cuda_graph_sampling_matches_eager(tiny_config, sampler):
         results.append(model.sample(s, steps=10, sampler=sampler, eta=0.5, generator=generator,
                                     x_T=x_T, cuda_graph=graph))  # fmt: skip
     torch.testing.assert_close(results[1], results[0])
+
+
+def test_fid_features_on_cuda_match_the_cpu():
+    """`evaluate fid --device cuda` computes the features where the extractor's weights are."""
+    from patronus.eval.generation import distances
+
+    torch.manual_seed(0)
+    extractor = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 24 * 24, 8))
+    generated, reference = torch.rand(40, 3, 24, 24) * 2 - 1, torch.rand(30, 3, 24, 24)
+    on_cpu = distances(extractor, generated, reference)
+    on_cuda = distances(extractor.cuda(), generated, reference, device="cuda")
+    assert on_cpu["fid"] > 0.1
+    assert on_cuda["fid"] == pytest.approx(on_cpu["fid"], rel=1e-3)
+    assert on_cuda["kid"] == pytest.approx(on_cpu["kid"], rel=1e-3)

@@ -123,6 +123,23 @@ def test_prior_original_sampler_renoises_with_fresh_noise():
         sample_prior(prior, -1)
 
 
+def test_distances_feed_the_extractor_in_batches_with_a_progress_bar(capsys):
+    from patronus.eval.generation import distances
+
+    seen = []
+
+    def extractor(chunk):
+        seen.append((chunk.device.type, len(chunk)))
+        return chunk.flatten(1)[:, :5]
+
+    generated, reference = torch.rand(300, 1, 4, 4), torch.rand(10, 1, 4, 4)
+    result = distances(extractor, generated, reference, device="cpu", progress=True)
+    assert seen == [("cpu", 256), ("cpu", 44), ("cpu", 10)]
+    assert (result["generated"], result["reference"], result["feature_dim"]) == (300, 10, 5)
+    printed = capsys.readouterr().err
+    assert "features of generated" in printed and "features of reference" in printed
+
+
 def test_classifier_round_trip(tmp_path):
     config = ClassifierConfig(1, 16, 3)
     images, labels = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])

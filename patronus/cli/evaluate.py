@@ -252,9 +252,10 @@ def run_fid(args: argparse.Namespace) -> int:
     if args.inception_weights:
         from patronus.eval.inception import load_fid_inception
 
-        extractor, features = load_fid_inception(args.inception_weights), "Inception-v3 pool3"
+        network = load_fid_inception(args.inception_weights).to(args.device)
+        extractor, features = network, "Inception-v3 pool3"
     else:
-        classifier = _classifier(args, model, spec, train, out)
+        classifier = _classifier(args, model, spec, train, out).to(args.device)
         extractor, features = classifier.embed, "patronus classifier (penultimate layer)"
     generator = torch.Generator(args.device).manual_seed(args.seed)
     if prior is not None:
@@ -281,7 +282,9 @@ def run_fid(args: argparse.Namespace) -> int:
     count = min(len(reference_set), args.num)
     reference = torch.stack([reference_set[i][0] for i in range(count)])
     say(f"features and distances of {len(generated)} generated vs {count} {reference_name}")
-    result = distances(extractor, generated, reference, args.seed)
+    result = distances(
+        extractor, generated, reference, args.seed, args.device, progress=not args.no_progress
+    )
     if min(result["generated"], result["reference"]) < result["feature_dim"]:
         say(
             f"note: FID from {result['generated']} generated and {result['reference']} reference "

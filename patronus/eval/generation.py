@@ -50,17 +50,43 @@ def write_pngs(images: torch.Tensor, folder: Path) -> Path:
 
 
 @torch.no_grad()
-def features_of(extractor: Features, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([extractor(chunk).double() for chunk in images.split(batch_size)])
+def features_of(
+    extractor: Features,
+    images: torch.Tensor,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    desc: str = "features",
+) -> torch.Tensor:
+    """images (N, C, H, W) -> float64 features (N, D) on the CPU, ``batch_size`` images at a time
+    moved to ``device`` (where the extractor's weights are)."""
+    chunks = images.split(batch_size)
+    return torch.cat(
+        [
+            extractor(chunk.to(device)).double().cpu()
+            for chunk in tqdm(chunks, desc=desc, disable=not progress)
+        ]
+    )
 
 
 def distances(
-    extractor: Features, generated: torch.Tensor, reference: torch.Tensor, seed: int = 0
+    extractor: Features,
+    generated: torch.Tensor,
+    reference: torch.Tensor,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> dict[str, float]:
     """Fréchet distance and KID (mean, std) between generated and reference images, the counts
     and the feature dimension D (with fewer images than D the covariances are singular and the
-    FID is biased upwards: it compares only with FIDs of as many images; KID is unbiased)."""
-    fake, real = features_of(extractor, generated), features_of(extractor, reference)
+    FID is biased upwards: it compares only with FIDs of as many images; KID is unbiased). The
+    features are computed on ``device``, where the extractor's weights must be."""
+    fake = features_of(
+        extractor, generated, device=device, progress=progress, desc="features of generated"
+    )
+    real = features_of(
+        extractor, reference, device=device, progress=progress, desc="features of reference"
+    )
     fid = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
     kid, kid_std = kernel_distance(fake, real, generator=torch.Generator().manual_seed(seed))
     return {
