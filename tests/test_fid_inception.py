@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from fid_inception_weights import fid_inception_weights
 
@@ -48,3 +49,33 @@ def test_features_match_pytorch_fid_on_its_own_reading_of_the_pngs(tmp_path):
         expected = reference[kind]
         # features of different images differ by ~0.02 on average; float32 rounding by ~1e-6
         np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_fid_with_inception_weights_measures_the_written_pngs(tiny_run, tmp_path):
+    """`patronus evaluate fid --inception-weights FILE`: the FID of the PNGs it wrote, in the
+    pool3 features of the network the file holds, against the first test images."""
+    from patronus import load_model
+    from patronus.cli import main
+    from patronus.cli.loading import dataset_builder
+    from patronus.data import ImageFolder
+    from patronus.eval.generation import distances
+
+    shapes, _ = _reference()
+    weights = tmp_path / "stand-in.pth"
+    torch.save(fid_inception_weights(shapes), weights)
+    out = tmp_path / "fid"
+    command = ["evaluate", "fid", str(tiny_run), "--num", "6", "--steps", "2",
+               "--inception-weights", str(weights), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(command) == 0
+    result = json.loads((out / "fid.json").read_text())
+    assert result["features"] == "Inception-v3 pool3" and result["feature_dim"] == 2048
+    written = ImageFolder(out / "samples", image_size=24)
+    _, build = dataset_builder(tiny_run, load_model(tiny_run))
+    reference = build("test")
+    recomputed = distances(
+        load_fid_inception(weights),
+        torch.stack([written[i][0] for i in range(6)]),
+        torch.stack([reference[i][0] for i in range(6)]),
+    )
+    assert result["fid"] == pytest.approx(recomputed["fid"], rel=1e-6)
+    assert not (out / "classifier").exists()  # no classifier was trained for it
