@@ -53,3 +53,16 @@ def test_respacing_bounds():
     for bad in (0, 101):
         with pytest.raises(ValueError, match="steps must be in"):
             respaced_timesteps(100, bad)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("linear", "linear"), ("cosine", "squaredcos_cap_v2")]
+)
+def test_schedules_are_diffusers_own(ours, theirs):
+    """The betas diffusers' DDPMScheduler computes (in float32) for the same names."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional extra")
+    reference = diffusers.DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule=theirs, beta_start=1e-4, beta_end=0.02
+    ).betas.double()
+    betas = NoiseSchedule.from_name(ours, 1000).betas
+    np.testing.assert_allclose(betas.numpy(), reference.numpy(), rtol=1e-6)
