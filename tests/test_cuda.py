@@ -55,3 +55,27 @@ def test_fid_features_on_cuda_match_the_cpu():
     assert on_cpu["fid"] > 0.1
     assert on_cuda["fid"] == pytest.approx(on_cpu["fid"], rel=1e-3)
     assert on_cuda["kid"] == pytest.approx(on_cpu["kid"], rel=1e-3)
+
+
+def test_shortcut_intervention_on_cuda(tiny_config):
+    """`diagnose --device cuda`: the model and the attribute classifier on the GPU, the images
+    and their labels as the command reads them (on the CPU)."""
+    from patronus.eval.classifier import ClassifierConfig, SmallClassifier
+    from patronus.eval.intervention import intervene
+
+    torch.manual_seed(0)
+    model = Patronus(tiny_config).cuda().eval()
+    classifier = SmallClassifier(ClassifierConfig(3, 24, 2, multilabel=True)).cuda().eval()
+    images = torch.rand(6, 3, 24, 24) * 2 - 1
+    labels = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    result = intervene(model, images, labels, [0, 1], classifier, 0, 1, steps=3, null_sets=1)
+    assert len(result.null_effects) == 1 and result.other_effect >= 0
+
+
+def test_feature_classifier_trains_on_cuda():
+    """`evaluate fid` and `diagnose` train their classifier on --device, from CPU batches."""
+    from patronus.eval.classifier import ClassifierConfig, train_classifier
+
+    batches = [(torch.rand(8, 3, 24, 24) * 2 - 1, torch.randint(0, 2, (8,)))]
+    classifier = train_classifier(ClassifierConfig(3, 24, 2), batches, 3, device="cuda")
+    assert next(classifier.parameters()).is_cuda and not classifier.training

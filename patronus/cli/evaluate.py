@@ -218,7 +218,9 @@ def _classifier(args, model, spec: dict, train: Dataset, out: Path):
         shuffle=True,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    classifier = train_classifier(config, loader, args.classifier_steps, seed=args.seed)
+    classifier = train_classifier(
+        config, loader, args.classifier_steps, seed=args.seed, device=args.device
+    )
     save_classifier(classifier, out / "classifier")
     return classifier
 
@@ -389,4 +391,6 @@ def _attribute_classifier(model, train, binary, args):
     images = torch.stack([train[i][0] for i in range(min(len(train), args.limit))])
     targets = binary.values[: len(images)]  # NaN (missing) is left out of the loss
     batches = list(zip(images.split(128), targets.split(128), strict=True))
-    return train_classifier(config, batches, args.classifier_steps, seed=args.seed)
+    return train_classifier(
+        config, batches, args.classifier_steps, seed=args.seed, device=args.device
+    )

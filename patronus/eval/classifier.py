@@ -80,16 +80,18 @@ def train_classifier(
     steps: int,
     learning_rate: float = 2e-3,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> SmallClassifier:
-    """Train on (images, targets) batches (cycled) for ``steps`` Adam steps; returns it in eval
-    mode. Targets: class indices (B,), or (B, outputs) in {0, 1} when multilabel, where NaN
-    marks a missing value that the loss leaves out."""
+    """Train on (images, targets) batches (cycled) for ``steps`` Adam steps on ``device``;
+    returns it there, in eval mode. Targets: class indices (B,), or (B, outputs) in {0, 1} when
+    multilabel, where NaN marks a missing value that the loss leaves out."""
     torch.manual_seed(seed)
-    model = SmallClassifier(config)
+    model = SmallClassifier(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     step = 0
     while step < steps:
         for images, targets in batches:
+            images, targets = images.to(device), targets.to(device)
             logits = model(images)
             if config.multilabel:
                 loss = _observed_binary_cross_entropy(logits, targets.float())
