@@ -79,3 +79,20 @@ def test_feature_classifier_trains_on_cuda():
     batches = [(torch.rand(8, 3, 24, 24) * 2 - 1, torch.randint(0, 2, (8,)))]
     classifier = train_classifier(ClassifierConfig(3, 24, 2), batches, 3, device="cuda")
     assert next(classifier.parameters()).is_cuda and not classifier.training
+
+
+def test_activation_prior_trains_on_cuda_as_on_the_cpu():
+    """`train-prior --device cuda`: the same draws (made on the CPU from the seed) as on the CPU,
+    so the losses agree to rounding."""
+    from patronus.models.prior import ActivationPrior, PriorConfig
+    from patronus.train.prior import train_prior
+
+    torch.manual_seed(1)
+    activations = torch.randn(200, 12)
+    losses = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(2)
+        prior = ActivationPrior(PriorConfig(12))
+        losses[device] = train_prior(prior, activations, 3, seed=5, progress=False, device=device)
+        assert prior.mean.device.type == device
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-2)  # TF32 convolutions

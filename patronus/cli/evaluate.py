@@ -322,7 +322,12 @@ def run_train_prior(args: argparse.Namespace) -> int:
     prior = ActivationPrior(PriorConfig(model.num_prototypes))
     say(f"training the prior for {args.epochs} epochs on {len(activations)} activation vectors")
     losses = train_prior(
-        prior, activations, args.epochs, seed=args.seed, progress=not args.no_progress
+        prior,
+        activations,
+        args.epochs,
+        seed=args.seed,
+        progress=not args.no_progress,
+        device=args.device,
     )
     save_prior(prior, out)
     summary = {

@@ -16,9 +16,12 @@ def train_prior(
     learning_rate: float = 1e-4,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> list[float]:
     """Fit the normalisation to ``activations`` (N, P) and train with Adam on the noise MSE
-    (t uniform in [0, T)); returns the mean loss of every epoch."""
+    (t uniform in [0, T)) on ``device``, where the prior is moved; returns the mean loss of
+    every epoch. The order, timesteps and noise are drawn on the CPU from ``seed`` whatever the
+    device."""
     if activations.dim() != 2 or activations.shape[1] != prior.config.num_prototypes:
         expected = prior.config.num_prototypes
         raise ValueError(f"activations must be (N, {expected}), got {tuple(activations.shape)}")
@@ -31,9 +34,11 @@ def train_prior(
         )
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    prior.to(device)
+    activations = activations.to(device)
     prior.fit_normalisation(activations)
     data = prior.normalise(activations)
-    abar = prior.schedule.alphas_cumprod.float()
+    abar = prior.schedule.alphas_cumprod.float().to(device)
     optimizer = torch.optim.Adam(prior.parameters(), lr=learning_rate)
     prior.train()
     losses = []
@@ -41,9 +46,10 @@ def train_prior(
         order = torch.randperm(len(data), generator=generator)
         total, batches = 0.0, 0
         for start in range(0, len(data), batch_size):
-            x0 = data[order[start : start + batch_size]]
+            x0 = data[order[start : start + batch_size].to(device)]
             t = torch.randint(0, prior.config.timesteps, (len(x0),), generator=generator)
             noise = torch.randn(x0.shape, generator=generator)
+            t, noise = t.to(device), noise.to(device)
             a = abar[t][:, None, None]
             loss = torch.nn.functional.mse_loss(
                 prior(a.sqrt() * x0 + (1 - a).sqrt() * noise, t), noise
