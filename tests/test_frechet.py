@@ -1,4 +1,5 @@
-"""Fréchet distance against scipy's float64 sqrtm and closed forms; KID's unbiasedness."""
+"""Fréchet distance against scipy's float64 sqrtm, torchmetrics and closed forms; KID against
+torchmetrics and its unbiasedness."""
 
 import math
 
@@ -128,3 +129,19 @@ def test_kid_of_sets_no_larger_than_a_subset_has_no_spread_to_report():
     assert mean == pytest.approx(once, rel=1e-12)
     _, spread = kernel_distance(a, b, subsets=10, subset_size=20, generator=torch.Generator())
     assert spread > 0
+
+
+def test_fid_and_kid_are_torchmetrics_own():
+    """torchmetrics' own FID (eigenvalues of sigma1 sigma2) and KID (its unbiased polynomial
+    MMD, gamma 1/D, degree 3) on the same float64 features; KID over all of both sets, where
+    the estimate does not depend on how the subsets are drawn."""
+    kid_module = pytest.importorskip("torchmetrics.image.kid", reason="a test-only dependency")
+    fid_module = pytest.importorskip("torchmetrics.image.fid", reason="a test-only dependency")
+    generator = torch.Generator().manual_seed(11)
+    fake = torch.randn(300, 16, generator=generator, dtype=torch.float64)
+    real = torch.randn(300, 16, generator=generator, dtype=torch.float64) * 1.3 + 0.2
+    expected_fid = fid_module._compute_fid(*feature_statistics(fake), *feature_statistics(real))
+    fid = frechet_distance(*feature_statistics(fake), *feature_statistics(real))
+    assert fid == pytest.approx(float(expected_fid), rel=1e-9)
+    kid, _ = kernel_distance(fake, real, subset_size=300)
+    assert kid == pytest.approx(float(kid_module.poly_mmd(real, fake)), rel=1e-9)
