@@ -543,7 +543,8 @@ def test_report_command_writes_the_page_and_says_the_verdicts(tiny_run, tmp_path
     assert lines[-1].startswith("edit fidelity: median ")
     # each figure of an edit carries its verdict, as the page does
     assert Image.open(out / "when.png").text["Description"] == lines[-2]
-    assert Image.open(out / "what_where.png").text["Description"] == lines[-1]
+    for edits in ("what_where.png", "extrapolation.png", "consistency.png"):
+        assert Image.open(out / edits).text["Description"] == lines[-1]
     assert captured.out.strip().splitlines()[-1] == f"open {out / 'report.html'}"
 
 

@@ -135,9 +135,11 @@ def grid_figure(
     path: Path | None = None,
     boxes: Sequence[torch.Tensor | None] | None = None,
     titles: Sequence[Sequence[str] | None] | None = None,
+    note: str | None = None,
 ) -> bytes:
     """Rows of images (each (K, C, H, W)), labelled, optional boxes per row ((K, 4) or None) and
-    optional titles per image (a list of K strings, or None, per row)."""
+    optional titles per image (a list of K strings, or None, per row); ``note`` (for edits, their
+    fidelity verdict) below them and in the PNG's Description."""
     plt = pyplot()
     columns = max(row.shape[0] for row in rows)
     figure, axes = plt.subplots(
@@ -154,7 +156,8 @@ def grid_figure(
                 axes[r, c].axis("off")
         axes[r, 0].set_ylabel(labels[r], fontsize=7)
     figure.tight_layout()
-    return save_figure(figure, path)
+    add_note(figure, note)
+    return save_figure(figure, path, description=note)
 
 
 def nearest_patches_figure(

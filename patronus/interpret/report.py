@@ -395,6 +395,7 @@ def build_report(
                     for v, r in zip(values, extrapolation_reached, strict=True)
                 ]
             ],
+            note=headline,
         ),
         "consistency": figures.grid_figure(
             [images, consistent.edits],
@@ -402,6 +403,7 @@ def build_report(
             out_dir / "consistency.png",
             [None, consistent.boxes],
             [None, [f"s_J {float(v):.2f}" for v in consistent.activation]],
+            note=headline,
         ),
     }
     wall = time.perf_counter() - started
