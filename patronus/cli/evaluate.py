@@ -254,8 +254,8 @@ def run_fid(args: argparse.Namespace) -> int:
     if args.inception_weights:
         from patronus.eval.inception import load_fid_inception
 
-        network = load_fid_inception(args.inception_weights).to(args.device)
-        extractor, features = network, "Inception-v3 pool3"
+        extractor = load_fid_inception(args.inception_weights).to(args.device)
+        features = "Inception-v3 pool3"
     else:
         classifier = _classifier(args, model, spec, train, out).to(args.device)
         extractor, features = classifier.embed, "patronus classifier (penultimate layer)"

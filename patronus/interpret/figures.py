@@ -11,7 +11,7 @@ import torch
 from patronus.interpret.what import NearestPatches, PrototypeVisualization
 from patronus.interpret.when import Emergence
 from patronus.utils.images import to_uint8
-from patronus.utils.plotting import add_note, pyplot, save_figure
+from patronus.utils.plotting import pyplot, save_figure
 
 # the emergence curves' axis: a share of the requested change (1: all of it)
 SHARE_LIMITS = (-0.5, 1.5)
@@ -87,8 +87,7 @@ def gallery_figure(
         if similarity is not None:
             _map(figure, axes[row, 4], similarity[row], "similarity s_J", "magma")
     figure.tight_layout()
-    add_note(figure, note)
-    return save_figure(figure, path, description=note)
+    return save_figure(figure, path, note=note)
 
 
 def emergence_figure(
@@ -125,8 +124,7 @@ def emergence_figure(
     figure.supxlabel("timestep t (denoising runs left to right, from noise to image)", fontsize=8)
     figure.supylabel("s_J(edit) - s_J(reference), share of the requested change", fontsize=8)
     figure.tight_layout()
-    add_note(figure, note)
-    return save_figure(figure, path, description=note)
+    return save_figure(figure, path, note=note)
 
 
 def grid_figure(
@@ -156,8 +154,7 @@ def grid_figure(
                 axes[r, c].axis("off")
         axes[r, 0].set_ylabel(labels[r], fontsize=7)
     figure.tight_layout()
-    add_note(figure, note)
-    return save_figure(figure, path, description=note)
+    return save_figure(figure, path, note=note)
 
 
 def nearest_patches_figure(

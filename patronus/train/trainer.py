@@ -113,9 +113,7 @@ def _workers_started(loader: DataLoader) -> Iterator:
     """``iter(loader)`` with the stop signals blocked while it starts the workers, which inherit
     the mask and keep it until their init ignores the signals: a worker importing torch when
     Ctrl-C comes would die of it. The training process receives a signal that came meanwhile
-    when its mask is restored here. Main thread only, as signal handlers are."""
-    if threading.current_thread() is not threading.main_thread():
-        return iter(loader)
+    when its mask is restored here (the mask is the calling thread's, whichever it is)."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         return iter(loader)

@@ -17,18 +17,20 @@ def pyplot():
     return plt
 
 
-def add_note(figure, note: str | None, fontsize: int = 7) -> None:
-    """``note`` below the figure's panels, wrapped to its width (nothing when None)."""
-    if note:
-        width = max(int(figure.get_figwidth() * 140 / fontsize), 40)  # characters per line
-        figure.text(0.01, 0.0, textwrap.fill(note, width), ha="left", va="top", fontsize=fontsize)
+def _add_note(figure, note: str, fontsize: int = 7) -> None:
+    """``note`` below the figure's panels, wrapped to its width."""
+    width = max(int(figure.get_figwidth() * 140 / fontsize), 40)  # characters per line
+    figure.text(0.01, 0.0, textwrap.fill(note, width), ha="left", va="top", fontsize=fontsize)
 
 
-def save_figure(figure, path: Path | None, dpi: int = 110, description: str | None = None) -> bytes:
+def save_figure(figure, path: Path | None, dpi: int = 110, note: str | None = None) -> bytes:
     """PNG bytes of a figure (also written to ``path`` when given), and the figure closed;
-    ``description`` goes into the PNG's Description text chunk."""
+    ``note`` (a figure's verdict) is printed below its panels and kept in the PNG's Description
+    text chunk."""
     buffer = io.BytesIO()
-    metadata = {"Description": description} if description else None
+    if note:
+        _add_note(figure, note)
+    metadata = {"Description": note} if note else None
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata=metadata)
     pyplot().close(figure)
     data = buffer.getvalue()
