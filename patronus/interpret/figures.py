@@ -100,8 +100,11 @@ def emergence_figure(
     any caution) is printed below them and kept in the PNG's Description."""
     plt = pyplot()
     count = len(emergence.prototypes)
+    columns = min(columns, count)  # no empty panels beside a single row
     rows = (count + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.8 * rows), squeeze=False)
+    # tall enough for the y label (about 3.2 inches at its size) even with one row
+    height = max(1.8 * rows, 3.2)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, height), squeeze=False)
     t = emergence.timesteps.numpy()
     share = emergence.share.numpy()
     for index, prototype in enumerate(emergence.prototypes):
