@@ -9,6 +9,10 @@ DEMO_STEPS ?= 800
 SHIPPED_MODEL := assets/fmnist-patronus
 TRAIN ?= 0
 PYTEST_ARGS ?=
+# The Triton of the GPU machines (their torch builds ship it): the kernels are also compiled for
+# sm_90 with it (tests/test_kernels_compile.py), in a folder of its own beside the venv's Triton.
+GPU_TRITON := 3.6.0
+GPU_TRITON_DIR := $(VENV)/triton-$(GPU_TRITON)
 
 .PHONY: setup system-deps demo demo-train test bench lint gpu-check clean
 
@@ -22,7 +26,12 @@ $(STAMP): .ci/requirements.txt pyproject.toml setup.py $(wildcard csrc/*.cpp csr
 	@echo "== set up: $(VENV)"
 	touch $@
 
-setup: $(STAMP) system-deps
+$(GPU_TRITON_DIR)/.installed: | $(STAMP)
+	@echo "== Triton $(GPU_TRITON), the GPU machines' version, into $(GPU_TRITON_DIR) (for one test)"
+	$(PY) -m pip install --quiet --no-deps --target $(GPU_TRITON_DIR) triton==$(GPU_TRITON)
+	touch $@
+
+setup: $(STAMP) $(GPU_TRITON_DIR)/.installed system-deps
 
 # Debian packages where apt is available: Fashion-MNIST (else the training demo falls back to
 # synthetic data) and Chromium (the report's rendering test; skipped, with the reason, without it).
@@ -70,7 +79,7 @@ demo-train: setup
 		"test_samples/samples.png, test_reconstructions/reconstructions.png)"
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	PATRONUS_GPU_TRITON=$(GPU_TRITON_DIR) $(PY) -m pytest -q $(PYTEST_ARGS)
 	$(PY) -m pytest -q benchmarks --benchmark-disable
 
 bench: setup

@@ -1,7 +1,9 @@
 """Compile every Triton kernel ahead of time for NVIDIA GPUs, without a GPU (run by
-test_kernels_compile.py in a process without TRITON_INTERPRET). Prints one line per kernel."""
+test_kernels_compile.py in a process without TRITON_INTERPRET). Prints the Triton it compiles with
+(version and folder), then one line per kernel."""
 
 import sys
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -44,6 +46,7 @@ def signature(jit_fn, features: str) -> dict[str, str]:
 
 
 def main(capability: int) -> None:
+    print(f"triton {triton.__version__} {Path(triton.__file__).parent}")
     target = GPUTarget("cuda", capability, 32)
     limit = {80: 163 * 1024, 90: 227 * 1024}[capability]
     cases = []
