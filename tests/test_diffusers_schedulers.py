@@ -41,6 +41,7 @@ def assert_same_loop(reference, fused, seed, step_options=lambda t: {}):
         output = torch.randn(sample.shape, generator=generator)
         got = fused.step(output, t, sample, **step_options(t))
         want = reference.step(output, t, sample, **step_options(t))
+        assert type(got) is type(want)  # diffusers' own output class (isinstance checks hold)
         torch.testing.assert_close(
             got.pred_original_sample, want.pred_original_sample, atol=1e-5, rtol=1e-5
         )
@@ -98,6 +99,7 @@ def test_ddpm_matches_diffusers(config, inference_steps):
         output = torch.randn(sample.shape, generator=generator)
         got = fused.step(output, t, sample, torch.Generator().manual_seed(int(t)))
         want = reference.step(output, t, sample, torch.Generator().manual_seed(int(t)))
+        assert type(got) is type(want)
         # diffusers forms beta_t = 1 - abar_t / abar_{t-1} in float32 (relative error 2e-5 at
         # t = 1, measured); the fused step takes its coefficients in float64
         torch.testing.assert_close(
@@ -133,8 +135,9 @@ def test_dpm_solver_matches_diffusers(config, inference_steps):
     sample = torch.randn(2, 3, 6, 6, generator=generator)
     for t in reference.timesteps:
         output = torch.randn(sample.shape, generator=generator)
-        got = fused.step(output, t, sample).prev_sample
-        want = reference.step(output, t, sample).prev_sample
+        got, want = fused.step(output, t, sample), reference.step(output, t, sample)
+        assert type(got) is type(want)
+        got, want = got.prev_sample, want.prev_sample
         # diffusers keeps its sigmas in float32; the fused step forms its coefficients in float64
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         sample = want

@@ -24,21 +24,23 @@ dependency (``pip install diffusers``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from patronus.errors import MissingDependencyError
 
 try:
-    from diffusers import (
-        DDIMInverseScheduler,
-        DDIMScheduler,
-        DDPMScheduler,
-        DPMSolverMultistepScheduler,
-        SchedulerMixin,
+    # from the defining modules (the same classes as diffusers' lazy top-level names, which a
+    # type checker resolves to placeholders without attributes)
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler, DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddim_inverse import DDIMInverseScheduler
+    from diffusers.schedulers.scheduling_ddim_inverse import (
+        DDIMSchedulerOutput as DDIMInverseSchedulerOutput,  # a class of its own, same fields
     )
-    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-    from diffusers.schedulers.scheduling_utils import SchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler, DDPMSchedulerOutput
+    from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # pragma: no cover - exercised without diffusers only
     raise MissingDependencyError(
@@ -139,7 +141,7 @@ class PatronusDDPMScheduler(DDPMScheduler):
             noise = torch.zeros_like(sample)
         prev_sample, pred_x0 = scheduler_step(
             sample, model_output, t, prev, self.alphas_cumprod, mode="ddpm",
-            prediction=self.config.prediction_type, variance=variance, recompute_eps=False,
+            prediction=self.config["prediction_type"], variance=variance, recompute_eps=False,
             noise=noise, **_clipping(self, sample, model_output, t),
         )  # fmt: skip
         if not return_dict:
@@ -162,7 +164,7 @@ class PatronusDDIMInverseScheduler(DDIMInverseScheduler):
         timestep: int,
         sample: torch.Tensor,
         return_dict: bool = True,
-    ) -> DDIMSchedulerOutput | tuple:
+    ) -> DDIMInverseSchedulerOutput | tuple:
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         target = int(timestep)
@@ -179,7 +181,7 @@ class PatronusDDIMInverseScheduler(DDIMInverseScheduler):
         )  # fmt: skip
         if not return_dict:
             return next_sample, pred_x0
-        return DDIMSchedulerOutput(prev_sample=next_sample, pred_original_sample=pred_x0)
+        return DDIMInverseSchedulerOutput(prev_sample=next_sample, pred_original_sample=pred_x0)
 
 
 # DPMSolverMultistepScheduler settings the fused step covers (others run diffusers' own step)
@@ -200,7 +202,7 @@ class PatronusDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
     lower-order final steps) kept as diffusers keeps it."""
 
     def _fused(self) -> bool:
-        config = self.config
+        config: Any = self.config  # a FrozenDict whose keys read as attributes
         return (
             config.algorithm_type == "dpmsolver++"
             and config.solver_type == "midpoint"
@@ -211,7 +213,8 @@ class PatronusDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
 
     def _order(self) -> int:
         """The order of the step at ``step_index``, by diffusers' rules."""
-        config, steps, index = self.config, len(self.timesteps), self.step_index
+        config: Any = self.config
+        steps, index = len(self.timesteps), self.step_index
         lower_order_final = index == steps - 1 and (
             config.euler_at_final
             or (config.lower_order_final and steps < 15)
