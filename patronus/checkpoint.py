@@ -59,7 +59,7 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 _STEP = re.compile(r"^step_(\d+)$")
 
 
-def write_atomically(path: Path, writer: Callable[[Path], None]) -> Path:
+def write_atomically(path: Path, writer: Callable[[Path], object]) -> Path:
     """Call ``writer`` on a temporary sibling of ``path`` (file or folder), then rename it in.
 
     A file is replaced atomically. A folder that exists is moved aside first and removed after
@@ -180,7 +180,7 @@ def save_model(
     folder: str | Path,
     metadata: dict[str, Any] | None = None,
     ema_state: dict[str, torch.Tensor] | None = None,
-    extra_files: dict[str, Callable[[Path], None]] | None = None,
+    extra_files: dict[str, Callable[[Path], object]] | None = None,
 ) -> Path:
     """Write ``model`` (and optional EMA weights and extra files) as a checkpoint folder.
 

@@ -22,6 +22,7 @@ from patronus.checkpoint import CheckpointError
 from patronus.models import Patronus
 from patronus.models.config import DiffusionConfig, EncoderConfig, PatronusConfig, UNetConfig
 from patronus.models.presets import ENCODER_32_64, ENCODER_224
+from patronus.models.unet import PatronusUNet
 from patronus.utils.safe_pickle import safe_load
 
 _BLOCK_RENAMES = {
@@ -301,7 +302,9 @@ def load_reference_checkpoint(
         raise CheckpointError("the checkpoint holds no original Patronus state dict under 'model'")
     reference = read_reference_config(Path(config)) if isinstance(config, (str, Path)) else config
     model = Patronus(infer_config(state, reference, image_size))
-    expected_table = model.unet.time_embedding.table
+    unet = model.unet
+    assert isinstance(unet, PatronusUNet)  # (for type checkers: the original's configs build ours)
+    expected_table = unet.time_embedding.table
     if not torch.equal(state["time_embeddings.time_blocks.0.weight"].float(), expected_table):
         raise CheckpointError(
             "the checkpoint's time-embedding table differs from the sinusoidal one"

@@ -57,17 +57,17 @@ class ReportOptions:
         """Checked before any work: a bad option would otherwise fail minutes into a report."""
         counts = {"num_images": self.num_images, "steps": self.steps,
                   "nearest_k": self.nearest_k, "batch_size": self.batch_size}  # fmt: skip
-        for name, value in counts.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, count in counts.items():
+            if count < 1:
+                raise ValueError(f"{name} must be >= 1, got {count}")
         shares = {"quantile": self.quantile, "emergence_fraction": self.emergence_fraction}
-        for name, value in shares.items():
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        for name, share in shares.items():
+            if not 0.0 < share <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {share}")
         scales = {"edit_guidance": self.edit_guidance, "guidance_scale": self.guidance_scale}
-        for name, value in scales.items():
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
+        for name, scale in scales.items():
+            if scale is not None and not math.isfinite(scale):
+                raise ValueError(f"{name} must be finite, got {scale}")
         if not self.edit_guidance > 0:  # 0 decodes the unedited image, below 0 the opposite edit
             raise ValueError(
                 f"edit_guidance must be > 0 (1: plain edits), got {self.edit_guidance}"

@@ -361,22 +361,19 @@ def nearest_patches(
     if isinstance(batches, torch.Tensor):
         # iterating a tensor would give single images without a batch axis
         batches = [batches] if len(batches) else []
-    best_distance = best_image = best_patch = None
+    best: list[torch.Tensor] = []  # distance, image index, patch index (P, <= k) so far
     offset = 0
     for images in batches:
         output = model.prototype_output(images.to(model.device))
         distance = output.min_distances.t().cpu()  # (P, B)
         image = (torch.arange(images.shape[0]) + offset).expand_as(distance)
-        patch = output.patch_index.t().cpu()
         offset += images.shape[0]
-        if best_distance is not None:
-            distance = torch.cat([best_distance, distance], dim=1)
-            image = torch.cat([best_image, image], dim=1)
-            patch = torch.cat([best_patch, patch], dim=1)
-        order = distance.argsort(dim=1, stable=True)[:, :k]
-        best_distance, best_image, best_patch = (
-            t.gather(1, order) for t in (distance, image, patch)
-        )
-    if best_distance is None:
+        candidates = [distance, image, output.patch_index.t().cpu()]
+        if best:
+            candidates = [torch.cat(pair, dim=1) for pair in zip(best, candidates, strict=True)]
+        order = candidates[0].argsort(dim=1, stable=True)[:, :k]
+        best = [t.gather(1, order) for t in candidates]
+    if not best:
         raise ValueError("no images to search")
+    best_distance, best_image, best_patch = best
     return NearestPatches(best_image, best_distance, model.patch_boxes(best_patch))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from patronus.models.config import PatronusConfig
 from patronus.models.unet import PatronusUNet
 from patronus.nn.proto_encoder import ProtoEncoder
 from patronus.nn.prototype_layer import PrototypeLayer, PrototypeOutput
+
+if TYPE_CHECKING:  # diffusers is optional: imported where a model uses it
+    from patronus.models.diffusers_denoiser import DiffusersDenoiser
 
 Callback = Callable[[SamplerStep], None]
 PRECISIONS = ("fp32", "bf16")
@@ -63,6 +66,7 @@ class Patronus(nn.Module):
         self.prototype_layer = PrototypeLayer(
             config.num_prototypes, config.prototype_dim, config.activation, config.activation_eps
         )
+        self.unet: PatronusUNet | DiffusersDenoiser
         if config.diffusers_unet is not None:
             from patronus.models.diffusers_denoiser import DiffusersDenoiser
 
@@ -71,15 +75,16 @@ class Patronus(nn.Module):
                 config.num_prototypes, config.image_channels,
             )  # fmt: skip
         else:
-            self.unet = PatronusUNet(
+            unet = PatronusUNet(
                 config.unet, config.image_channels, config.num_prototypes,
                 config.diffusion.timesteps,
             )  # fmt: skip
-        if config.diffusers_unet is None and config.image_size % self.unet.downsampling_factor:
-            raise ValueError(
-                f"image_size {config.image_size} must be divisible by "
-                f"{self.unet.downsampling_factor} (2 ** (len(channel_mults) - 1))"
-            )
+            if config.image_size % unet.downsampling_factor:
+                raise ValueError(
+                    f"image_size {config.image_size} must be divisible by "
+                    f"{unet.downsampling_factor} (2 ** (len(channel_mults) - 1))"
+                )
+            self.unet = unet
         self.schedule = NoiseSchedule.from_name(
             config.diffusion.schedule, config.diffusion.timesteps
         )
@@ -300,9 +305,9 @@ class Patronus(nn.Module):
         self.check_images(x_T, "x_T", clean=False)
         if x_T.shape[0] != s.shape[0]:
             raise ValueError(f"x_T has {x_T.shape[0]} samples but s has {s.shape[0]}")
-        eps_fn = self.eps_fn(s, options.guidance_scale, guidance_reference)
+        eps_fn = self.eps_fn(s, scale, guidance_reference)
         if scheduler is not None:
-            plain = SamplerOptions(steps=options.steps, guidance_scale=options.guidance_scale)
+            plain = SamplerOptions(steps=options.steps, guidance_scale=scale)
             if options != plain:
                 raise ValueError(
                     "with a diffusers scheduler its config decides how to step: leave sampler, "
@@ -310,8 +315,7 @@ class Patronus(nn.Module):
                 )
             check_scheduler_schedule(scheduler, self.schedule)
             return scheduler_sampling(
-                eps_fn, x_T, scheduler, options.steps, generator, options.guidance_scale,
-                after_step,
+                eps_fn, x_T, scheduler, options.steps, generator, scale, after_step,
             )  # fmt: skip
         return samplers.sample(eps_fn, x_T, self.schedule, options, generator, after_step)
 

@@ -68,6 +68,9 @@ class _Block(nn.Module):
 class ActivationPrior(nn.Module):
     """eps_theta(s_t, t) for normalised activation vectors (B, 1, P)."""
 
+    mean: torch.Tensor  # (P,) buffers: the activations' normalisation
+    std: torch.Tensor
+
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
         self.config = config

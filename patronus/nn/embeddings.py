@@ -27,6 +27,8 @@ def sinusoidal_table(num_steps: int, dim: int) -> torch.Tensor:
 class TimeEmbedding(nn.Module):
     """Integer timestep t (B,) -> (B, out_dim): sinusoidal table, Linear, SiLU, Linear."""
 
+    table: torch.Tensor  # (num_steps, dim), a buffer
+
     def __init__(self, num_steps: int, dim: int, out_dim: int) -> None:
         super().__init__()
         self.register_buffer("table", sinusoidal_table(num_steps, dim), persistent=False)

@@ -23,8 +23,10 @@ import torch
 from patronus.errors import MissingDependencyError
 
 try:
-    from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, ModelMixin
-    from diffusers.configuration_utils import register_to_config
+    # from the defining modules (diffusers' lazy top-level names type-check as placeholders)
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_utils import ModelMixin
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 except ImportError as error:  # pragma: no cover - exercised without diffusers only
     raise MissingDependencyError(
         "patronus.pipelines.diffusers_pipeline needs diffusers: pip install diffusers"
@@ -40,7 +42,7 @@ __all__ = ["ModelMixin", "PatronusDenoiser", "PatronusPipeline", "SchedulerMixin
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
-class PatronusDenoiser(ModelMixin, ConfigMixin):
+class PatronusDenoiser(ModelMixin, ConfigMixin):  # type: ignore[misc]  # as diffusers' own
     """A whole Patronus model as a diffusers model. ``forward(sample, timestep, activations)``
     predicts the noise, (B, C, H, W), (B,), (B, P) -> (B, C, H, W); ``model`` is the
     :class:`~patronus.Patronus` itself."""
@@ -76,6 +78,9 @@ def default_scheduler(model: Patronus) -> PatronusDDIMScheduler:
 
 class PatronusPipeline(DiffusionPipeline):
     """Conditional generation from prototype activations (or the activations of images)."""
+
+    unet: PatronusDenoiser  # registered components (register_modules sets them)
+    scheduler: SchedulerMixin
 
     def __init__(self, unet: PatronusDenoiser, scheduler: SchedulerMixin) -> None:
         if not isinstance(unet, PatronusDenoiser):  # e.g. another pipeline's folder
@@ -129,13 +134,14 @@ class PatronusPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         model = self.patronus
-        if activations is None:
+        if images is not None:
             activations = self.encode(images).activations
+        assert activations is not None  # (for type checkers: one of the two, checked above)
         samples = model.sample(
             activations.to(model.device), num_inference_steps, generator=generator,
             guidance_scale=guidance_scale, scheduler=self.scheduler,
         )  # fmt: skip
-        pixels = (samples / 2 + 0.5).clamp(0, 1)
+        pixels: Any = (samples / 2 + 0.5).clamp(0, 1)  # a tensor, an array or PIL images
         if output_type != "pt":
             pixels = pixels.cpu().permute(0, 2, 3, 1).float().numpy()
             if output_type == "pil":

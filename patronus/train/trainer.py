@@ -169,7 +169,7 @@ class _StepBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         local = self.batch // self.world
-        epoch, permutation = -1, None
+        epoch, permutation = -1, torch.empty(0, dtype=torch.long)
         for step in range(self.start, self.stop):
             step_epoch, position = divmod(step, self.steps_per_epoch)
             if step_epoch != epoch:
@@ -474,11 +474,12 @@ class Trainer:
 
     def _prune_checkpoints(self) -> None:
         """Keep the newest ``keep_checkpoints`` by step number (the one just written among them)."""
-        folders = sorted(
-            (p for p in self.checkpoints_dir.glob("step_*") if checkpoint_step(p.name) is not None),
-            key=lambda p: checkpoint_step(p.name),
-        )
-        for old in folders[: -self.config.keep_checkpoints]:
+        numbered = [
+            (step, p)
+            for p in self.checkpoints_dir.glob("step_*")
+            if (step := checkpoint_step(p.name)) is not None
+        ]
+        for _, old in sorted(numbered)[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
 
     def resume(self, checkpoint: str | Path | None = None) -> int:
