@@ -90,6 +90,7 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # On a GPU machine, with its own python3 (no venv, no installs): build the extension, run the
 # CUDA tests and the benchmarks, write everything under $$OUT.

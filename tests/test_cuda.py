@@ -43,6 +43,22 @@ def test_cuda_graph_sampling_matches_eager(tiny_config, sampler):
     torch.testing.assert_close(results[1], results[0])
 
 
+def test_a_graphed_step_refuses_an_rng_state_it_was_not_captured_with():
+    from patronus.diffusion.graphed_step import GraphedStep
+
+    def body(x, net_t, current, target, rng):
+        noise = 0.0 if rng is None else rng.sum() * 0.0
+        return x * 0.5 + noise, x
+
+    x = torch.zeros(2, 1, 4, 4, device="cuda")
+    levels = torch.zeros(2, dtype=torch.long, device="cuda")
+    rng = torch.zeros(2, dtype=torch.long, device="cuda")
+    with pytest.raises(ValueError, match="pass its rng state"):
+        GraphedStep(body, x, stochastic=True)(x, levels, levels, levels, None)
+    with pytest.raises(ValueError, match="must be None"):
+        GraphedStep(body, x, stochastic=False)(x, levels, levels, levels, rng)
+
+
 def test_fid_features_on_cuda_match_the_cpu():
     """`evaluate fid --device cuda` computes the features where the extractor's weights are."""
     from patronus.eval.generation import distances

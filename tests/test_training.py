@@ -425,6 +425,17 @@ def test_a_dataset_the_model_cannot_train_on_is_refused_before_training(tmp_path
         make_trainer(tmp_path / "run", _Items(make), max_steps=1, batch_size=8)
 
 
+def test_an_iterable_dataset_is_refused_with_the_reason(tmp_path):
+    """The trainer reads images by index: an IterableDataset has no length to split."""
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.rand(3, 24, 24) * 2 - 1, 0)] * 32)
+
+    with pytest.raises(TypeError, match="a Stream has no length: patronus reads datasets by index"):
+        make_trainer(tmp_path / "run", Stream(), max_steps=1, batch_size=8)
+
+
 def test_images_in_zero_one_train_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"expects \[-1, 1\] \(x \* 2 - 1 maps \[0, 1\] there\)"):
         make_trainer(tmp_path / "run", _Items(lambda i: (torch.rand(3, 24, 24), 0)), batch_size=8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -284,7 +285,7 @@ def run_fid(args: argparse.Namespace) -> int:
     count = min(len(reference_set), args.num)
     reference = torch.stack([reference_set[i][0] for i in range(count)])
     say(f"features and distances of {len(generated)} generated vs {count} {reference_name}")
-    result = distances(
+    result: dict[str, Any] = distances(
         extractor, generated, reference, args.seed, args.device, progress=not args.no_progress
     )
     if min(result["generated"], result["reference"]) < result["feature_dim"]:

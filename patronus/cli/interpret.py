@@ -11,6 +11,7 @@ import torch
 from patronus.cli import arguments as a
 from patronus.cli.loading import dataset_builder, load_checkpoint
 from patronus.cli.outputs import CommandError, now, output_folder, report_written, say
+from patronus.data.size import dataset_size
 from patronus.diffusion.samplers import DEFAULT_SAMPLER
 from patronus.interpret.prototype_guidance import PrototypeGuidance
 from patronus.interpret.what import repeated_indices
@@ -121,12 +122,13 @@ def _inputs(args: argparse.Namespace, model):
 
     def take(split: str, count: int, shuffle: bool) -> torch.Tensor:
         dataset = build(split)
-        count = min(count, len(dataset))
+        size = dataset_size(dataset)
+        count = min(count, size)
         if shuffle:
             generator = torch.Generator().manual_seed(args.seed)
-            indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
+            indices = torch.randperm(size, generator=generator)[:count].tolist()
         else:
-            indices = range(count)
+            indices = list(range(count))
         return torch.stack([dataset[i][0] for i in indices])
 
     say(f"reading {spec['name']} images")

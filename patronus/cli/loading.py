@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from patronus.cli.outputs import CommandError, say
+from patronus.data.size import dataset_size
 
 
 def load_checkpoint(args: argparse.Namespace):
@@ -111,12 +112,13 @@ def load_images(args: argparse.Namespace, model) -> torch.Tensor:
                 f"--split {args.split}: {name} has the splits {', '.join(dataset_splits(name))}"
             )
         dataset = build_dataset(name, data_dir, args.split, size, channels, seed=seed)
-        if args.offset >= len(dataset):
+        available = dataset_size(dataset)
+        if args.offset >= available:
             raise CommandError(
-                f"--offset {args.offset} is past the last of the {len(dataset)} {args.split} "
-                f"images of {name}"
+                f"--offset {args.offset} is past the last of the {available} {args.split} images "
+                f"of {name}"
             )
-        stop = min(args.offset + args.num, len(dataset))
+        stop = min(args.offset + args.num, available)
         say(f"taking {name} {args.split} images {args.offset} .. {stop - 1}")
         images = [dataset[i][0] for i in range(args.offset, stop)]
         shape = tuple(images[0].shape)

@@ -41,7 +41,8 @@ def _unit_pixels(image: Image.Image, channels: int, size: int | None) -> np.ndar
     """A loaded image -> float32 (size, size, channels) in [0, 1]."""
     wide = _WIDE_MODES.get(image.mode)
     if image.mode == "I":
-        wide = 65535.0 if image.getextrema()[1] <= 65535 else 2.0**32 - 1
+        high = image.getextrema()[1]  # one band: (low, high)
+        wide = 65535.0 if high <= 65535 else 2.0**32 - 1  # type: ignore[operator]
     if wide is not None:  # 16-bit (or 32-bit) gray: scale, then resize in float
         values = np.asarray(image, dtype=np.float64) / wide
         plane = Image.fromarray(values.clip(0, 1).astype(np.float32), mode="F")

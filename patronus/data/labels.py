@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
+from patronus.data.size import dataset_size
+
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:
     """Labels of every item, in order: (N,) class indices or (N, A) attribute values.
@@ -17,4 +19,4 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, torch.Tensor):
         return labels
-    return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))])
+    return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(dataset_size(dataset))])

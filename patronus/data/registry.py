@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
@@ -13,6 +14,7 @@ from patronus.data.cifar10 import CIFAR10
 from patronus.data.errors import DataLayoutError
 from patronus.data.fashion_mnist import FashionMNIST
 from patronus.data.image_folder import FFHQ, ImageFolder
+from patronus.data.size import dataset_size
 from patronus.data.synthetic import SyntheticShapes
 
 DATASETS = (
@@ -30,7 +32,7 @@ DATASETS = (
 WITHOUT_TEST_SPLIT = ("ffhq", "folder")
 # the planted shortcut: an object's colour follows its shape (square red, circle green, triangle
 # blue) in 95% of the images
-SHORTCUT = {"correlate": ("shape", "colour"), "correlation": 0.95}
+SHORTCUT: dict[str, Any] = {"correlate": ("shape", "colour"), "correlation": 0.95}
 
 
 def dataset_splits(name: str) -> tuple[str, ...]:
@@ -113,6 +115,6 @@ def build_dataset(
         )
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if limit is not None and limit < len(dataset):
+    if limit is not None and limit < dataset_size(dataset):
         dataset = Subset(dataset, range(limit))
     return dataset

@@ -60,6 +60,10 @@ class GraphedStep:
         self.current.copy_(current)
         self.target.copy_(target)
         if self.rng is not None:
+            if rng is None:
+                raise ValueError("this step was captured drawing noise: pass its rng state")
             self.rng.copy_(rng)
+        elif rng is not None:
+            raise ValueError("this step was captured without noise: its rng must be None")
         self.graph.replay()
         return self.out_next.clone(), self.out_x0.clone()

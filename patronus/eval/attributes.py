@@ -63,10 +63,10 @@ def attribute_table(
                 groups.append(factor)
         return Attributes(columns, torch.stack(values, dim=1), kinds, groups)
     if dataset in ("celeba", "celeba-biased", "chexpert"):
-        values = labels.float().clone()
+        table = labels.float().clone()
         if dataset == "chexpert":
-            values[values < 0] = float("nan")  # uncertain
-        count = values.shape[1]
+            table[table < 0] = float("nan")  # uncertain
+        count = table.shape[1]
         columns = list(names or [f"attribute_{i}" for i in range(count)])
-        return Attributes(columns, values, [True] * count, columns)
+        return Attributes(columns, table, [True] * count, columns)
     return Attributes(["class"], labels.float().reshape(-1, 1), [False], ["class"])

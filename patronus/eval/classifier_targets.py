@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from patronus.data.size import dataset_size
 from patronus.errors import PatronusError
 from patronus.eval.attributes import attribute_table
 
@@ -63,8 +64,9 @@ class WithTargets(Dataset):
     :func:`classifier_targets`."""
 
     def __init__(self, dataset: Dataset, targets: torch.Tensor) -> None:
-        if len(dataset) != len(targets):
-            raise ValueError(f"{len(dataset)} images but {len(targets)} targets")
+        size = dataset_size(dataset)
+        if size != len(targets):
+            raise ValueError(f"{size} images but {len(targets)} targets")
         self.dataset = dataset
         self.targets = targets
 

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from patronus.data.size import dataset_size
 from patronus.models import Patronus
 
 
@@ -18,7 +19,7 @@ def encode_dataset(
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``limit`` items -> (activations (N, P) float32, labels (N, ...))."""
-    if limit is not None and limit < len(dataset):
+    if limit is not None and limit < dataset_size(dataset):
         dataset = Subset(dataset, range(limit))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     activations, labels = [], []

@@ -15,7 +15,7 @@ held-out folds.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -57,7 +57,7 @@ def linear_probes(
     names: Sequence[str],
     folds: int = 5,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | str]]:
     """Per attribute (columns of ``labels`` (N, A)): {"metric": "roc_auc" | "accuracy", "mean",
     "std", "folds"} over the held-out folds. Binary columns get ROC-AUC, others accuracy; an
     attribute no fold can score (a single value in its training part) has folds 0, mean and std
@@ -118,7 +118,9 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor) -> float:
     return entropy(a) + entropy(b) - entropy(joint)
 
 
-def entropy_reduction(labels: torch.Tensor, groups: Sequence[str] | None = None) -> torch.Tensor:
+def entropy_reduction(
+    labels: torch.Tensor, groups: Sequence[Hashable] | None = None
+) -> torch.Tensor:
     """(N, A) binary labels -> (A,) max_k I(y_i; y_k) / H(y_i) over the other attributes
     (attributes of one group, e.g. the one-vs-rest values of one factor, are not compared).
     NaN marks a missing label: each pair is measured on the images where both are known."""

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,7 +200,8 @@ def write_visualization(
 def _write_results(out_dir: Path, stem: str, numbers: dict, arrays: dict[str, torch.Tensor]):
     """``stem.json`` (the numbers) and ``stem.npz`` (the arrays, compressed)."""
     (out_dir / f"{stem}.json").write_text(finite_json(numbers) + "\n")
-    np.savez_compressed(out_dir / f"{stem}.npz", **{k: v.cpu().numpy() for k, v in arrays.items()})
+    named: dict[str, Any] = {name: value.cpu().numpy() for name, value in arrays.items()}
+    np.savez_compressed(out_dir / f"{stem}.npz", **named)
 
 
 def _edit_arrays(vis) -> dict[str, torch.Tensor]:
@@ -353,15 +355,16 @@ def build_report(
         low, high = float(reference[:, strongest].min()), float(bounds[strongest])
         values = torch.linspace(low, high + 0.5 * (high - low), 8)
         progress.stage(f"analyses: extrapolation and consistency of prototype {strongest}")
-        guided = {
-            "edit_guidance": options.edit_guidance,
-            "prototype_guidance": options.prototype_guidance,
-        }
-        extrapolated = analyses.extrapolation(model, inversion, strongest, values, **guided)
+        edit_guidance, prototype_guidance = options.edit_guidance, options.prototype_guidance
+        extrapolated = analyses.extrapolation(
+            model, inversion, strongest, values,
+            edit_guidance=edit_guidance, prototype_guidance=prototype_guidance,
+        )  # fmt: skip
         extrapolation_reached = model.encode(extrapolated)[:, strongest].cpu()
         consistent = analyses.consistency(
-            model, inversion, strongest, float(bounds[strongest]), **guided
-        )
+            model, inversion, strongest, float(bounds[strongest]),
+            edit_guidance=edit_guidance, prototype_guidance=prototype_guidance,
+        )  # fmt: skip
     finally:
         progress.close()
     if log is not None:

@@ -50,7 +50,7 @@ def unjudged_because(summary: dict) -> list[str]:
     """Why the edits cannot be judged as the model's (nothing: they can)."""
     reasons = [GUIDED] if summary.get("prototype_guided") else []
     mse = summary.get("reconstruction_mse")
-    return reasons + ([] if reconstructs(mse) else [poor_reconstruction(mse)])
+    return reasons + ([] if mse is None or reconstructs(mse) else [poor_reconstruction(mse)])
 
 
 def fidelity_headline(summary: dict) -> str:

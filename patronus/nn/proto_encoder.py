@@ -92,7 +92,7 @@ class ProtoEncoder(nn.Module):
         ):
             conv = nn.Conv2d(previous, out, kernel, stride=stride, padding=padding)
             nn.init.normal_(conv.weight, 0.0, 0.1)
-            nn.init.zeros_(conv.bias)
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # (built with a bias)
             layers += [conv, nn.ReLU()]
             previous = out
         self.features = nn.Sequential(*layers)
@@ -123,7 +123,7 @@ class ProtoEncoder(nn.Module):
     def patch_boxes(self, patch_index: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Flat feature-cell indices (...) -> pixel boxes (..., 4) int64 on the indices' device
         (see :meth:`patch_box`): a lookup in a per-cell table, with no copy to the host."""
-        key = (tuple(image_size), patch_index.device)
+        key = ((image_size[0], image_size[1]), patch_index.device)
         table = self._box_tables.get(key)
         if table is None:
             height, width = self.output_size(image_size)

@@ -255,6 +255,7 @@ def scheduler_step_ref(
     prev = p_x0 * x0 + p_eps * eps + p_x * x
     if bool((coefficients[9] > 0).any()):
         if noise is None:
+            assert rng_state is not None  # (for type checkers: checked above)
             seed, offset = (int(v) for v in rng_state.tolist())
             noise = philox_normal(seed, offset, sample.shape, sample.device)
         prev = prev + sigma * torch.where(sigma > 0, noise.to(opmath), 0)

@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch.utils.data import Dataset
 
+from patronus.data.size import dataset_size
 from patronus.models.patronus import RANGE_TOLERANCE
 
 SAMPLED = 16  # items read to judge the value range
@@ -31,7 +32,7 @@ def check_training_dataset(dataset: Dataset, image_shape: tuple[int, int, int]) 
         )
     if not image.is_floating_point():
         raise TypeError(f"dataset images must be floating point in [-1, 1], got {image.dtype}")
-    count = min(len(dataset), SAMPLED)
+    count = min(dataset_size(dataset), SAMPLED)
     images = torch.stack([image, *(dataset[i][0] for i in range(1, count))]).float()
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"the first {count} dataset images hold NaN or Inf")

@@ -42,6 +42,7 @@ from patronus.checkpoint import (
     save_tensors,
     write_atomically,
 )
+from patronus.data.size import dataset_size
 from patronus.diffusion.loss import sample_timesteps
 from patronus.models import Patronus, PatronusConfig
 from patronus.nn.prototype_layer import prototype_distinct_loss
@@ -223,9 +224,10 @@ class Trainer:
                 "activation decorrelation needs at least 2 images per process, got batch_size "
                 f"{config.batch_size} over {self.dist.world_size} processes"
             )
-        if len(dataset) < config.batch_size:
+        size = dataset_size(dataset)
+        if size < config.batch_size:
             raise ValueError(
-                f"the dataset has {len(dataset)} images, less than a batch of {config.batch_size}"
+                f"the dataset has {size} images, less than a batch of {config.batch_size}"
             )
         check_training_dataset(dataset, model.config.image_shape)
         self.model = model.to(self.device)
@@ -339,7 +341,7 @@ class Trainer:
         config = self.config
         self.model.train()  # a loaded model comes in eval mode; dropout and condition dropout on
         sampler = _StepBatches(
-            len(self.dataset),
+            dataset_size(self.dataset),
             config.batch_size,
             self.dist.rank,
             self.dist.world_size,
@@ -514,7 +516,7 @@ class Trainer:
         """Conditional samples for the first images of the dataset: originals above samples."""
         if not self.dist.is_main:
             return None
-        count = min(self.config.num_sample_images, len(self.dataset))
+        count = min(self.config.num_sample_images, dataset_size(self.dataset))
         originals = torch.stack([self.dataset[i][0] for i in range(count)]).to(self.device)
         model = self.model
         if self.ema is not None:
