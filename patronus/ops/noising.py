@@ -84,7 +84,7 @@ def _q_sample_backward(ctx, grad):
     x0, noise, signal_scale, noise_scale = ctx.saved_tensors
     dtype = opmath_dtype(x0)
     g = grad.to(dtype)
-    grads = [None, None, None, None]
+    grads: list[torch.Tensor | None] = [None, None, None, None]
     for i, (scale, data) in enumerate(((signal_scale, x0), (noise_scale, noise))):
         if ctx.needs_input_grad[i]:
             grads[i] = (_per_sample(scale, g, dtype) * g).to(data.dtype)

@@ -28,7 +28,9 @@ smallest index).
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import torch
 
@@ -204,10 +206,9 @@ def _choose(backends: _backend.OpBackends, features: torch.Tensor, prototypes: t
     return name
 
 
-def _triton_kernels():
-    from patronus.kernels import prototype_distance
-
-    return prototype_distance
+def _triton_kernels() -> ModuleType:
+    # imported by name: in a source checkout patronus.kernels points its __path__ at kernels/
+    return importlib.import_module("patronus.kernels.prototype_distance")
 
 
 # ---------------------------------------------------------------------------- custom op: min
