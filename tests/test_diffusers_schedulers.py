@@ -164,6 +164,30 @@ def test_dpm_solver_settings_the_fused_step_lacks_run_diffusers_step(config):
         sample = want.prev_sample
 
 
+def test_ddpm_reads_any_negative_previous_timestep_as_clean_data(monkeypatch):
+    """diffusers 0.30's previous_timestep gives t - T // steps for the last respaced step (-5
+    here; newer versions give -1), and its step reads every negative level as abar = 1; the fused
+    step refused it (prev_timestep must lie in [-1, 100))."""
+
+    def previous_timestep_of_diffusers_0_30(self, timestep):
+        return timestep - self.config.num_train_timesteps // self.num_inference_steps
+
+    for scheduler_class in (DDPMScheduler, PatronusDDPMScheduler):
+        monkeypatch.setattr(
+            scheduler_class, "previous_timestep", previous_timestep_of_diffusers_0_30
+        )
+    reference = DDPMScheduler(num_train_timesteps=100)
+    fused = PatronusDDPMScheduler.from_config(reference.config)
+    for scheduler in (reference, fused):
+        scheduler.set_timesteps(20)
+    assert int(reference.previous_timestep(reference.timesteps[-1])) == -5
+    sample, output = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)
+    got = fused.step(output, 0, sample, torch.Generator().manual_seed(0))
+    want = reference.step(output, 0, sample, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got.prev_sample, want.prev_sample, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pred_original_sample, want.pred_original_sample)
+
+
 def test_learned_variance_falls_back_to_diffusers():
     reference = DDPMScheduler(num_train_timesteps=50, variance_type="learned_range")
     fused = PatronusDDPMScheduler.from_config(reference.config)

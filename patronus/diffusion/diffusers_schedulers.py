@@ -130,7 +130,10 @@ class PatronusDDPMScheduler(DDPMScheduler):
         if variance is None or model_output.shape[1] != sample.shape[1]:
             return super().step(model_output, timestep, sample, generator, return_dict)
         t = int(timestep)
-        prev = int(self.previous_timestep(t))
+        # any level below 0 is the clean data (abar = 1), as diffusers' step reads it: for the
+        # last respaced step diffusers 0.30 gives t - T // steps (-5 for 20 of 100 steps), later
+        # versions -1
+        prev = max(int(self.previous_timestep(t)), -1)
         noise = None
         if t > 0:
             noise = randn_tensor(
