@@ -375,6 +375,31 @@ def test_cifar10_reads_python2_pickles(tmp_path):
     torch.testing.assert_close(image, expected)
 
 
+def test_cifar10_reads_with_numpy_1_module_names(tmp_path):
+    """numpy before 1.26 has no numpy._core (the declared numpy>=1.24): the safe unpickler took
+    _reconstruct from there and failed. Simulated by hiding numpy._core.multiarray from imports
+    (checked by hand under numpy 1.24.4 too)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    (folder / "test_batch").write_bytes(_python2_cifar_pickle(data, [1, 7, 9]))
+    code = (
+        "import sys, numpy\n"
+        "sys.modules['numpy._core.multiarray'] = None  # as numpy 1.24 has no numpy._core\n"
+        "from patronus.data import CIFAR10\n"
+        f"image, label = CIFAR10({str(tmp_path)!r}, 'test')[1]\n"
+        "print(int(label), float(image.sum()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    label, total = result.stdout.split()
+    expected = torch.from_numpy(data[1].reshape(3, 32, 32)).float() / 127.5 - 1
+    assert int(label) == 7 and float(total) == pytest.approx(float(expected.sum()), abs=1e-3)
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from patronus.data.images import load_image
 

@@ -70,7 +70,11 @@ PLAIN_GLOBALS: Mapping[tuple[str, str], Callable[..., Any]] = {
 
 def _numpy_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     import numpy as np
-    from numpy._core.multiarray import _reconstruct
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x (before 1.26 it has no numpy._core)
+        from numpy.core.multiarray import _reconstruct
 
     ndarray = object()  # stands for numpy.ndarray, which must not be callable from the pickle
 
