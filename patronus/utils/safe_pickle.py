@@ -9,6 +9,7 @@ input size is capped, and every failure (bad opcode, wrong argument, truncation,
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from collections import OrderedDict
@@ -72,9 +73,10 @@ def _numpy_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     import numpy as np
 
     try:
-        from numpy._core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy 1.x (before 1.26 it has no numpy._core)
-        from numpy.core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    _reconstruct = multiarray._reconstruct
 
     ndarray = object()  # stands for numpy.ndarray, which must not be callable from the pickle
 
