@@ -3,9 +3,10 @@
 Each op's kernels live in csrc/<op>/: cpu.cpp is compiled wherever a C++ compiler exists, cuda.cu
 only where the installed torch has CUDA and nvcc is found (csrc/schema.cpp declares the kernels,
 csrc/module.cpp is the Python module); torch refuses an nvcc of another major CUDA version than
-its own, so then only the CPU kernels are built, with a message saying why (the CUDA ops then run
-their PyTorch references). ``PATRONUS_BUILD_EXT=0`` skips the extension: the package then runs on
-its pure-PyTorch backends and ``patronus.info()`` says so.
+its own, so then only the CPU kernels are built, with a message saying why (``patronus info``
+lists the compiled kernels per device and says so too; the CUDA ops then run their PyTorch
+references). ``PATRONUS_BUILD_EXT=0`` skips the extension: the package then runs on its
+pure-PyTorch backends and ``patronus.info()`` says so.
 Build with ``pip install --no-build-isolation -e .`` (build isolation would fetch another torch).
 """
 

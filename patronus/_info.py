@@ -35,6 +35,27 @@ def _extension_threads() -> str:
     return str(torch.ops.patronus.parallel_threads_seen(work))
 
 
+def _extension_kernels() -> str:
+    """The compiled kernels of the extension, per device (a CUDA build of torch gets CPU kernels
+    only when the extension was built with an nvcc of another CUDA version: setup.py)."""
+    module, _ = _backend.load_extension()
+    if module is None:
+        return "none (the extension is not loaded)"
+    parts, has_cuda = [], False
+    for key in ("CPU", "CUDA"):
+        registered = torch._C._dispatch_get_registrations_for_dispatch_key(key)
+        names = sorted(name.split("::")[1] for name in registered if name.startswith("patronus::"))
+        has_cuda |= key == "CUDA" and bool(names)
+        parts.append(f"{key.lower()}: {', '.join(names) or 'none'}")
+    text = "; ".join(parts)
+    if torch.version.cuda and not has_cuda:
+        text += (
+            f" (torch is a CUDA {torch.version.cuda} build: the extension was built without nvcc "
+            "of that CUDA version, so the CUDA ops run their PyTorch references)"
+        )
+    return text
+
+
 def info() -> str:
     """A report of versions, devices, the extension and Triton, and the backend of each op."""
     from patronus.ops import backend_choices
@@ -47,6 +68,7 @@ def info() -> str:
         f"numpy {_version('numpy')}, safetensors {_version('safetensors')}",
         f"triton: {_backend.triton_status() or _version('triton')}",
         f"extension patronus._C: {extension}",
+        f"extension kernels: {_extension_kernels()}",
         f"CPU threads: torch {torch.get_num_threads()}, extension {_extension_threads()}",
         f"{_backend.ENV_VAR}={_backend.requested_backend()}",
     ]

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import patronus
 from patronus import _backend
 
 BUILT = os.environ.get("PATRONUS_BUILD_EXT", "1") != "0"
@@ -38,6 +40,19 @@ def test_without_extension_everything_runs_on_torch():
     assert "disabled by PATRONUS_BUILD_EXT=0" in out.stdout
     assert "q_sample                 torch" in out.stdout
     assert "scheduler_step           torch" in out.stdout
+
+
+def test_info_lists_the_compiled_kernels_and_why_cuda_ones_may_lack(monkeypatch):
+    """A CUDA torch with an extension built without nvcc of its CUDA version (setup.py then
+    builds the CPU kernels only) is told apart in info(), with or without a GPU."""
+    if not BUILT:
+        pytest.skip("the extension is disabled (PATRONUS_BUILD_EXT=0)")
+    cpu_kernels = "prototype_min_distance_bwd, prototype_min_distance_fwd, q_sample_fwd"
+    line = f"extension kernels: cpu: {cpu_kernels}, scheduler_step_fwd; cuda: none"
+    assert line + "\n" in patronus.info() + "\n"  # a CPU torch: no CUDA kernels, no hint
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    hint = "(torch is a CUDA 12.6 build: the extension was built without nvcc of that CUDA version"
+    assert f"{line} {hint}" in patronus.info()
 
 
 def test_parallel_loops_use_the_threads_torch_is_set_to():
