@@ -35,25 +35,31 @@ def _extension_threads() -> str:
     return str(torch.ops.patronus.parallel_threads_seen(work))
 
 
+def kernel_summary(kernels: dict[str, list[str]], torch_cuda: str | None) -> str:
+    """``{"cpu": [op, ...], "cuda": [...]}`` -> "cpu: a, b; cuda: none", saying why when torch is
+    a CUDA build (``torch_cuda``) but no CUDA kernel was compiled (setup.py builds the CPU ones
+    only when nvcc is of another CUDA version)."""
+    text = "; ".join(f"{device}: {', '.join(names) or 'none'}" for device, names in kernels.items())
+    if torch_cuda and not kernels.get("cuda"):
+        text += (
+            f" (torch is a CUDA {torch_cuda} build: the extension was built without nvcc of that "
+            "CUDA version, so the CUDA ops run their PyTorch references)"
+        )
+    return text
+
+
 def _extension_kernels() -> str:
-    """The compiled kernels of the extension, per device (a CUDA build of torch gets CPU kernels
-    only when the extension was built with an nvcc of another CUDA version: setup.py)."""
+    """The compiled kernels of the loaded extension, per device (see :func:`kernel_summary`)."""
     module, _ = _backend.load_extension()
     if module is None:
         return "none (the extension is not loaded)"
-    parts, has_cuda = [], False
+    kernels = {}
     for key in ("CPU", "CUDA"):
         registered = torch._C._dispatch_get_registrations_for_dispatch_key(key)
-        names = sorted(name.split("::")[1] for name in registered if name.startswith("patronus::"))
-        has_cuda |= key == "CUDA" and bool(names)
-        parts.append(f"{key.lower()}: {', '.join(names) or 'none'}")
-    text = "; ".join(parts)
-    if torch.version.cuda and not has_cuda:
-        text += (
-            f" (torch is a CUDA {torch.version.cuda} build: the extension was built without nvcc "
-            "of that CUDA version, so the CUDA ops run their PyTorch references)"
+        kernels[key.lower()] = sorted(
+            name.split("::")[1] for name in registered if name.startswith("patronus::")
         )
-    return text
+    return kernel_summary(kernels, torch.version.cuda)
 
 
 def info() -> str:
