@@ -112,3 +112,26 @@ def test_activation_prior_trains_on_cuda_as_on_the_cpu():
         losses[device] = train_prior(prior, activations, 3, seed=5, progress=False, device=device)
         assert prior.mean.device.type == device
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-2)  # TF32 convolutions
+
+
+def test_prototype_guided_edits_on_cuda(tiny_config):
+    """Prototype guidance takes gradients of the prototype layer during decoding: the one edit
+    path that tests/test_fake_cuda.py cannot run on its simulated device (no autograd there)."""
+    from patronus.interpret import (
+        PrototypeGuidance,
+        activation_bounds,
+        invert_images,
+        visualize_prototypes,
+    )
+
+    torch.manual_seed(0)
+    model = Patronus(tiny_config).cuda().eval()
+    images = torch.rand(2, 3, 24, 24, device="cuda") * 2 - 1
+    with torch.no_grad():
+        bounds = activation_bounds(model.encode(torch.rand(16, 3, 24, 24, device="cuda") * 2 - 1))
+    inversion = invert_images(model, images, 4)
+    vis = visualize_prototypes(
+        model, inversion, bounds, [0, 1], prototype_guidance=PrototypeGuidance()
+    )
+    assert vis.edits.is_cuda and torch.isfinite(vis.edits).all()
+    assert vis.reached().shape == (2,)

@@ -246,7 +246,7 @@ class PrototypeVisualization:
 
     def reached(self) -> torch.Tensor:
         """(J,) bool: the kept edit's s_J reached the value it was set to."""
-        return self.best_after() >= self.bounds
+        return self.best_after().to(self.bounds.device) >= self.bounds
 
     def reconstruction_mse(self) -> torch.Tensor:
         """(n,) mean squared error of each image's unedited decode against the image."""

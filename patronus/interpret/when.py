@@ -104,8 +104,9 @@ def trace_emergence(
     requested = values.to(edit).reshape(len(prototypes), -1) - reference[-1]  # (J, n)
     steps = emergence_steps(edit - reference, fraction, (min_share * requested).clamp_min(0))
     timestep_table = torch.tensor(timesteps)
-    emergence_t = torch.where(steps >= 0, timestep_table[steps.clamp_min(0).cpu()], -1)
+    steps = steps.cpu()
+    emergence_t = torch.where(steps >= 0, timestep_table[steps.clamp_min(0)], -1)
     return Emergence(
-        prototypes, timestep_table, edit.cpu(), reference.cpu(), steps.cpu(), emergence_t.cpu(),
+        prototypes, timestep_table, edit.cpu(), reference.cpu(), steps, emergence_t,
         requested.cpu(), min_share, per_image_mse(decoded, inversion.images).cpu(),
     )  # fmt: skip

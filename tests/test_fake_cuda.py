@@ -1,0 +1,154 @@
+"""The commands with ``--device cuda``, on a CUDA device simulated on the CPU (tests/fake_cuda.py):
+a tensor left on the CPU beside the model's, or a generator of the wrong device, fails here as it
+would on a GPU. Each test runs in a subprocess of its own (the simulation registers a CUDA device
+guard for good) with ``PATRONUS_BACKEND=torch``: the kernels' own CUDA paths are tested on GPUs
+(tests/ops, tests/test_cuda.py); what this covers is everything around them. Autograd does not run
+on the simulated device, so training, prototype guidance and the classifiers' training are left to
+tests/test_cuda.py; their trained results are made on the CPU here and then used on "cuda".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+COMMANDS = {
+    "sample": "sample {run} --num 2 --steps 3 --variations 2",
+    "invert": "invert {run} --steps 3",
+    "reconstruct": "reconstruct {run} --steps 3 --num 2",
+    "visualize": "visualize {run} --steps 3 --num-images 2 --reference-size 16 --pool-size 16",
+    "trace": "trace {run} --steps 3 --num-images 2 --reference-size 16",
+    "report": "report {run} --steps 3 --num-images 2 --reference-size 16 --pool-size 16",
+    "report, edits in their region, edit guidance": "report {run} --steps 3 --num-images 2 "
+    "--reference-size 16 --pool-size 16 --edit-region --edit-guidance 2",
+    "evaluate probes": "evaluate probes {run} --limit 64 --folds 2",
+}
+
+
+def run_on_fake_cuda(body: str, tmp_path: Path) -> str:
+    """Run ``body`` (Python, inside ``fake_cuda()``) in a subprocess; its output. Fails with the
+    output when the subprocess does."""
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "from fake_cuda import fake_cuda, load_guard\n"
+        f"load_guard(Path({str(tmp_path / 'guard')!r}))\n"
+    ) + textwrap.dedent(body)
+    env = {**os.environ, "PATRONUS_BACKEND": "torch"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+    return done.stdout
+
+
+def test_the_simulated_device_refuses_what_cuda_refuses(tmp_path):
+    run_on_fake_cuda(
+        """
+        import pytest, torch
+        with fake_cuda():
+            x = torch.randn(3, 4).to("cuda")
+            model = torch.nn.Linear(4, 2).to("cuda")
+            on_cuda = [x, torch.ones(3, device="cuda"), torch.zeros(2).to(x), torch.zeros(2).cuda(),
+                       x.double(), model.weight, model(x), torch.tensor([1], device="cuda")]
+            assert all(t.device == torch.device("cuda", 0) for t in on_cuda)
+            assert x.cpu().device.type == "cpu" and (x.cpu() + torch.ones(3, 4)).shape == (3, 4)
+            # what CUDA allows: CPU scalars, CPU indices, values read back to the host
+            assert (x * torch.tensor(2.0)).device.type == "cuda"
+            assert x[torch.tensor([0, 2])].shape == (2, 4) and x[[0, 1]].shape == (2, 4)
+            x[torch.tensor([0])] = torch.ones(1, 4, device="cuda")
+            assert x[0].tolist() == [1.0] * 4 and float(x[0, 0]) == 1.0 and x.sum().item() > -100
+            assert torch.quantile(x, 0.5, dim=0).shape == (4,)
+            generator = torch.Generator("cuda").manual_seed(0)
+            assert isinstance(generator, torch.Generator)
+            assert torch.randn(2, generator=generator, device="cuda").device.type == "cuda"
+            # what it refuses
+            refused = {
+                "cpu tensor in a cuda op": lambda: x + torch.ones(3, 4),
+                "cat across devices": lambda: torch.cat([x, torch.ones(1, 4)]),
+                "where across devices": lambda: torch.where(x > 0, torch.ones(3, 4), -1),
+                "cpu model, cuda input": lambda: torch.nn.Linear(4, 2)(x),
+                "cuda indices of a cpu tensor": lambda: torch.ones(3)[torch.tensor([0]).cuda()],
+                "cuda generator, cpu draw": lambda: torch.randn(2, generator=generator),
+                "cpu generator, cuda draw": lambda: torch.randn(
+                    2, generator=torch.Generator(), device="cuda"),
+                "numpy of a cuda tensor": lambda: x.numpy(),
+            }
+            for name, op in refused.items():
+                with pytest.raises((RuntimeError, TypeError)):
+                    op()
+                    print("not refused:", name)
+        print("ok")
+        """,
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_inference_commands_run_on_cuda(name, tiny_run, tmp_path):
+    command = COMMANDS[name].format(run=tiny_run).split()
+    command += ["--device", "cuda", "--no-progress", "--out", str(tmp_path / "out")]
+    run_on_fake_cuda(
+        f"""
+        from patronus.cli import main
+        with fake_cuda():
+            assert main({command!r}) == 0
+        """,
+        tmp_path,
+    )
+
+
+def test_fid_with_a_trained_classifier_and_prior_runs_on_cuda(tiny_run, tmp_path):
+    """`evaluate fid --device cuda`, conditional and from the activation prior; the classifier
+    and the prior are trained first on the CPU (autograd does not run on the simulated device)."""
+    out = tmp_path / "out"
+    common = ["--num", "16", "--steps", "2", "--no-progress"]
+    run_on_fake_cuda(
+        f"""
+        from patronus.cli import main
+        assert main(["evaluate", "fid", {str(tiny_run)!r}, *{common!r}, "--classifier-steps", "2",
+                     "--out", {str(out / "cpu")!r}]) == 0
+        assert main(["train-prior", {str(tiny_run)!r}, "--epochs", "1", "--limit", "64",
+                     "--no-progress", "--out", {str(out / "prior")!r}]) == 0
+        classifier = ["--classifier", {str(out / "cpu" / "classifier")!r}, "--device", "cuda"]
+        with fake_cuda():
+            assert main(["evaluate", "fid", {str(tiny_run)!r}, *{common!r}, *classifier,
+                         "--out", {str(out / "cuda")!r}]) == 0
+            assert main(["evaluate", "fid", {str(tiny_run)!r}, *{common!r}, *classifier,
+                         "--unconditional", "--prior", {str(out / "prior")!r},
+                         "--out", {str(out / "prior-cuda")!r}]) == 0
+        """,
+        tmp_path,
+    )
+
+
+def test_comoving_edits_and_their_fidelity_run_on_cuda(tmp_path):
+    """The Python API the commands do not reach: co-moving edits and edit fidelity."""
+    run_on_fake_cuda(
+        """
+        import torch
+        from patronus import Patronus
+        from patronus.interpret import (activation_bounds, comoving_directions, edit_fidelity,
+                                        invert_images, visualize_prototypes)
+        from patronus.models.presets import get_preset
+
+        torch.manual_seed(0)
+        model = Patronus(get_preset("synthetic-tiny").model).eval()
+        images, reference = torch.rand(2, 3, 24, 24) * 2 - 1, torch.rand(16, 3, 24, 24) * 2 - 1
+        with fake_cuda(), torch.no_grad():
+            model.to("cuda")
+            activations = model.encode(reference.to("cuda"))
+            inversion = invert_images(model, images.to("cuda"), 3)
+            vis = visualize_prototypes(model, inversion, activation_bounds(activations), [0, 3],
+                                       directions=comoving_directions(activations, 1.0))
+            fidelity = edit_fidelity(vis)
+            print(fidelity.summary())
+        """,
+        tmp_path,
+    )
