@@ -20,6 +20,9 @@ import pytest
 TESTS = Path(__file__).parent
 COMMANDS = {
     "sample": "sample {run} --num 2 --steps 3 --variations 2",
+    "sample, DDIM with eta and clipping": "sample {run} --num 2 --steps 3 --sampler ddim --eta 0.5 "
+    "--clip",
+    "sample, DDPM": "sample {run} --num 2 --steps 3 --sampler ddpm",
     "invert": "invert {run} --steps 3",
     "reconstruct": "reconstruct {run} --steps 3 --num 2",
     "visualize": "visualize {run} --steps 3 --num-images 2 --reference-size 16 --pool-size 16",
@@ -28,6 +31,7 @@ COMMANDS = {
     "report, edits in their region, edit guidance": "report {run} --steps 3 --num-images 2 "
     "--reference-size 16 --pool-size 16 --edit-region --edit-guidance 2",
     "evaluate probes": "evaluate probes {run} --limit 64 --folds 2",
+    "diagnose": "diagnose {run} --target size --limit 64 --num-images 2 --steps 2",
 }
 
 
@@ -149,6 +153,52 @@ def test_comoving_edits_and_their_fidelity_run_on_cuda(tmp_path):
                                        directions=comoving_directions(activations, 1.0))
             fidelity = edit_fidelity(vis)
             print(fidelity.summary())
+        """,
+        tmp_path,
+    )
+
+
+def test_the_pipeline_on_cuda_takes_a_cpu_generator_as_diffusers_pipelines_do(tmp_path):
+    """diffusers' pipelines draw their latents from a CPU generator on the CPU and move them to
+    the GPU (the same images on every device); so does PatronusPipeline (it failed on a GPU)."""
+    pytest.importorskip("diffusers")
+    run_on_fake_cuda(
+        """
+        import torch
+        from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+        from patronus import Patronus
+        from patronus.models.presets import get_preset
+        from patronus.pipelines.diffusers_pipeline import PatronusPipeline
+
+        torch.manual_seed(0)
+        unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                           norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+                           up_block_types=("UpBlock2D",) * 2)
+        theirs = DDIMPipeline(unet, DDIMScheduler(num_train_timesteps=50))
+        ours = PatronusPipeline.from_patronus(Patronus(get_preset("synthetic-tiny").model))
+        activations = ours.encode(torch.rand(2, 3, 24, 24) * 2 - 1).activations
+        def generator():
+            return torch.Generator().manual_seed(7)
+        on_cpu = ours(activations=activations, num_inference_steps=3, generator=generator(),
+                      output_type="pt").images
+        theirs_on_cpu = theirs(batch_size=1, num_inference_steps=3, generator=generator(),
+                               output_type="np").images
+        with fake_cuda():
+            theirs.to("cuda")  # the third party itself: a CPU generator is fine on a GPU
+            theirs_on_cuda = theirs(batch_size=1, num_inference_steps=3, generator=generator(),
+                                    output_type="np").images
+            ours.to("cuda")
+            on_cuda = ours(activations=activations, num_inference_steps=3, generator=generator(),
+                           output_type="pt").images
+            assert on_cuda.device.type == "cuda"
+            on_cuda = on_cuda.cpu()
+            with_cuda_generator = ours(activations=activations, num_inference_steps=3,
+                                       generator=torch.Generator("cuda").manual_seed(7),
+                                       output_type="pt").images
+            assert with_cuda_generator.device.type == "cuda"
+        assert abs(theirs_on_cuda - theirs_on_cpu).max() < 1e-5
+        torch.testing.assert_close(on_cuda, on_cpu)
+        print("ok")
         """,
         tmp_path,
     )

@@ -27,6 +27,7 @@ try:
     from diffusers.configuration_utils import ConfigMixin, register_to_config
     from diffusers.models.modeling_utils import ModelMixin
     from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+    from diffusers.utils.torch_utils import randn_tensor
 except ImportError as error:  # pragma: no cover - exercised without diffusers only
     raise MissingDependencyError(
         "patronus.pipelines.diffusers_pipeline needs diffusers: pip install diffusers"
@@ -126,7 +127,8 @@ class PatronusPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
         """Samples conditioned on ``activations`` (B, P), or on the activations of ``images``
-        (B, C, H, W) in [-1, 1]: x_T drawn from ``generator``, then the scheduler's loop.
+        (B, C, H, W) in [-1, 1]: x_T drawn from ``generator`` (which may be a CPU generator for a
+        pipeline on a GPU, as in diffusers), then the scheduler's loop.
         ``output_type``: "pil" (a list of images), "np" ((B, H, W, C) in [0, 1]) or "pt"
         ((B, C, H, W) in [0, 1])."""
         if (images is None) == (activations is None):
@@ -137,8 +139,13 @@ class PatronusPipeline(DiffusionPipeline):
         if images is not None:
             activations = self.encode(images).activations
         assert activations is not None  # (for type checkers: one of the two, checked above)
+        # as diffusers' pipelines draw their latents: a CPU generator for a pipeline on a GPU
+        # draws on the CPU (the same x_T on every device), then moves them
+        x_T = randn_tensor(
+            (activations.shape[0], *model.config.image_shape), generator, model.device
+        )
         samples = model.sample(
-            activations.to(model.device), num_inference_steps, generator=generator,
+            activations.to(model.device), num_inference_steps, generator=generator, x_T=x_T,
             guidance_scale=guidance_scale, scheduler=self.scheduler,
         )  # fmt: skip
         pixels: Any = (samples / 2 + 0.5).clamp(0, 1)  # a tensor, an array or PIL images
