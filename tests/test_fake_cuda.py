@@ -202,3 +202,46 @@ def test_the_pipeline_on_cuda_takes_a_cpu_generator_as_diffusers_pipelines_do(tm
         """,
         tmp_path,
     )
+
+
+def test_the_readme_python_api_runs_on_cuda(tmp_path):
+    """The README's first example (model, samplers, trajectories, the prototype layer) on cuda."""
+    run_on_fake_cuda(
+        """
+        import torch
+        import patronus
+        from patronus.diffusion import SamplerOptions
+        from patronus.models.presets import get_preset
+        from patronus.nn import PrototypeLayer
+
+        config = get_preset("synthetic-tiny").model
+        model = patronus.Patronus(config).eval()
+        with fake_cuda(), torch.no_grad():
+            model.to("cuda")
+            x0 = (torch.rand(2, *config.image_shape) * 2 - 1).to("cuda")
+            out = model.prototype_output(x0)
+            s = out.activations
+            assert model.patch_boxes(out.patch_index).shape == (2, config.num_prototypes, 4)
+            generator = torch.Generator("cuda").manual_seed(0)
+            samples = [model.sample(s, generator=generator)]
+            x_T = model.invert(x0, steps=3)
+            samples.append(model.reconstruct(x0, steps=3))
+            three = torch.tensor([3], device="cuda")
+            samples.append(model.edit(x0, lambda s: s.index_fill(1, three, 9.0), steps=3, x_T=x_T))
+            kept = list(model.sample_steps(s, steps=3, after_step=lambda step: step.sample * 0.5))
+            samples.append(kept[-1].pred_x0)
+            # (DDPM, which runs all 1000 steps, is the command test's "sample, DDPM")
+            for options in (SamplerOptions(sampler="ddim", eta=0.5, clip_x0=True, steps=3),
+                            SamplerOptions(sampler="dpmpp-3m", steps=3)):
+                samples.append(model.sample(s, options, generator=generator))
+            assert all(x.device.type == "cuda" for x in samples)
+            layer = PrototypeLayer(num_prototypes=10, dim=16).to("cuda")
+            features = torch.randn(2, 16, 7, 7, device="cuda")
+            for shaped in (features, features.to(memory_format=torch.channels_last),
+                           features.flatten(2).transpose(1, 2)):
+                activations, distances, index = layer(shaped)
+                assert activations.device.type == "cuda" and activations.shape == (2, 10)
+        print("ok")
+        """,
+        tmp_path,
+    )
