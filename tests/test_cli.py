@@ -286,6 +286,17 @@ def test_sample_with_dpm_solver_is_the_models_solver(tiny_run, tmp_path):
     assert (saved["samples"][:, 0] - ddim).abs().max() > 1e-2  # the solver named was used
 
 
+def test_sample_refuses_steps_with_ddpm_which_runs_every_step(tiny_run, tmp_path, capsys):
+    """--steps 3 with --sampler ddpm ran all 1000 steps without a word about the 3."""
+    out = tmp_path / "ddpm"
+    command = ["sample", str(tiny_run), "--num", "1", "--sampler", "ddpm", "--no-progress"]
+    assert main([*command, "--steps", "3", "--out", str(out)]) == 2
+    assert "--steps 3 does not apply to --sampler ddpm" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*command, "--out", str(out)]) == 0
+    assert "1000 ddpm network calls" in capsys.readouterr().err
+
+
 def test_sample_and_invert_decode_in_batches_as_one_batch(tiny_run, tmp_path, monkeypatch,
                                                           capsys):  # fmt: skip
     """--batch-size chunks the decoding (10000 samples were one network batch); chunks decode

@@ -22,7 +22,6 @@ COMMANDS = {
     "sample": "sample {run} --num 2 --steps 3 --variations 2",
     "sample, DDIM with eta and clipping": "sample {run} --num 2 --steps 3 --sampler ddim --eta 0.5 "
     "--clip",
-    "sample, DDPM": "sample {run} --num 2 --steps 3 --sampler ddpm",
     "invert": "invert {run} --steps 3",
     "reconstruct": "reconstruct {run} --steps 3 --num 2",
     "visualize": "visualize {run} --steps 3 --num-images 2 --reference-size 16 --pool-size 16",
@@ -230,7 +229,7 @@ def test_the_readme_python_api_runs_on_cuda(tmp_path):
             samples.append(model.edit(x0, lambda s: s.index_fill(1, three, 9.0), steps=3, x_T=x_T))
             kept = list(model.sample_steps(s, steps=3, after_step=lambda step: step.sample * 0.5))
             samples.append(kept[-1].pred_x0)
-            # (DDPM, which runs all 1000 steps, is the command test's "sample, DDPM")
+            # (not DDPM: it runs all 1000 steps; its noise is drawn as stochastic DDIM's)
             for options in (SamplerOptions(sampler="ddim", eta=0.5, clip_x0=True, steps=3),
                             SamplerOptions(sampler="dpmpp-3m", steps=3)):
                 samples.append(model.sample(s, options, generator=generator))

@@ -126,6 +126,12 @@ def sample(args: argparse.Namespace) -> int:
     from patronus.utils.images import save_grid
 
     _check_sources(args)
+    if args.sampler == "ddpm" and "steps" in args.given_options:
+        raise CommandError(
+            f"--steps {args.steps} does not apply to --sampler ddpm, which runs all T steps of "
+            "the model's schedule: drop --steps, or take fewer steps with --sampler ddim "
+            "(--eta 1 for a stochastic sampler)"
+        )
     try:  # refused before anything is loaded or written
         options = SamplerOptions(
             args.sampler,
