@@ -16,8 +16,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = Path(__file__).parent
+pytestmark = pytest.mark.skipif(
+    torch.version.cuda is not None,
+    reason="the simulated CUDA device needs a CPU-only build of torch (a CUDA build registers its "
+    "own CUDA device guard); on GPUs tests/test_cuda.py and tests/ops run on the real one",
+)
 COMMANDS = {
     "sample": "sample {run} --num 2 --steps 3 --variations 2",
     "sample, DDIM with eta and clipping": "sample {run} --num 2 --steps 3 --sampler ddim --eta 0.5 "
