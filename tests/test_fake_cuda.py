@@ -250,3 +250,32 @@ def test_the_readme_python_api_runs_on_cuda(tmp_path):
         """,
         tmp_path,
     )
+
+
+def test_the_shortcut_intervention_runs_on_cuda(tmp_path):
+    """`diagnose --device cuda` intervenes with the model and the classifier on the GPU and the
+    images and labels as the command reads them, on the CPU (the diagnose command above flags
+    nothing on its tiny run, so it never reaches this)."""
+    run_on_fake_cuda(
+        """
+        import torch
+        from patronus import Patronus
+        from patronus.eval.classifier import ClassifierConfig, SmallClassifier
+        from patronus.eval.intervention import intervene
+        from patronus.models.presets import get_preset
+
+        torch.manual_seed(0)
+        model = Patronus(get_preset("synthetic-tiny").model).eval()
+        classifier = SmallClassifier(ClassifierConfig(3, 24, 2, multilabel=True)).eval()
+        images = torch.rand(6, 3, 24, 24) * 2 - 1
+        labels = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+        with fake_cuda():
+            model.to("cuda")
+            classifier.to("cuda")
+            result = intervene(model, images, labels, [0, 1], classifier, 0, 1, steps=3,
+                               null_sets=1)
+            assert len(result.null_effects) == 1 and result.other_effect >= 0
+        print("ok")
+        """,
+        tmp_path,
+    )

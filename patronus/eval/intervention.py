@@ -94,12 +94,13 @@ def intervene(
     seed: int = 0,
     guidance_scale: float | None = None,
 ) -> Intervention:
-    """Edit ``prototypes`` of ``images`` (n, C, H, W) towards the other target group, with the
-    power check and the null baseline (see the module docstring). ``target_index`` and
-    ``other_index`` are the classifier's outputs for the target and for the other attribute."""
+    """Edit ``prototypes`` of ``images`` (n, C, H, W; on any device, decoded on the model's)
+    towards the other target group, with the power check and the null baseline (see the module
+    docstring). ``target_index`` and ``other_index`` are the classifier's outputs for the target
+    and for the other attribute."""
     if not prototypes:
         raise ValueError("the intervention needs at least one prototype")
-    inversion = invert_images(model, images, steps, guidance_scale)
+    inversion = invert_images(model, images.to(model.device), steps, guidance_scale)
     own = inversion.activations
     before, _ = _decode_and_read(model, inversion, own, classifier)
 
