@@ -114,13 +114,20 @@ def test_inference_commands_run_on_cuda(name, tiny_run, tmp_path):
 
 
 def test_fid_with_a_trained_classifier_and_prior_runs_on_cuda(tiny_run, tmp_path):
-    """`evaluate fid --device cuda`, conditional and from the activation prior; the classifier
-    and the prior are trained first on the CPU (autograd does not run on the simulated device)."""
+    """`evaluate fid --device cuda`, conditional and from the activation prior, in the project's
+    classifier features and in Inception's (pytorch-fid's network, on stand-in weights); the
+    classifier and the prior are trained first on the CPU (autograd does not run on the
+    simulated device)."""
     out = tmp_path / "out"
     common = ["--num", "16", "--steps", "2", "--no-progress"]
     run_on_fake_cuda(
         f"""
+        import json, torch
+        from fid_inception_weights import fid_inception_weights
         from patronus.cli import main
+        network = Path({str(TESTS / "fixtures" / "fid-inception" / "network.json")!r})
+        inception = {str(tmp_path / "stand-in.pth")!r}
+        torch.save(fid_inception_weights(json.loads(network.read_text())["shapes"]), inception)
         assert main(["evaluate", "fid", {str(tiny_run)!r}, *{common!r}, "--classifier-steps", "2",
                      "--out", {str(out / "cpu")!r}]) == 0
         assert main(["train-prior", {str(tiny_run)!r}, "--epochs", "1", "--limit", "64",
@@ -132,6 +139,9 @@ def test_fid_with_a_trained_classifier_and_prior_runs_on_cuda(tiny_run, tmp_path
             assert main(["evaluate", "fid", {str(tiny_run)!r}, *{common!r}, *classifier,
                          "--unconditional", "--prior", {str(out / "prior")!r},
                          "--out", {str(out / "prior-cuda")!r}]) == 0
+            assert main(["evaluate", "fid", {str(tiny_run)!r}, *{common!r}, "--device", "cuda",
+                         "--inception-weights", inception,
+                         "--out", {str(out / "inception")!r}]) == 0
         """,
         tmp_path,
     )
