@@ -262,20 +262,9 @@ def _generator_class(original):
     return Generator
 
 
-def _cuda_rng(state: list[torch.Tensor]):
-    def get_rng_state(original):
-        return lambda device="cuda": state[0].clone()
-
-    def set_rng_state(original):
-        return lambda new_state, device="cuda": state.__setitem__(0, new_state.clone())
-
-    return get_rng_state, set_rng_state
-
-
 @contextlib.contextmanager
 def fake_cuda() -> Iterator[None]:
     """Simulate ``cuda:0`` (after :func:`load_guard`) until the block ends."""
-    get_rng_state, set_rng_state = _cuda_rng([torch.Generator().get_state()])
     patches = [
         (torch.Tensor, "to", _to), (torch.Tensor, "cuda", _cuda),
         (torch.Tensor, "__getitem__", _cpu_list_indices),
@@ -286,8 +275,6 @@ def fake_cuda() -> Iterator[None]:
         (torch.cuda, "_lazy_init", lambda original: lambda: None),
         (torch.cuda, "is_available", lambda original: lambda: True),
         (torch.cuda, "device_count", lambda original: lambda: 1),
-        (torch.cuda, "set_device", lambda original: lambda device: None),
-        (torch.cuda, "get_rng_state", get_rng_state), (torch.cuda, "set_rng_state", set_rng_state),
     ]  # fmt: skip
     swap = torch.__future__.get_swap_module_params_on_conversion()
     with contextlib.ExitStack() as stack:

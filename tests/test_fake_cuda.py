@@ -262,29 +262,25 @@ def test_the_readme_python_api_runs_on_cuda(tmp_path):
     )
 
 
-def test_the_shortcut_intervention_runs_on_cuda(tmp_path):
-    """`diagnose --device cuda` intervenes with the model and the classifier on the GPU and the
-    images and labels as the command reads them, on the CPU (the diagnose command above flags
-    nothing on its tiny run, so it never reaches this)."""
+@pytest.mark.parametrize(
+    "name", ["test_shortcut_intervention_on_cuda", "test_fid_features_on_cuda_match_the_cpu"]
+)
+def test_the_real_cuda_tests_without_autograd_pass_on_the_simulated_device(name, tmp_path):
+    """tests/test_cuda.py's own bodies, where they need no autograd: the intervention with the
+    images and labels on the CPU as `diagnose --device cuda` passes them (the diagnose command
+    above flags nothing on its tiny run, so it never reaches the intervention), and the FID
+    features computed where the extractor's weights are."""
     run_on_fake_cuda(
-        """
-        import torch
-        from patronus import Patronus
-        from patronus.eval.classifier import ClassifierConfig, SmallClassifier
-        from patronus.eval.intervention import intervene
+        f"""
+        import inspect
+        import test_cuda
         from patronus.models.presets import get_preset
 
-        torch.manual_seed(0)
-        model = Patronus(get_preset("synthetic-tiny").model).eval()
-        classifier = SmallClassifier(ClassifierConfig(3, 24, 2, multilabel=True)).eval()
-        images = torch.rand(6, 3, 24, 24) * 2 - 1
-        labels = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+        test = test_cuda.{name}
+        arguments = {{"tiny_config": get_preset("synthetic-tiny").model}}
+        wanted = {{key: arguments[key] for key in inspect.signature(test).parameters}}
         with fake_cuda():
-            model.to("cuda")
-            classifier.to("cuda")
-            result = intervene(model, images, labels, [0, 1], classifier, 0, 1, steps=3,
-                               null_sets=1)
-            assert len(result.null_effects) == 1 and result.other_effect >= 0
+            test(**wanted)
         print("ok")
         """,
         tmp_path,
