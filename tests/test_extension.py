@@ -58,9 +58,8 @@ def test_a_cuda_torch_without_cuda_kernels_is_explained():
     from patronus._info import kernel_summary
 
     built = {"cpu": ["q_sample_fwd", "scheduler_step_fwd"], "cuda": ["scheduler_step_fwd"]}
-    assert kernel_summary(built, "13.0") == "cpu: q_sample_fwd, scheduler_step_fwd; cuda: " + (
-        "scheduler_step_fwd"
-    )
+    expected = "cpu: q_sample_fwd, scheduler_step_fwd; cuda: scheduler_step_fwd"
+    assert kernel_summary(built, "13.0") == expected
     assert kernel_summary({**built, "cuda": []}, None).endswith("; cuda: none")
     assert kernel_summary({**built, "cuda": []}, "12.6").endswith(
         "; cuda: none (torch is a CUDA 12.6 build: the extension was built without nvcc of that "
