@@ -21,13 +21,13 @@
 #
 # Each candidate is the shipped recipe (preset fmnist-cpu, AdamW 1e-3, EMA 0.999, gradient clip 1)
 # at batch 128 with bf16 autocast, plus one change: base (none), tbias (timestep bias 1), cdrop
-# (condition dropout 0.2), editc (edit consistency 0.1), all four measured on an H200 (README, "On
-# a GPU, a little longer"); mid (the larger preset fmnist-mid, 5.4 M parameters, about the most
-# whose EMA weights ship under 25 MB); or editc-frozen (the shipped model fine-tuned with edit
-# consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps). Training runs from a
-# copy of the package without the compiled extension (the build replaces it meanwhile); a run that
-# fails within its first minute is retried once on the pure-PyTorch backend, and the retry is
-# logged.
+# (condition dropout 0.2), editc (edit consistency 0.1), all four measured on an H200
+# (docs/edit-fidelity.md, "On a GPU, a little longer"); mid (the larger preset fmnist-mid, 5.4 M
+# parameters, about the most whose EMA weights ship under 25 MB); or editc-frozen (the shipped model
+# fine-tuned with edit consistency 0.1, its prototypes frozen, lr 5e-4 after 50 warm-up steps).
+# Training runs from a copy of the package without the compiled extension (the build replaces it
+# meanwhile); a run that fails within its first minute is retried once on the pure-PyTorch backend,
+# and the retry is logged.
 set -uo pipefail
 SECONDS_LIMIT=$1
 DEVICE=${SHOWCASE_DEVICE:-cuda}

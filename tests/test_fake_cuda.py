@@ -241,8 +241,12 @@ def test_the_readme_python_api_runs_on_cuda(tmp_path):
             samples = [model.sample(s, generator=generator)]
             x_T = model.invert(x0, steps=3)
             samples.append(model.reconstruct(x0, steps=3))
-            three = torch.tensor([3], device="cuda")
-            samples.append(model.edit(x0, lambda s: s.index_fill(1, three, 9.0), steps=3, x_T=x_T))
+
+            def raise_prototype_3(s):
+                s[:, 3] = 9.0
+                return s
+
+            samples.append(model.edit(x0, raise_prototype_3, steps=3, x_T=x_T))
             kept = list(model.sample_steps(s, steps=3, after_step=lambda step: step.sample * 0.5))
             samples.append(kept[-1].pred_x0)
             # (not DDPM: it runs all 1000 steps; its noise is drawn as stochastic DDIM's)

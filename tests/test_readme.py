@@ -1,4 +1,5 @@
-"""The README's Python examples run as written."""
+"""The README's Python examples run as written; the names, commands and tables of the README and
+of docs/ are real."""
 
 import re
 from pathlib import Path
@@ -34,7 +35,8 @@ def _resolve(dotted: str):
     raise ImportError(dotted)
 
 
-TEXT = README.read_text()
+DOCS = [README, *sorted(README.parent.glob("docs/*.md"))]
+TEXT = "\n".join(path.read_text() for path in DOCS)
 DOTTED = sorted(set(re.findall(r"`(patronus(?:\.[A-Za-z_]\w*)+)`", TEXT)))
 
 
@@ -50,7 +52,7 @@ def test_every_name_the_readme_shows_is_importable_where_it_says(dotted):
 
 
 def _command_lines() -> list[str]:
-    """Every `patronus ...` command the README shows, in code blocks or inline code."""
+    """Every `patronus ...` command the README and docs/ show, in code blocks or inline code."""
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", TEXT, flags=re.DOTALL):
         lines += [line for line in block.splitlines() if line.startswith("patronus ")]
@@ -79,7 +81,7 @@ def test_every_flag_the_readme_shows_exists(line):
 
 
 MARKDOWN = sorted(README.parent.glob("*.md")) + sorted(
-    README.parent.glob("benchmarks/results/*.md")
+    [*README.parent.glob("docs/*.md"), *README.parent.glob("benchmarks/results/*.md")]
 )
 
 
@@ -122,3 +124,38 @@ def test_table_check_finds_a_row_cut_off_from_its_table():
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(README.parent)))
 def test_markdown_tables_render_whole(path):
     assert _table_errors(path.read_text()) == []
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _broken_links(path: Path) -> list[str]:
+    """Relative links of a Markdown file whose file, or heading anchor, does not exist."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md":
+            headings = re.findall(r"^#+ (.*)$", linked.read_text(), flags=re.MULTILINE)
+            if anchor not in {_anchor(h) for h in headings}:
+                broken.append(target)
+    return broken
+
+
+def test_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# A title: here\n[a](#a-title-here) [b](page.md#nope) [c](gone.md) [d](https://x.org)\n"
+    )
+    assert _broken_links(page) == ["page.md#nope", "gone.md"]
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(README.parent)))
+def test_markdown_links_lead_somewhere(path):
+    assert _broken_links(path) == []

@@ -5,10 +5,10 @@ A plain edit raises s_J and keeps every other activation. In a small model the a
 tied to each other (and to the garment's class), so that request is one no training image makes,
 and the denoiser delivers little of it. Moving the other activations along, by their least-squares
 regression on s_J over the reference images, asks for a plausible vector instead; measured on the
-shipped Fashion-MNIST model (see the README) the decoded images then deliver a median 0.53 of the
-requested rise of s_J, against 0.003 for plain edits, but they change the whole garment rather
-than the prototype's patch. Such an edit shows what the model associates with prototype J, not
-what J alone encodes; ``shrinkage`` interpolates between the two::
+shipped Fashion-MNIST model (docs/edit-fidelity.md), the decoded images then deliver a median 0.53
+of the requested rise of s_J, against 0.003 for plain edits, but they change the whole garment
+rather than the prototype's patch. Such an edit shows what the model associates with prototype J,
+not what J alone encodes; ``shrinkage`` interpolates between the two::
 
     C = covariance of the reference activations                     (P, P)
     directions[J, K] = C[J, K] / ((1 + shrinkage) C[J, J])  for K != J,   directions[J, J] = 1

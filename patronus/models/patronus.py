@@ -422,9 +422,9 @@ class Patronus(nn.Module):
         """Invert x0 with its own activations, then decode from the same x_T with edited ones.
 
         ``s_edit`` is the new (B, P) activations, or a function of the original ones returning
-        them (e.g. ``lambda s: s.index_fill(1, torch.tensor([j]), 9.0)``). Pass ``x_T`` to reuse
-        an inversion (made with the same guidance scale). ``guidance_scale`` defaults to the
-        model's recommended one.
+        them; it gets a copy that it may change in place (``s[:, j] = 9.0; return s``). Pass
+        ``x_T`` to reuse an inversion (made with the same guidance scale). ``guidance_scale``
+        defaults to the model's recommended one.
         """
         with self._inference():
             s = self.encode(x0)

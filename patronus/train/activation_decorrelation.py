@@ -19,9 +19,9 @@ Its gradient reaches the encoder and the prototypes (what the activations are), 
 The idea is the decorrelation term of VICReg (Bardes et al., 2022) and Barlow Twins (Zbontar et
 al., 2021), applied to the prototype activations.
 
-Measured on Fashion-MNIST (``fmnist-cpu``, weight 1; see the README): after 1000 steps the term
-has removed the redundancy (R^2 0.75 -> 0.05) but the edits do not follow the activations better
-(median edit fidelity 0.12 -> 0.07); trained on to 4000 steps, the denoiser stops using the
+Measured on Fashion-MNIST (``fmnist-cpu``, weight 1; see docs/edit-fidelity.md): after 1000 steps
+the term has removed the redundancy (R^2 0.75 -> 0.05) but the edits do not follow the activations
+better (median edit fidelity 0.12 -> 0.07); trained on to 4000 steps, the denoiser stops using the
 activations at all (its noise-prediction error is the same when every image gets another image's
 activations, where the shipped model's rises up to 5.5x) and edits change nothing. It is off by
 default and is not a way to make edits work.
