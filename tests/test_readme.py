@@ -81,7 +81,11 @@ def test_every_flag_the_readme_shows_exists(line):
 
 
 MARKDOWN = sorted(README.parent.glob("*.md")) + sorted(
-    [*README.parent.glob("docs/*.md"), *README.parent.glob("benchmarks/results/*.md")]
+    [
+        *README.parent.glob("docs/*.md"),
+        *README.parent.glob("assets/*/*.md"),
+        *README.parent.glob("benchmarks/results/*.md"),
+    ]
 )
 
 
@@ -142,7 +146,8 @@ def _broken_links(path: Path) -> list[str]:
         if not linked.exists():
             broken.append(target)
         elif anchor and linked.suffix == ".md":
-            headings = re.findall(r"^#+ (.*)$", linked.read_text(), flags=re.MULTILINE)
+            prose = re.sub(r"^```.*?^```", "", linked.read_text(), flags=re.DOTALL | re.MULTILINE)
+            headings = re.findall(r"^#+ (.*)$", prose, flags=re.MULTILINE)
             if anchor not in {_anchor(h) for h in headings}:
                 broken.append(target)
     return broken
@@ -152,8 +157,9 @@ def test_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "# A title: here\n[a](#a-title-here) [b](page.md#nope) [c](gone.md) [d](https://x.org)\n"
+        "[e](#a-comment)\n```bash\n# a comment\n```\n"
     )
-    assert _broken_links(page) == ["page.md#nope", "gone.md"]
+    assert _broken_links(page) == ["page.md#nope", "gone.md", "#a-comment"]
 
 
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(README.parent)))
